@@ -5,8 +5,8 @@ The core (``io``, ``preprocess``, ``models``, ``train``, ``mapping``, ``scoring`
 napari contributions live in ``_widgets``, ``_reader``, ``_writer`` and ``_sample_data``.
 """
 
-from napari_anogan.errors import AnoganError, InputError, ModelError
+from napari_anogan.errors import AnoganError, InputError, ModelError, OutputError
 
 __version__ = "0.1.0"
 
-__all__ = ["AnoganError", "InputError", "ModelError", "__version__"]
+__all__ = ["AnoganError", "InputError", "ModelError", "OutputError", "__version__"]

@@ -37,3 +37,12 @@ class ModelError(AnoganError):
         self.path = None if path is None else str(path)
         self.reason = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class OutputError(AnoganError):
+    """An output cannot be written: folder not writable, disk full..."""
+
+    def __init__(self, message: str, path: str | PathLike | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}" if self.path else message)
