@@ -1,0 +1,272 @@
+"""The ``napari-anogan`` command line.
+
+Each subcommand is a thin layer over :mod:`napari_anogan.pipeline`: it parses arguments,
+drains the job's progress events into a progress bar, and turns a project error
+(:class:`~napari_anogan.errors.AnoganError`) into one line on stderr and exit status 2.
+Heavy imports (torch, napari) happen inside the subcommands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+
+from napari_anogan.errors import AnoganError
+
+logger = logging.getLogger("napari_anogan")
+
+
+def _drain(job: Generator, description: str, *, quiet: bool = False):
+    """Run a progress generator to completion with a tqdm bar; return its result."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="step", disable=quiet, file=sys.stderr, leave=True)
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            total = getattr(event, "total", None)
+            step = getattr(event, "step", None)
+            if total and bar.total != total:
+                bar.reset(total=total)
+            if step is not None and total:
+                bar.n = min(step, total)
+            losses = getattr(event, "losses", None) or {}
+            if losses:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]}, refresh=False)
+            message = getattr(event, "message", "")
+            if message:
+                bar.set_description(f"{description}: {message}", refresh=False)
+            bar.refresh()
+    finally:
+        bar.close()
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from napari_anogan.io import read_volume
+    from napari_anogan.preprocess import (
+        PreprocessConfig,
+        preprocess_volume,
+        write_preprocess_outputs,
+    )
+
+    config = PreprocessConfig(
+        target_width=args.target_width,
+        margin_above=args.margin_above,
+        margin_below=args.margin_below,
+    )
+    outdir = _outdir(args.output)
+    for path in args.inputs:
+        volume = read_volume(path)
+        pre = preprocess_volume(volume, config)
+        written = write_preprocess_outputs(volume, pre, outdir)
+        for kind, file in written.items():
+            logger.info("%s: wrote %s %s", volume.name, kind, file)
+        print(f"{volume.name}: {volume.shape} -> band {pre.flat.shape}; outputs in {outdir}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_anogan.pipeline import train_from_paths
+
+    job = train_from_paths(
+        args.inputs,
+        args.output,
+        preset=args.preset,
+        epochs=args.epochs,
+        patches_per_scan=args.patches_per_scan,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+    )
+    result = _drain(job, "train", quiet=args.quiet)
+    print(f"model written to {args.output} ({result.epochs} epochs)")
+    return 0
+
+
+def _score_settings(args: argparse.Namespace):
+    from napari_anogan.pipeline import ScoreSettings
+
+    kwargs = {
+        "mode": args.mapping,
+        "lam": args.lam,
+        "stride": args.stride,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "seed": args.seed,
+    }
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    return ScoreSettings(**kwargs)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from napari_anogan.checkpoint import load_checkpoint
+    from napari_anogan.io import read_volume
+    from napari_anogan.pipeline import score_volume, write_score_outputs
+
+    model = load_checkpoint(args.model)
+    settings = _score_settings(args)
+    outdir = _outdir(args.output)
+    for path in args.inputs:
+        volume = read_volume(path)
+        result = _drain(
+            score_volume(volume, model, settings), f"score {volume.name}", quiet=args.quiet
+        )
+        write_score_outputs(result, outdir)
+        print(_summary_line(result))
+    return 0
+
+
+def _summary_line(result) -> str:
+    return (
+        f"{result.name}: volume score {result.volume_score:.4g}, "
+        f"{len(result.patches['slice'])} patches, {len(result.candidates)} candidate regions"
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_anogan.pipeline import run_evaluation
+
+    settings = _score_settings(args)
+    job = run_evaluation(
+        args.model,
+        normal=args.normal,
+        anomalous=args.anomalous,
+        masks=args.masks,
+        outdir=_outdir(args.output),
+        settings=settings,
+        acae_epochs=args.acae_epochs,
+    )
+    metrics = _drain(job, "evaluate", quiet=args.quiet)
+    from napari_anogan.evaluate import table1
+
+    print(table1(metrics))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from napari_anogan.pipeline import run_demo
+
+    result = _drain(run_demo(_outdir(args.output)), "demo", quiet=args.quiet)
+    print(result)
+    return 0
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from napari_anogan.viewer import open_viewer
+
+    open_viewer(args.path)
+    return 0
+
+
+def _outdir(path: str | Path) -> Path:
+    from napari_anogan.errors import OutputError
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder ({exc.strerror})", out) from exc
+    return out
+
+
+def _add_score_options(p: argparse.ArgumentParser, *, default_steps: int | None = None) -> None:
+    p.add_argument(
+        "--mapping",
+        choices=("iterative", "encoder", "hybrid"),
+        default="iterative",
+        help="latent mapping mode (iterative = the paper's 500-step search)",
+    )
+    p.add_argument("--steps", type=int, default=default_steps, help="mapping steps (paper: 500)")
+    p.add_argument("--lam", type=float, default=0.1, help="lambda of eq. (5)/(6) (paper: 0.1)")
+    p.add_argument("--stride", type=int, default=32, help="patch grid stride in pixels")
+    p.add_argument("--batch-size", type=int, default=256, help="patches mapped at once")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random latent start")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``napari-anogan``."""
+    parser = argparse.ArgumentParser(
+        prog="napari-anogan",
+        description="Unsupervised anomaly detection in retinal OCT with AnoGAN.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("preprocess", help="normalise, find retina boundaries, flatten")
+    p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--target-width", type=int, default=256, help="columns when spacing unknown")
+    p.add_argument("--margin-above", type=int, default=16, help="rows kept above the ILM")
+    p.add_argument("--margin-below", type=int, default=32, help="rows kept below BM")
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("train", help="train a healthy model")
+    p.add_argument("inputs", nargs="+", help="healthy volumes, B-scans or folders")
+    p.add_argument("-o", "--output", required=True, help="model checkpoint to write (.pt)")
+    p.add_argument("--preset", default="paper", choices=("paper", "small", "tiny"))
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (paper: 20)")
+    p.add_argument("--patches-per-scan", type=int, default=64, help="random patches per B-scan")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("score", help="score volumes with a healthy model")
+    p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
+    p.add_argument("-m", "--model", required=True, help="model checkpoint")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    _add_score_options(p)
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("evaluate", help="ROC/AUC of a model on labelled test data")
+    p.add_argument("-m", "--model", required=True, help="model checkpoint")
+    p.add_argument("--normal", nargs="+", required=True, help="healthy test inputs")
+    p.add_argument("--anomalous", nargs="+", required=True, help="diseased test inputs")
+    p.add_argument("--masks", help="folder of lesion masks (same stem as the input)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--acae-epochs", type=int, default=5, help="epochs of the aCAE baseline")
+    _add_score_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="score the bundled sample with the bundled model")
+    p.add_argument("-o", "--output", default="anogan-demo", help="output folder")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("view", help="open napari with the plugin's widgets")
+    p.add_argument("path", nargs="?", help="file or folder to open")
+    p.set_defaults(func=_cmd_view)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``napari-anogan``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except AnoganError as exc:
+        print(f"napari-anogan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-anogan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
