@@ -1,0 +1,226 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_anogan import evaluate as ev
+from napari_anogan.errors import AnoganError, InputError
+
+LABELS4 = np.array([0, 0, 1, 1], dtype=bool)
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ([0.1, 0.2, 0.8, 0.9], 1.0),
+        ([0.9, 0.8, 0.2, 0.1], 0.0),
+        ([0.1, 0.4, 0.35, 0.8], 0.75),
+        ([0.5, 0.5, 0.5, 0.5], 0.5),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_roc_auc_exact(scores, expected, dtype):
+    scores = np.asarray(scores)
+    if np.issubdtype(dtype, np.integer):
+        scores = scores * 100
+    result = ev.roc(LABELS4, scores.astype(dtype))
+    assert result["auc"] == pytest.approx(expected)
+    assert set(result) == {"fpr", "tpr", "thresholds", "auc"}
+    assert result["fpr"][0] == 0
+    assert result["tpr"][-1] == 1
+    assert np.isinf(result["thresholds"][0])
+
+
+def test_youden_exact():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    scores = np.array([0.1, 0.2, 0.75, 0.4, 0.7, 0.8, 0.9])
+    point = ev.youden_point(labels, scores)
+    assert point["threshold"] == pytest.approx(0.4)
+    assert point["sensitivity"] == pytest.approx(1.0)
+    assert point["recall"] == pytest.approx(1.0)
+    assert point["specificity"] == pytest.approx(2 / 3)
+    assert point["precision"] == pytest.approx(4 / 5)
+
+
+def test_youden_tie_takes_highest_threshold():
+    point = ev.youden_point(LABELS4, np.array([0.1, 0.4, 0.35, 0.8]))
+    assert point["threshold"] == pytest.approx(0.8)
+    assert point["sensitivity"] == pytest.approx(0.5)
+    assert point["specificity"] == pytest.approx(1.0)
+    assert point["precision"] == pytest.approx(1.0)
+
+
+def test_operating_point_precision_recall_exact():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    scores = np.array([0.9, 0.6, 0.2, 0.7, 0.65, 0.1, 0.3, 0.0])
+    # >= 0.5 called anomalous: TP=2 FN=1 FP=2 TN=3
+    point = ev.operating_point(labels, scores, 0.5)
+    assert point["precision"] == pytest.approx(2 / 4)
+    assert point["recall"] == pytest.approx(2 / 3)
+    assert point["sensitivity"] == pytest.approx(2 / 3)
+    assert point["specificity"] == pytest.approx(3 / 5)
+    assert ev.operating_point(labels, scores, 2.0)["precision"] == 0.0
+
+
+@pytest.mark.parametrize("labels", [[1, 1, 1], [0, 0, 0]])
+def test_degenerate_labels_raise(labels):
+    with pytest.raises(AnoganError, match="both normal and anomalous"):
+        ev.roc(np.array(labels), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(AnoganError, match="both normal and anomalous"):
+        ev.youden_point(np.array(labels), np.array([0.1, 0.2, 0.3]))
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(AnoganError, match="differ in length"):
+        ev.roc(LABELS4, np.zeros(3))
+    with pytest.raises(AnoganError, match="NaN"):
+        ev.roc(LABELS4, np.array([0.1, np.nan, 0.2, 0.3]))
+
+
+def test_orientation_of_discriminator_output():
+    p_d = np.array([0.9, 0.8, 0.2, 0.1])  # real-probability: high = normal
+    assert ev.roc(LABELS4, ev.orient_scores("discriminator_output", p_d))["auc"] == 1.0
+    np.testing.assert_allclose(ev.orient_scores("anomaly_score", p_d), p_d)
+
+
+def test_patch_labels_from_mask():
+    mask = np.zeros((2, 8, 10), dtype=np.uint8)
+    mask[0, 5, 6] = 1
+    mask[1, 0, 0] = 255
+    coords = np.array(
+        [
+            [0, 0, 0],  # rows 0-3, cols 0-3 of slice 0: no lesion
+            [0, 4, 4],  # rows 4-7, cols 4-7: holds (5, 6)
+            [0, 2, 6],  # rows 2-5, cols 6-9: holds (5, 6) on its last row
+            [0, 2, 7],  # cols 7-10: misses col 6
+            [1, 0, 0],  # slice 1 corner
+            [1, 4, 8],  # partly outside the mask: background
+        ]
+    )
+    labels = ev.patch_labels_from_mask(mask, coords, 4)
+    assert labels.dtype == bool
+    np.testing.assert_array_equal(labels, [False, True, True, False, True, False])
+
+
+def test_patch_labels_from_mask_errors():
+    with pytest.raises(InputError):
+        ev.patch_labels_from_mask(np.zeros((4, 4)), np.zeros((1, 3), int), 2)
+    with pytest.raises(InputError):
+        ev.patch_labels_from_mask(np.zeros((1, 4, 4)), np.zeros((1, 2), int), 2)
+    with pytest.raises(InputError, match="out of range"):
+        ev.patch_labels_from_mask(np.zeros((1, 4, 4)), np.array([[1, 0, 0]]), 2)
+
+
+def test_bscan_labels():
+    mask = np.zeros((3, 4, 5), dtype=np.uint8)
+    mask[1, 3, 4] = 1
+    np.testing.assert_array_equal(ev.bscan_labels(mask), [False, True, False])
+    np.testing.assert_array_equal(ev.bscan_labels_without_mask(3, True), [True] * 3)
+    np.testing.assert_array_equal(ev.bscan_labels_without_mask(2, False), [False] * 2)
+
+
+def test_pixel_auroc_exact():
+    residual = np.array([[[0.1, 0.9], [0.5, 0.3]]])
+    mask = np.array([[[0, 1], [0, 1]]])
+    assert ev.pixel_auroc(residual, mask) == pytest.approx(0.75)
+    valid = np.array([[[True, True], [False, True]]])
+    assert ev.pixel_auroc(residual, mask, valid) == pytest.approx(1.0)
+    with pytest.raises(AnoganError):
+        ev.pixel_auroc(residual, np.zeros_like(mask))
+
+
+def test_pixel_auroc_subsample_deterministic():
+    rng = np.random.default_rng(1)
+    mask = rng.random((4, 50, 50)) < 0.2
+    residual = mask * 0.5 + rng.random(mask.shape)
+    full = ev.pixel_auroc(residual, mask)
+    a = ev.pixel_auroc(residual, mask, max_pixels=2000)
+    b = ev.pixel_auroc(residual, mask, max_pixels=2000)
+    assert a == b
+    assert abs(a - full) < 0.05
+
+
+def _fake_scores(n, rng, labels):
+    shift = labels.astype(float)
+    out = {name: rng.random(n) + shift for name in ev.SCORE_NAMES}
+    out["discriminator_output"] = 1 - 0.5 * (rng.random(n) + shift)
+    return out
+
+
+def test_evaluate_scores_keys_and_table(tmp_path):
+    rng = np.random.default_rng(0)
+    patch_labels = np.arange(40) % 3 == 0
+    bscan_labels = np.arange(10) >= 5
+    patch_scores = _fake_scores(40, rng, patch_labels)
+    bscan_scores = _fake_scores(10, rng, bscan_labels)
+    bscan_scores["anomaly_score"][0] = np.nan  # unscored B-scan: left out
+    residual = rng.random((2, 8, 8))
+    mask = residual > 0.7
+    metrics = ev.evaluate_scores(
+        patch_scores, patch_labels, bscan_scores, bscan_labels, pixel=(residual, mask, None)
+    )
+    for name in ev.SCORE_NAMES:
+        entry = metrics[name]
+        assert {"patch_auc", "bscan_auc", "youden"} <= set(entry)
+        assert set(entry["youden"]) == {
+            "threshold",
+            "sensitivity",
+            "specificity",
+            "precision",
+            "recall",
+        }
+        assert 0.0 <= entry["patch_auc"] <= 1.0
+    assert metrics["discriminator_output"]["orientation"] == "1 - score"
+    assert metrics["anomaly_score"]["n_bscans"] == 9
+    assert metrics["pixel_auroc"] == pytest.approx(1.0)
+
+    path = tmp_path / "metrics.json"
+    ev.save_metrics(metrics, path)
+    loaded = json.loads(path.read_text())
+    assert loaded["anomaly_score"]["youden"]["threshold"] == pytest.approx(
+        metrics["anomaly_score"]["youden"]["threshold"]
+    )
+
+    table = ev.table1(metrics)
+    for row in ("aCAE", "P_D", "GAN_R", "AnoGAN"):
+        assert f"| {row} |" in table
+    for col in ("Precision", "Recall", "Sensitivity", "Specificity", "AUC", "B-scan AUC"):
+        assert col in table
+    assert len(table.strip().splitlines()) == 6
+
+
+def test_evaluate_scores_partial_levels_and_missing_rows():
+    labels = np.array([0, 0, 1, 1], dtype=bool)
+    metrics = ev.evaluate_scores(None, None, {"anomaly_score": [0.1, 0.2, 0.3, 0.4]}, labels)
+    assert metrics["anomaly_score"]["patch_auc"] is None
+    assert metrics["anomaly_score"]["bscan_auc"] == 1.0
+    assert metrics["anomaly_score"]["youden"] == metrics["anomaly_score"]["bscan_youden"]
+    assert metrics["pixel_auroc"] is None
+    table = ev.table1(metrics)
+    assert "| aCAE | – |" in table
+    with pytest.raises(AnoganError, match="nothing to evaluate"):
+        ev.evaluate_scores(None, None)
+    with pytest.raises(AnoganError, match="both normal and anomalous"):
+        ev.evaluate_scores({"anomaly_score": [0.1, 0.2]}, np.array([True, True]))
+
+
+def test_plots_write_png(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 2 == 0
+    scores = _fake_scores(60, rng, labels)
+    curves = ev.roc_curves({k: scores[k] for k in ev.FIG4A_SCORES}, labels)
+    roc_path = tmp_path / "roc.png"
+    ev.plot_rocs(curves, roc_path, title="Fig. 4a")
+    assert roc_path.stat().st_size > 10_000
+    dist_path = tmp_path / "dist.png"
+    ev.plot_score_distributions(
+        {
+            "training healthy": rng.normal(0, 1, 100),
+            "test healthy": rng.normal(0.2, 1, 80),
+            "diseased": rng.normal(2, 1, 50),
+        },
+        dist_path,
+        "residual score",
+    )
+    assert dist_path.stat().st_size > 10_000
+    assert not list(tmp_path.glob(".tmp-*"))
