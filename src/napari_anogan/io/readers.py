@@ -1,0 +1,560 @@
+"""Read OCT data from files and folders into a :class:`Volume`.
+
+One entry point, :func:`read_volume`, dispatches on what the path is:
+
+* a TIFF / OME-TIFF / ImageJ TIFF (tifffile), 2-D or multi-page;
+* a PNG, JPEG or BMP B-scan (Pillow);
+* a ``.npy`` array (never unpickled);
+* a folder of B-scans, or a list of B-scan files (stacked in natural order);
+* a vendor file (``.vol``, ``.e2e``, ``.fds``, ``.fda``, ``.img``, ``.dcm``) through the
+  optional ``vendor`` extra (see :mod:`napari_anogan.io.vendor`).
+
+Every format reader returns a :class:`_RawRead` (array + spacing + metadata) and
+:func:`read_volume` alone validates and builds the :class:`Volume`. A later
+``lazy=True`` mode only needs the format readers to return a dask array in ``_RawRead``.
+
+Anything wrong with the input (missing, empty, corrupt, wrong dimensions, NaN...)
+raises :class:`~napari_anogan.errors.InputError` naming the file and what was expected;
+no tifffile / Pillow / numpy exception escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_anogan.errors import InputError
+from napari_anogan.io.vendor import VENDOR_SUFFIXES, read_vendor
+from napari_anogan.io.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+Spacing = tuple[float | None, float | None, float | None]
+PathLike = str | os.PathLike
+
+#: TIFF suffixes (OME-TIFF ``.ome.tif`` included).
+TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+#: Single-image suffixes read with Pillow.
+PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+#: Suffixes of B-scan images picked up from a folder.
+IMAGE_SUFFIXES: tuple[str, ...] = TIFF_SUFFIXES + PIL_SUFFIXES
+#: Every file suffix :func:`read_volume` accepts (vendor ones need the ``vendor`` extra).
+SUPPORTED_SUFFIXES: tuple[str, ...] = (*IMAGE_SUFFIXES, ".npy", *VENDOR_SUFFIXES)
+
+_NO_SPACING: Spacing = (None, None, None)
+_MASK_NAME = re.compile(r"[_-]mask(\.ome)?\.[^.]+$", re.IGNORECASE)
+# ITU-R BT.709 luma, the weights of skimage.color.rgb2gray.
+_LUMA = np.array([0.2125, 0.7154, 0.0721])
+# Length units of OME / ImageJ / TIFF metadata, in micrometres.
+_UNIT_UM: dict[str, float] = {
+    "pm": 1e-6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "μm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "\\u00b5m": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "inch": 25400.0,
+    "in": 25400.0,
+}
+_TIFF_RESUNIT_UM = {2: 25400.0, 3: 1e4}  # ResolutionUnit tag: 2 inch, 3 centimetre
+# Below this many pixels per inch a TIFF resolution is a screen/print default (72, 96,
+# 300 dpi...), not a physical OCT pixel size (OCT pixels are a few micrometres, i.e.
+# thousands of dpi).
+_MIN_PHYSICAL_DPI = 1000.0
+
+
+@dataclass
+class _RawRead:
+    """What a format reader found, before validation."""
+
+    data: np.ndarray
+    spacing: Spacing = _NO_SPACING
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Axis holding colour samples (RGB/RGBA...), or None for grey data.
+    channel_axis: int | None = None
+    # Already checked by _finish (B-scans of a folder are checked one by one).
+    validated: bool = False
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def is_supported(path: PathLike | Sequence[PathLike]) -> bool:
+    """Cheaply tell whether :func:`read_volume` would try to read ``path``.
+
+    Looks only at suffixes (and lists a folder); never opens a file and never raises,
+    so a napari reader can call it on anything.
+
+    Parameters
+    ----------
+    path : str, PathLike or sequence of them
+        A file, a folder of B-scans or a list of B-scan files.
+
+    Returns
+    -------
+    bool
+        True for a supported suffix, a folder holding at least one B-scan image, or a
+        non-empty list of supported files.
+    """
+    try:
+        if isinstance(path, str | os.PathLike):
+            p = Path(path)
+            if p.is_dir():
+                return bool(_folder_images(p))
+            return p.suffix.lower() in SUPPORTED_SUFFIXES
+        paths = list(path)
+        return bool(paths) and all(
+            isinstance(p, str | os.PathLike) and Path(p).suffix.lower() in SUPPORTED_SUFFIXES
+            for p in paths
+        )
+    except Exception:  # a reader probe must never raise
+        return False
+
+
+def read_volume(path: PathLike | Sequence[PathLike]) -> Volume:
+    """Read an OCT volume or B-scan(s) into a :class:`Volume`.
+
+    Parameters
+    ----------
+    path : str, PathLike or sequence of them
+        One of:
+
+        * a multi-page TIFF / OME-TIFF / ImageJ TIFF: (H, W) -> (1, H, W), (S, H, W)
+          kept; a trailing colour axis of 3 or 4 samples is an RGB(A) B-scan;
+        * a PNG / JPEG / BMP / TIFF B-scan: (1, H, W);
+        * a ``.npy`` array, (H, W) or (S, H, W), loaded with ``allow_pickle=False``;
+        * a folder of B-scan images, stacked in natural order (``scan2`` before
+          ``scan10``); hidden files and masks (``*_mask.*``, ``*-mask.*``) are skipped;
+        * a list of B-scan files, stacked in the given order (a one-item list is read
+          like that file);
+        * a vendor file (``.vol``, ``.e2e``, ``.fds``, ``.fda``, ``.img``, ``.dcm``),
+          which needs ``pip install "napari-anogan[vendor]"``.
+
+    Returns
+    -------
+    Volume
+        ``data`` is (S, H, W) in the file's dtype (bool becomes uint8 0/1); colour is
+        converted to grey luminance with a warning. ``spacing`` is micrometres along
+        (slice, depth, width) from OME or ImageJ metadata or TIFF resolution tags, None
+        where unknown. ``name`` is the file stem (without ``.ome``) or folder name.
+
+    Raises
+    ------
+    InputError
+        If the path does not exist, is empty, corrupt, of an unknown type, not 2-D or
+        3-D, has a zero-size axis or NaN/inf values, or a folder holds no images or
+        images of different shapes. The message names the file and what was expected.
+
+    Warns
+    -----
+    UserWarning
+        When colour (RGB/RGBA) images were converted to grey (also logged).
+    """
+    if isinstance(path, str | os.PathLike):
+        p = Path(path)
+        raw = _read_path(p)
+        source, name = str(p), _name_of(p)
+    else:
+        paths = [Path(x) for x in path]
+        if not paths:
+            raise InputError("no files given; expected at least one B-scan file")
+        if len(paths) == 1:
+            return read_volume(paths[0])
+        raw = _read_stack(paths, kind="list")
+        parents = {q.parent for q in paths}
+        common = parents.pop() if len(parents) == 1 else None
+        source = str(common) if common is not None else str(paths[0])
+        name = _name_of(common) if common is not None else _name_of(paths[0])
+
+    data = _finish(raw, Path(source))
+    grey_from = raw.metadata.get("converted_from_rgb")
+    if grey_from:
+        msg = f"{grey_from}: colour image converted to grey (luminance, ITU-R BT.709)"
+        logger.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    logger.info("read %s: shape %s, dtype %s", source, data.shape, data.dtype)
+    return Volume(data=data, spacing=raw.spacing, source=source, name=name, metadata=raw.metadata)
+
+
+# ------------------------------------------------------------------------- dispatching
+
+
+def _name_of(path: Path) -> str:
+    """File stem without ``.ome``, or folder name."""
+    if path.is_dir() or not path.suffix:
+        return path.resolve().name or "volume"
+    stem = path.stem
+    if stem.lower().endswith(".ome"):
+        stem = stem[:-4]
+    return stem or "volume"
+
+
+def _read_path(path: Path) -> _RawRead:
+    """Read one file or folder (no validation of the array yet)."""
+    if path.is_dir():
+        files = _folder_images(path)
+        if not files:
+            raise InputError(
+                "folder holds no B-scan images; expected files ending in "
+                + ", ".join(IMAGE_SUFFIXES)
+                + " (masks named *_mask.* / *-mask.* are skipped)",
+                path,
+            )
+        raw = _read_stack(files, kind="folder")
+        raw.metadata["format"] = "folder"
+        return raw
+    return _read_file(path)
+
+
+def _check_file(path: Path) -> str:
+    """Check that ``path`` is a readable, non-empty file of a known type; return suffix."""
+    if not path.exists():
+        raise InputError("file or folder not found", path)
+    if not path.is_file():
+        raise InputError("not a regular file or folder", path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InputError(
+            f"unsupported file type {suffix or '(no suffix)'!r}; expected one of "
+            + ", ".join(SUPPORTED_SUFFIXES)
+            + " or a folder of B-scans",
+            path,
+        )
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot access file ({exc.strerror})", path) from exc
+    if size == 0:
+        raise InputError("file is empty (0 bytes); expected an image or volume", path)
+    return suffix
+
+
+def _read_file(path: Path) -> _RawRead:
+    """Read one file by suffix, turning any library error into :class:`InputError`."""
+    suffix = _check_file(path)
+    if suffix in VENDOR_SUFFIXES:
+        data, spacing, metadata = read_vendor(path)
+        return _RawRead(np.asarray(data), spacing, metadata)
+    if suffix in TIFF_SUFFIXES:
+        reader, kind = _read_tiff, "TIFF"
+    elif suffix in PIL_SUFFIXES:
+        reader, kind = _read_pil, suffix.lstrip(".").upper()
+    else:
+        reader, kind = _read_npy, "NumPy .npy"
+    try:
+        return reader(path)
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:  # tifffile, imagecodecs, Pillow, numpy: all mean "bad file"
+        raise InputError(
+            f"cannot read as {kind} (corrupt or truncated?): {type(exc).__name__}: {exc}",
+            path,
+        ) from exc
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _read_tiff(path: Path) -> _RawRead:
+    """Read the first series of a TIFF with tifffile, with its physical pixel size."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise InputError("TIFF holds no image data", path)
+        if len(tif.series) > 1:
+            logger.info("%s holds %d image series; reading the first", path, len(tif.series))
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes
+        spacing = _NO_SPACING
+        fmt = "tiff"
+        if tif.is_ome and tif.ome_metadata:
+            fmt = "ome-tiff"
+            spacing = _ome_spacing(tif.ome_metadata)
+        elif tif.is_imagej:
+            fmt = "imagej-tiff"
+            spacing = _imagej_spacing(tif.imagej_metadata or {}, tif.pages[0])
+        else:
+            spacing = _tag_spacing(tif.pages[0])
+    channel_axis = axes.index("S") if "S" in axes and len(axes) == data.ndim else None
+    if channel_axis is None and not fmt.startswith(("ome", "imagej")):
+        channel_axis = _guess_channel_axis(data.shape)
+    logger.debug("%s: TIFF series axes %s shape %s", path, axes, data.shape)
+    return _RawRead(data, spacing, {"format": fmt, "axes": axes}, channel_axis)
+
+
+def _read_pil(path: Path) -> _RawRead:
+    """Read a PNG / JPEG / BMP B-scan with Pillow (truncated files raise)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        mode = img.mode
+        if getattr(img, "n_frames", 1) > 1:
+            logger.info("%s has %d frames; reading the first", path, img.n_frames)
+        if mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        elif mode == "PA":
+            img = img.convert("RGBA")
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGB")
+        data = np.array(img)
+    channel_axis = 2 if data.ndim == 3 else None
+    return _RawRead(data, _NO_SPACING, {"format": path.suffix.lower().lstrip(".")}, channel_axis)
+
+
+def _read_npy(path: Path) -> _RawRead:
+    """Load a plain numeric ``.npy`` (never unpickles)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
+            raise InputError(
+                "holds pickled Python objects, which are not loaded for safety; "
+                "expected a plain numeric array saved with np.save",
+                path,
+            ) from exc
+        raise
+    if not isinstance(data, np.ndarray):  # np.load on a .npz-in-disguise gives NpzFile
+        raise InputError("not a single .npy array; expected one array saved with np.save", path)
+    return _RawRead(data, _NO_SPACING, {"format": "npy"}, _guess_channel_axis(data.shape))
+
+
+def _guess_channel_axis(shape: tuple[int, ...]) -> int | None:
+    """Last axis if it looks like RGB(A) samples of a B-scan (H, W, 3|4) or volume."""
+    if len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
+        return len(shape) - 1
+    return None
+
+
+# -------------------------------------------------------------------- folders & lists
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort key putting ``scan2`` before ``scan10``."""
+    parts = re.split(r"(\d+)", path.name.lower())
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """B-scan images of a folder in natural order, without hidden files and masks."""
+    files = [
+        Path(entry.path)
+        for entry in os.scandir(folder)
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+        and not _MASK_NAME.search(entry.name)
+    ]
+    return sorted(files, key=_natural_key)
+
+
+def _read_stack(files: Sequence[Path], *, kind: str) -> _RawRead:
+    """Read single B-scans, validate each, and stack them to (S, H, W)."""
+    scans: list[np.ndarray] = []
+    colour_files: list[Path] = []
+    spacing = _NO_SPACING
+    for i, f in enumerate(files):
+        raw = _read_file(f)
+        scan = _finish(raw, f)
+        if raw.metadata.get("converted_from_rgb"):
+            colour_files.append(f)
+        if scan.shape[0] != 1:
+            raise InputError(
+                f"holds {scan.shape[0]} B-scans of shape {scan.shape[1:]}; every file of a "
+                f"{kind} must be a single 2-D B-scan (H, W)",
+                f,
+            )
+        if i == 0:
+            spacing = (None, raw.spacing[1], raw.spacing[2])
+        scans.append(scan[0])
+
+    shapes = Counter(s.shape for s in scans)
+    usual = max(shapes, key=lambda shp: (shapes[shp], shp == scans[0].shape))
+    dtypes = Counter(s.dtype for s in scans)
+    usual_dtype = max(dtypes, key=lambda dt: (dtypes[dt], dt == scans[0].dtype))
+    for f, s in zip(files, scans, strict=True):
+        if s.shape != usual:
+            raise InputError(
+                f"B-scan has shape {s.shape} but the other B-scans of this {kind} have "
+                f"{usual}; expected all B-scans to have the same shape",
+                f,
+            )
+        if s.dtype != usual_dtype:
+            raise InputError(
+                f"B-scan has dtype {s.dtype} but the other B-scans of this {kind} have "
+                f"{usual_dtype}; expected all B-scans to have the same bit depth",
+                f,
+            )
+    metadata: dict[str, Any] = {"format": kind, "files": [str(f) for f in files]}
+    if colour_files:
+        n = len(colour_files)
+        metadata["converted_from_rgb"] = (
+            str(colour_files[0]) if n == 1 else f"{colour_files[0]} and {n - 1} other file(s)"
+        )
+    return _RawRead(np.stack(scans), spacing, metadata, validated=True)
+
+
+# -------------------------------------------------------------------------- validation
+
+
+def _to_grey(raw: _RawRead, path: Path) -> np.ndarray:
+    """Drop the colour axis: RGB(A) -> luminance, grey+alpha -> grey. Keeps the dtype."""
+    data = raw.data
+    if raw.channel_axis is None:
+        return data
+    data = np.moveaxis(data, raw.channel_axis, -1)
+    n = data.shape[-1]
+    if n == 1:
+        return data[..., 0]
+    if n == 2:  # grey + alpha
+        return data[..., 0]
+    if n not in (3, 4):
+        raise InputError(f"has {n} samples per pixel; expected grey, RGB or RGBA B-scans", path)
+    rgb = data[..., :3]
+    if data.dtype.kind == "f":
+        grey = (rgb @ _LUMA.astype(data.dtype)).astype(data.dtype, copy=False)
+    elif data.dtype.kind in "ui":
+        # Grey stored as RGB is returned exactly; true colour is rounded luminance.
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            grey = rgb[..., 0].copy()
+        else:
+            info = np.iinfo(data.dtype)
+            grey = np.clip(np.rint(rgb @ _LUMA), info.min, info.max).astype(data.dtype)
+    else:
+        raise InputError(f"colour image of unsupported dtype {data.dtype}", path)
+    raw.metadata["converted_from_rgb"] = str(path)
+    return grey
+
+
+def _finish(raw: _RawRead, path: Path) -> np.ndarray:
+    """Validate and shape the array to (S, H, W); raise InputError naming ``path``."""
+    if raw.validated:
+        return raw.data
+    data = _to_grey(raw, path) if raw.channel_axis is not None else raw.data
+    raw.channel_axis = None
+    if data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    elif data.dtype.kind in "uif" and not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))
+    if data.dtype.kind not in "uif":
+        raise InputError(
+            f"has data type {data.dtype}; expected integer or floating-point grey values",
+            path,
+        )
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    if data.ndim != 3:
+        raise InputError(
+            f"has {data.ndim}-D data of shape {data.shape}; expected a 2-D B-scan (H, W) "
+            "or a 3-D volume (slices, H, W)",
+            path,
+        )
+    if 0 in data.shape:
+        raise InputError(
+            f"has an axis of size 0 (shape {data.shape}); expected a non-empty image", path
+        )
+    if data.dtype.kind == "f":
+        bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise InputError(
+                f"contains {bad} NaN or infinite value(s); expected finite grey values",
+                path,
+            )
+    return data
+
+
+# ------------------------------------------------------------------------------ spacing
+
+
+def _to_um(value: Any, unit: str | None) -> float | None:
+    """Return a positive finite length in micrometres, or None."""
+    if value is None:
+        return None
+    factor = _UNIT_UM.get((unit or "µm").strip().lower().replace("\u03bc", "\u00b5"))
+    if factor is None:
+        return None
+    try:
+        v = float(value) * factor
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def _ome_spacing(ome_xml: str) -> Spacing:
+    """PhysicalSizeZ/Y/X (with units, default µm) of the first OME Pixels element."""
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        logger.debug("unparsable OME-XML; no spacing")
+        return _NO_SPACING
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return _NO_SPACING
+    z, y, x = (
+        _to_um(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit")) for a in "ZYX"
+    )
+    return (z, y, x)
+
+
+def _resolution_um(tag: Any, unit_um: float) -> float | None:
+    """Pixel size from an X/YResolution tag (pixels per unit) given the unit in µm."""
+    if tag is None:
+        return None
+    value = tag.value
+    try:
+        num, den = value if isinstance(value, tuple) else (value, 1)
+        per_unit = float(num) / float(den)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not np.isfinite(per_unit) or per_unit <= 0:
+        return None
+    return unit_um / per_unit
+
+
+def _imagej_spacing(meta: dict[str, Any], page: Any) -> Spacing:
+    """ImageJ ``unit`` + ``spacing`` (z) and X/YResolution (pixels per unit)."""
+    unit = meta.get("unit")
+    unit_um = _to_um(1.0, str(unit)) if unit else None
+    if unit_um is None:  # no unit, or 'pixel': no physical size
+        return _NO_SPACING
+    x = _resolution_um(page.tags.get("XResolution"), unit_um)
+    y = _resolution_um(page.tags.get("YResolution"), unit_um)
+    z = _to_um(meta.get("spacing"), str(unit))
+    return (z, y, x)
+
+
+def _tag_spacing(page: Any) -> Spacing:
+    """Baseline TIFF X/YResolution with ResolutionUnit inch or centimetre."""
+    unit_tag = page.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+    unit_um = _TIFF_RESUNIT_UM.get(unit)
+    if unit_um is None:
+        return _NO_SPACING
+    x = _resolution_um(page.tags.get("XResolution"), unit_um)
+    y = _resolution_um(page.tags.get("YResolution"), unit_um)
+    limit = 25400.0 / _MIN_PHYSICAL_DPI
+    if (x is not None and x > limit) or (y is not None and y > limit):
+        logger.debug("ignoring TIFF resolution (%s, %s) µm: a screen/print default", x, y)
+        return _NO_SPACING
+    return (None, y, x)
