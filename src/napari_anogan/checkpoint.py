@@ -1,0 +1,358 @@
+"""One-file model checkpoints, loaded without executing code.
+
+A checkpoint is a plain dict saved with :func:`torch.save` and read back with
+``torch.load(path, weights_only=True)``, which only rebuilds tensors, numbers, strings
+and containers: a file that would need pickle to run code is refused. Configurations
+and summaries are stored as JSON strings so that no custom class is ever pickled.
+
+Layout (``format_version`` 1)::
+
+    format_version     int
+    model_config       JSON str   (ModelConfig.to_dict)
+    preprocess_config  JSON str   (opaque dict from the caller: preprocessing used in training)
+    train_config       JSON str   (TrainConfig.to_dict)
+    generator          state_dict
+    discriminator      state_dict
+    encoder            state_dict or None
+    optimizers         {"generator": state_dict, "discriminator": state_dict} (for resume)
+    training           JSON str   (epochs done, seed, data fingerprint, losses, ...)
+    reference          {} or {"levels": (Q,) f64 tensor, "quantiles": {score: (Q,) f64 tensor},
+                          "settings": JSON str (mapping settings), "n_patches": int}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_anogan._atomic import atomic_path
+from napari_anogan.errors import ModelError
+from napari_anogan.models import Discriminator, Generator, ModelConfig
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedModel",
+    "check_compatible",
+    "load_checkpoint",
+    "read_checkpoint",
+    "reference_from_checkpoint",
+    "reference_to_checkpoint",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "format_version",
+    "model_config",
+    "preprocess_config",
+    "train_config",
+    "generator",
+    "discriminator",
+    "training",
+    "reference",
+)
+JSON_KEYS = ("model_config", "preprocess_config", "train_config", "training")
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready for scoring (models on the CPU, in eval mode).
+
+    Attributes
+    ----------
+    generator : Generator
+    discriminator : Discriminator
+    encoder : nn.Module or None
+        Not built yet by this version (reserved for encoder mapping modes).
+    model_config : ModelConfig
+    preprocess_config : dict
+        Preprocessing settings used for the training data; scoring must reuse them.
+    train_config : dict
+    training : dict
+        Training summary: ``epochs_done``, ``seed``, ``data_fingerprint``,
+        ``final_losses``, ...
+    reference : dict
+        Healthy reference distribution: ``levels`` (Q,) percent levels, ``quantiles``
+        {score name: (Q,) ndarray}, ``settings`` (mapping settings dict), ``n_patches``.
+        Empty if the model was saved before it was computed.
+    path : Path
+        The file it came from.
+    """
+
+    generator: Generator
+    discriminator: Discriminator
+    encoder: nn.Module | None
+    model_config: ModelConfig
+    preprocess_config: dict[str, Any]
+    train_config: dict[str, Any]
+    training: dict[str, Any]
+    reference: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def reference_to_checkpoint(
+    levels: np.ndarray,
+    quantiles: dict[str, np.ndarray],
+    settings: dict[str, Any],
+    n_patches: int,
+) -> dict[str, Any]:
+    """Pack a reference score distribution into the checkpoint's ``reference`` entry.
+
+    Parameters
+    ----------
+    levels : (Q,) ndarray
+        Percent levels of the quantiles (e.g. 0, 1, ..., 100).
+    quantiles : dict of str to (Q,) ndarray
+        Quantiles of each score over the held-out healthy patches.
+    settings : dict
+        Mapping settings used to compute the scores (JSON-serialisable).
+    n_patches : int
+        Number of held-out patches scored.
+
+    Returns
+    -------
+    dict
+        Only tensors, ints and strings (loadable with ``weights_only=True``).
+    """
+    return {
+        "levels": torch.as_tensor(np.asarray(levels, np.float64)),
+        "quantiles": {
+            k: torch.as_tensor(np.asarray(v, np.float64)) for k, v in sorted(quantiles.items())
+        },
+        "settings": json.dumps(settings, sort_keys=True),
+        "n_patches": int(n_patches),
+    }
+
+
+def reference_from_checkpoint(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """Inverse of :func:`reference_to_checkpoint` (numpy arrays, settings as dict)."""
+    if not entry:
+        return {}
+    return {
+        "levels": entry["levels"].numpy().astype(np.float64),
+        "quantiles": {k: v.numpy().astype(np.float64) for k, v in entry["quantiles"].items()},
+        "settings": json.loads(entry["settings"]),
+        "n_patches": int(entry["n_patches"]),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (temp file + rename).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination (conventionally ``*.pt``).
+    ckpt : dict
+        The layout described in this module's docstring; dict-valued JSON entries are
+        serialised to strings here, and tensors are moved to the CPU.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ModelError
+        If required keys are missing.
+    OutputError
+        If the file cannot be written.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ModelError(f"checkpoint dict lacks keys {missing}", path)
+    data = dict(ckpt)
+    for key in JSON_KEYS:
+        if not isinstance(data[key], str):
+            data[key] = json.dumps(data[key], sort_keys=True)
+    for key in ("generator", "discriminator", "encoder"):
+        if data.get(key) is not None:
+            data[key] = _cpu_state(data[key])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    logger.debug("saved checkpoint %s", path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a checkpoint file without executing code.
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    dict
+        The raw checkpoint dict (JSON entries still strings, tensors on the CPU).
+
+    Raises
+    ------
+    ModelError
+        Missing or unreadable file, a file that needs pickle to load ("refused"),
+        wrong ``format_version`` or missing keys. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("model file not found", path)
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise ModelError(
+                "refused: needs pickle to load (it could execute code); only checkpoints "
+                "written by napari-anogan are accepted",
+                path,
+            ) from exc
+        raise ModelError(
+            f"not a napari-anogan checkpoint (corrupt or wrong format: {exc})", path
+        ) from exc
+    except Exception as exc:  # corrupt zip, truncated file, not a torch file...
+        raise ModelError(
+            f"cannot read checkpoint (corrupt or not a torch file: {type(exc).__name__})", path
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelError(
+            f"not a napari-anogan checkpoint (top level is {type(data).__name__})", path
+        )
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(
+            f"unsupported checkpoint format_version {version!r} (this version reads "
+            f"{FORMAT_VERSION})",
+            path,
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ModelError(f"checkpoint lacks keys {missing}", path)
+    for key in JSON_KEYS:
+        if not isinstance(data[key], str):
+            raise ModelError(f"checkpoint entry {key!r} is not a JSON string", path)
+    return data
+
+
+def _json(data: dict[str, Any], key: str, path: Path) -> Any:
+    try:
+        return json.loads(data[key])
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"checkpoint entry {key!r} is not valid JSON ({exc})", path) from exc
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
+    """Load a checkpoint for scoring: models on the CPU in eval mode.
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelError
+        See :func:`read_checkpoint`; also weights that do not fit the stored config.
+
+    Examples
+    --------
+    >>> model = load_checkpoint("model.pt")  # doctest: +SKIP
+    >>> model.generator.config.patch_size  # doctest: +SKIP
+    64
+    """
+    path = Path(path)
+    data = read_checkpoint(path)
+    try:
+        model_config = ModelConfig.from_dict(_json(data, "model_config", path))
+    except (ModelError, TypeError) as exc:
+        raise ModelError(f"invalid model config in checkpoint ({exc})", path) from exc
+    generator = Generator(model_config)
+    discriminator = Discriminator(model_config)
+    for name, module in (("generator", generator), ("discriminator", discriminator)):
+        try:
+            module.load_state_dict(data[name])
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{name} weights do not match the model config ({exc})", path) from exc
+        module.eval()
+    if data.get("encoder") is not None:
+        logger.warning("%s: has encoder weights, not used by this version", path)
+    try:
+        reference = reference_from_checkpoint(data["reference"])
+    except (KeyError, AttributeError, TypeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"invalid reference distribution in checkpoint ({exc})", path) from exc
+    return LoadedModel(
+        generator=generator,
+        discriminator=discriminator,
+        encoder=None,
+        model_config=model_config,
+        preprocess_config=_json(data, "preprocess_config", path),
+        train_config=_json(data, "train_config", path),
+        training=_json(data, "training", path),
+        reference=reference,
+        path=path,
+    )
+
+
+def check_compatible(
+    loaded: LoadedModel,
+    patch_size: int,
+    preprocess_config: dict[str, Any] | None,
+    *,
+    ignore: Iterable[str] = (),
+) -> None:
+    """Check that input prepared with these settings can be scored by this model.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    patch_size : int
+        Side of the patches that will be scored.
+    preprocess_config : dict or None
+        Preprocessing settings of the input; compared key by key with the model's.
+        Skipped if None or if the model stores none.
+    ignore : iterable of str
+        Keys not to compare (settings that may legitimately differ at scoring time).
+
+    Raises
+    ------
+    ModelError
+        Naming the model file and every setting that differs (model vs input).
+    """
+    problems = []
+    if int(patch_size) != loaded.model_config.patch_size:
+        problems.append(f"patch_size: model {loaded.model_config.patch_size}, input {patch_size}")
+    if preprocess_config is not None and loaded.preprocess_config:
+        skip = set(ignore)
+        keys = sorted((set(preprocess_config) | set(loaded.preprocess_config)) - skip)
+        missing = object()
+        for key in keys:
+            mine = loaded.preprocess_config.get(key, missing)
+            theirs = preprocess_config.get(key, missing)
+            # JSON round trip turns tuples into lists: compare in JSON form.
+            if json.dumps(mine, sort_keys=True, default=str) != json.dumps(
+                theirs, sort_keys=True, default=str
+            ):
+                shown_m = "(absent)" if mine is missing else repr(mine)
+                shown_t = "(absent)" if theirs is missing else repr(theirs)
+                problems.append(f"{key}: model {shown_m}, input {shown_t}")
+    if problems:
+        raise ModelError(
+            "model does not match the input preprocessing: " + "; ".join(problems), loaded.path
+        )

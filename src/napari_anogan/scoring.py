@@ -1,0 +1,250 @@
+"""Turning patch scores into percentiles, B-scan/volume scores and residual heatmaps.
+
+All functions are numpy in, numpy out; the scores themselves come from
+:func:`napari_anogan.mapping.map_to_latent`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from napari_anogan.errors import InputError
+
+__all__ = [
+    "AGGREGATION_RULES",
+    "QUANTILE_LEVELS",
+    "aggregate_bscans",
+    "assemble_heatmap",
+    "percentile_of",
+    "score_quantiles",
+]
+
+logger = logging.getLogger(__name__)
+
+QUANTILE_LEVELS = np.linspace(0.0, 100.0, 101)
+"""Percent levels at which the healthy reference distribution is stored."""
+
+AGGREGATION_RULES = ("top3_mean", "max", "mean")
+
+
+def score_quantiles(
+    scores: dict[str, np.ndarray], levels: np.ndarray = QUANTILE_LEVELS
+) -> dict[str, np.ndarray]:
+    """Quantiles of each score over a set of (healthy) patches.
+
+    Parameters
+    ----------
+    scores : dict of str to (N,) ndarray
+        Per-patch scores by name, N >= 1.
+    levels : (Q,) ndarray
+        Percent levels in [0, 100], increasing.
+
+    Returns
+    -------
+    dict of str to (Q,) float64 ndarray
+    """
+    out = {}
+    for name, values in scores.items():
+        values = np.asarray(values, np.float64).ravel()
+        if values.size == 0:
+            raise InputError(f"no values to compute quantiles of {name!r}")
+        out[name] = np.quantile(values, np.asarray(levels, np.float64) / 100.0)
+    return out
+
+
+def percentile_of(
+    scores: np.ndarray | float,
+    quantiles: np.ndarray,
+    levels: np.ndarray | None = None,
+) -> np.ndarray:
+    """Percentile of healthy patches below each score, by interpolating stored quantiles.
+
+    Parameters
+    ----------
+    scores : ndarray or float
+        Scores of any shape.
+    quantiles : (Q,) ndarray
+        Non-decreasing quantiles of the healthy score distribution.
+    levels : (Q,) ndarray, optional
+        Their percent levels; default evenly spaced 0..100.
+
+    Returns
+    -------
+    ndarray of float64, same shape as ``scores``
+        In [0, 100]: 0 at or below the healthy minimum, 100 at or above the maximum.
+        Where several quantiles are equal (a flat stretch of the distribution) a score
+        equal to them gets the middle of their levels. NaN scores stay NaN.
+
+    Examples
+    --------
+    >>> percentile_of([0.5, 1.5, 5.0], np.array([0.0, 1.0, 2.0]))
+    array([ 25.,  75., 100.])
+    """
+    q = np.asarray(quantiles, np.float64).ravel()
+    if q.size == 0:
+        raise InputError("empty quantile table")
+    lv = np.linspace(0.0, 100.0, q.size) if levels is None else np.asarray(levels, np.float64)
+    if lv.shape != q.shape:
+        raise InputError(f"levels {lv.shape} and quantiles {q.shape} differ in length")
+    if np.any(np.diff(q) < 0):
+        raise InputError("quantiles must be non-decreasing")
+    # np.interp needs strictly increasing x: merge ties to the mean of their levels.
+    uq, inverse = np.unique(q, return_inverse=True)
+    ulv = np.bincount(inverse, weights=lv) / np.bincount(inverse)
+    s = np.asarray(scores, np.float64)
+    if uq.size == 1:
+        out = np.where(s < uq[0], 0.0, np.where(s > uq[0], 100.0, ulv[0]))
+    else:
+        out = np.interp(s, uq, ulv, left=0.0, right=100.0)
+    return np.where(np.isnan(s), np.nan, out)
+
+
+def aggregate_bscans(
+    patch_slices: np.ndarray,
+    patch_scores: np.ndarray,
+    n_slices: int,
+    rule: str = "top3_mean",
+) -> tuple[np.ndarray, float]:
+    """Score each B-scan from its patches' scores, and the volume from its B-scans.
+
+    Rules
+    -----
+    ``top3_mean`` (default)
+        Mean of the 3 highest patch scores of the B-scan (all of them if fewer). A lesion
+        typically covers a few neighbouring patches, so averaging the top few rewards a
+        consistent local anomaly, while the single maximum is noisy: one badly mapped
+        patch (the mapping is a non-convex search) would flag a healthy B-scan.
+    ``max``
+        Highest patch score.
+    ``mean``
+        Mean of all patch scores (dilutes small lesions; for comparison).
+
+    The volume score is the maximum over B-scans: a volume is as anomalous as its most
+    anomalous B-scan.
+
+    Parameters
+    ----------
+    patch_slices : (N,) int ndarray
+        B-scan (slice) index of each patch, in ``[0, n_slices)``.
+    patch_scores : (N,) ndarray
+        Score of each patch (e.g. anomaly score A).
+    n_slices : int
+        Number of B-scans in the volume.
+    rule : str
+        One of ``AGGREGATION_RULES``.
+
+    Returns
+    -------
+    bscan_scores : (n_slices,) float64 ndarray
+        NaN for B-scans without patches.
+    volume_score : float
+        Max over B-scans (NaN if no patches at all).
+
+    Examples
+    --------
+    >>> b, v = aggregate_bscans(np.array([0, 0, 0, 0, 2]),
+    ...                         np.array([1.0, 5.0, 3.0, 4.0, 2.0]), 3)
+    >>> b, v
+    (array([ 4., nan,  2.]), 4.0)
+    """
+    if rule not in AGGREGATION_RULES:
+        raise InputError(f"unknown aggregation rule {rule!r}; choose one of {AGGREGATION_RULES}")
+    slices = np.asarray(patch_slices).ravel()
+    scores = np.asarray(patch_scores, np.float64).ravel()
+    if slices.shape != scores.shape:
+        raise InputError(f"{slices.size} patch slices but {scores.size} patch scores")
+    if slices.size and (slices.min() < 0 or slices.max() >= n_slices):
+        raise InputError(f"patch slice indices must be in [0, {n_slices})")
+    slices = slices.astype(np.int64)
+    out = np.full(n_slices, np.nan)
+    if slices.size == 0:
+        return out, float("nan")
+    if rule == "max":
+        out = np.full(n_slices, -np.inf)
+        np.maximum.at(out, slices, scores)
+    elif rule == "mean":
+        sums = np.bincount(slices, weights=scores, minlength=n_slices)
+        counts = np.bincount(slices, minlength=n_slices)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = sums / counts
+    else:
+        # Sort by (slice, score descending) and keep each slice's first 3.
+        order = np.lexsort((-scores, slices))
+        s_sorted, v_sorted = slices[order], scores[order]
+        starts = np.searchsorted(s_sorted, s_sorted, side="left")
+        rank = np.arange(s_sorted.size) - starts
+        keep = rank < 3
+        sums = np.bincount(s_sorted[keep], weights=v_sorted[keep], minlength=n_slices)
+        counts = np.bincount(s_sorted[keep], minlength=n_slices)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = sums / counts
+    present = np.bincount(slices, minlength=n_slices) > 0
+    out = np.where(present, out, np.nan)
+    return out, float(np.nanmax(out))
+
+
+def assemble_heatmap(
+    residuals: np.ndarray,
+    coords: np.ndarray,
+    shape: tuple[int, int, int],
+    *,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """Paste patch images into a volume, averaging where patches overlap.
+
+    Parameters
+    ----------
+    residuals : (N, 1, P, Q) or (N, P, Q) ndarray
+        Patch images (e.g. residual images |x - G(z)|, or reconstructions).
+    coords : (N, 3) int ndarray
+        ``(slice, row, col)`` of each patch's top-left pixel in the target grid. Parts
+        of a patch outside the grid are dropped.
+    shape : (S, H, W) tuple of int
+        Shape of the target volume (e.g. the flattened retina band).
+    chunk : int
+        Patches processed at a time (bounds the temporary index arrays).
+
+    Returns
+    -------
+    (S, H, W) float32 ndarray
+        Mean of the covering patch values per pixel; NaN where no patch covers.
+
+    Examples
+    --------
+    >>> r = np.stack([np.full((1, 2, 2), 1.0), np.full((1, 2, 2), 3.0)])
+    >>> assemble_heatmap(r, np.array([[0, 0, 0], [0, 0, 1]]), (1, 2, 4))[0]
+    array([[ 1.,  2.,  3., nan],
+           [ 1.,  2.,  3., nan]], dtype=float32)
+    """
+    arr = np.asarray(residuals)
+    if arr.ndim == 4:
+        if arr.shape[1] != 1:
+            raise InputError(f"expected one channel per patch, got shape {arr.shape}")
+        arr = arr[:, 0]
+    if arr.ndim != 3:
+        raise InputError(f"patch images must be (N, 1, P, Q) or (N, P, Q), got {arr.shape}")
+    coords = np.asarray(coords, np.int64).reshape(-1, 3)
+    if coords.shape[0] != arr.shape[0]:
+        raise InputError(f"{arr.shape[0]} patches but {coords.shape[0]} coordinates")
+    s_n, h, w = (int(v) for v in shape)
+    n_px = s_n * h * w
+    total = np.zeros(n_px, np.float64)
+    count = np.zeros(n_px, np.int64)
+    ph, pw = arr.shape[1:]
+    dr, dc = np.meshgrid(np.arange(ph), np.arange(pw), indexing="ij")
+    dr, dc = dr.ravel(), dc.ravel()
+    for lo in range(0, arr.shape[0], chunk):
+        c = coords[lo : lo + chunk]
+        rows = c[:, 1:2] + dr[None]
+        cols = c[:, 2:3] + dc[None]
+        sl = np.broadcast_to(c[:, 0:1], rows.shape)
+        ok = (sl >= 0) & (sl < s_n) & (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        flat = (sl * h + rows) * w + cols
+        vals = arr[lo : lo + chunk].reshape(len(c), -1).astype(np.float64)
+        total += np.bincount(flat[ok], weights=vals[ok], minlength=n_px)
+        count += np.bincount(flat[ok], minlength=n_px)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out.reshape(s_n, h, w).astype(np.float32)
