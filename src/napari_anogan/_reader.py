@@ -1,0 +1,114 @@
+"""napari reader: every format :mod:`napari_anogan.io` reads, as image (or labels) layers.
+
+``get_reader`` only checks cheaply (``io.is_supported``) and returns None for anything
+else, never raising: napari then offers the next plugin. The returned function reads the
+file and gives one layer per path, scaled by the file's physical spacing. A file named
+``*_mask.*`` (the project's convention for lesion masks) opens as a labels layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_anogan._widgets._common import SPACING_KEY, scale_from_spacing
+
+logger = logging.getLogger(__name__)
+
+# The io package's rule for masks beside their scans (``X_mask.ext``, ``X-mask.ome.tif``).
+_MASK_NAME = re.compile(r"[_-]mask(\.ome)?\.[^.]+$", re.IGNORECASE)
+
+LayerData = tuple[Any, dict, str]
+ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
+
+
+def _paths(path: str | Sequence[str]) -> list[str]:
+    return [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
+
+
+def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
+    """Return :func:`read_layers` if every path is an OCT format this plugin reads.
+
+    Parameters
+    ----------
+    path : str or list of str
+        A file, a folder of B-scans, or several of them.
+
+    Returns
+    -------
+    callable or None
+        None when any path is not supported (napari then tries other readers).
+    """
+    try:
+        from napari_anogan.io import is_supported
+
+        paths = _paths(path)
+        if paths and all(is_supported(p) for p in paths):
+            return read_layers
+    except Exception:  # a reader check must never raise into napari
+        logger.debug("get_reader(%r) failed", path, exc_info=True)
+    return None
+
+
+def is_mask_path(path: str | Path) -> bool:
+    """Whether a file name marks a lesion mask (``scan_mask.tif``, ``scan-mask.ome.tif``)."""
+    return bool(_MASK_NAME.search(Path(path).name))
+
+
+def volume_layer(volume: Any, *, as_labels: bool = False) -> LayerData:
+    """One layer data tuple for a core :class:`~napari_anogan.io.volume.Volume`.
+
+    A single B-scan (S == 1) becomes a 2-D layer; spacing becomes ``scale`` and is kept in
+    the metadata so writers and scoring see the physical pixel sizes again.
+    """
+    data = volume.data[0] if volume.data.shape[0] == 1 else volume.data
+    meta: dict[str, Any] = {
+        "name": volume.name,
+        "scale": scale_from_spacing(volume.spacing, ndim=data.ndim),
+        "metadata": {
+            SPACING_KEY: tuple(volume.spacing),
+            "source": volume.source,
+            **{k: v for k, v in (volume.metadata or {}).items() if _plain(v)},
+        },
+    }
+    if as_labels:
+        return (np.asarray(data).astype(np.int32, copy=False), meta, "labels")
+    return (data, meta, "image")
+
+
+def _plain(value: Any) -> bool:
+    """Whether a metadata value is small plain data (kept in the layer metadata)."""
+    return isinstance(value, (str, int, float, bool, type(None), tuple, list, dict))
+
+
+def read_layers(path: str | Sequence[str]) -> list[LayerData]:
+    """Read each path into a layer data tuple.
+
+    Parameters
+    ----------
+    path : str or list of str
+        Paths accepted by :func:`get_reader`.
+
+    Returns
+    -------
+    list of (data, meta, layer_type)
+        ``image`` layers, or ``labels`` for ``*_mask`` files.
+
+    Raises
+    ------
+    AnoganError
+        If a file cannot be read (napari shows the message).
+    """
+    from napari_anogan.io import read_volume
+
+    layers = []
+    for p in _paths(path):
+        volume = read_volume(p)
+        layers.append(volume_layer(volume, as_labels=is_mask_path(p)))
+        logger.info("read %s: shape %s, spacing %s", p, volume.data.shape, volume.spacing)
+    return layers

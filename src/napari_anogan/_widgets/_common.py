@@ -1,0 +1,262 @@
+"""Helpers shared by the widgets, reader and sample data: geometry, devices, jobs.
+
+Everything Qt-specific that more than one widget needs lives here so each widget module
+stays a thin form around one core generator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+
+from napari_anogan.errors import AnoganError
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+#: Key under which a layer's metadata keeps the physical spacing (slice, depth, width) in µm.
+SPACING_KEY = "anogan_spacing"
+#: Key under which the "patch scores" layer keeps the whole VolumeResult.
+RESULT_KEY = "anogan_result"
+#: Key under which derived layers name the image layer they belong to.
+SOURCE_KEY = "anogan_image"
+
+
+def scale_from_spacing(spacing: Sequence[float | None] | None, ndim: int = 3) -> tuple[float, ...]:
+    """Turn a physical spacing into a napari ``scale``.
+
+    Parameters
+    ----------
+    spacing : sequence of (float or None), or None
+        Pixel size in µm along (slice, depth, width); None where unknown.
+    ndim : int
+        Dimensions of the layer (2 for a single B-scan, 3 for a volume).
+
+    Returns
+    -------
+    tuple of float
+        One value per layer axis. In-plane sizes are used only when both depth and width
+        are known (mixing µm with pixels would distort the B-scan); an unknown slice
+        spacing becomes the width spacing (or 1).
+    """
+    slice_um, depth_um, width_um = (list(spacing) + [None] * 3)[:3] if spacing else [None] * 3
+    if depth_um and width_um and depth_um > 0 and width_um > 0:
+        plane = (float(depth_um), float(width_um))
+        first = float(slice_um) if slice_um and slice_um > 0 else float(width_um)
+    else:
+        plane = (1.0, 1.0)
+        first = 1.0
+    return (first, *plane)[-ndim:] if ndim <= 3 else (1.0,) * (ndim - 3) + (first, *plane)
+
+
+def spacing_of_layer(layer: Any) -> tuple[float | None, float | None, float | None]:
+    """Physical spacing (slice, depth, width) of a layer: metadata first, then its scale.
+
+    A layer whose scale is all ones has no known spacing (None, None, None).
+    """
+    stored = (getattr(layer, "metadata", None) or {}).get(SPACING_KEY)
+    if stored is not None:
+        return tuple(stored)  # type: ignore[return-value]
+    scale = [float(s) for s in getattr(layer, "scale", ())][-3:]
+    if not scale or all(abs(s - 1.0) < 1e-12 for s in scale):
+        return (None, None, None)
+    scale = [1.0] * (3 - len(scale)) + scale
+    return (scale[0], scale[1], scale[2])
+
+
+def volume_from_layer(layer: Any):
+    """Build a core :class:`~napari_anogan.io.volume.Volume` from a napari image layer.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        A 2-D (H, W) or 3-D (S, H, W) grey image layer.
+
+    Raises
+    ------
+    AnoganError
+        If the layer is RGB, multiscale or not 2-D/3-D.
+    """
+    from napari_anogan.errors import InputError
+    from napari_anogan.io.volume import Volume
+
+    if getattr(layer, "rgb", False):
+        raise InputError(f"layer {layer.name!r} is RGB; OCT scans must be grey-scale")
+    if getattr(layer, "multiscale", False):
+        raise InputError(f"layer {layer.name!r} is multiscale; open the full-resolution data")
+    data = np.asarray(layer.data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    if data.ndim != 3:
+        raise InputError(
+            f"layer {layer.name!r} has {data.ndim} dimensions; expected a B-scan (H, W) "
+            "or a volume (S, H, W)"
+        )
+    source = getattr(getattr(layer, "source", None), "path", None) or ""
+    return Volume(
+        data=data,
+        spacing=spacing_of_layer(layer),
+        source=str(source),
+        name=layer.name,
+        metadata={"layer": layer.name},
+    )
+
+
+def bundled_model_path() -> Path | None:
+    """Path of the bundled small model, or None when this installation lacks it."""
+    try:
+        from napari_anogan.resources import BUNDLED_MODEL, sample_path
+
+        return sample_path(BUNDLED_MODEL)
+    except AnoganError:
+        return None
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """Devices the user can pick, as (label, value) pairs; ``auto`` first.
+
+    The ``auto`` label names the GPU when one is present, so the user sees it is used.
+    """
+    try:
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken CUDA setup must not break the widget
+        logger.debug("CUDA query failed", exc_info=True)
+        gpus = []
+    auto = f"auto (GPU: {gpus[0]})" if gpus else "auto (CPU, no GPU found)"
+    choices = [(auto, "auto"), ("cpu", "cpu")]
+    choices += [(f"cuda:{i} ({name})", f"cuda:{i}") for i, name in enumerate(gpus)]
+    return choices
+
+
+def notify_error(exc: BaseException, what: str) -> None:
+    """Show an error as a napari notification (and log it).
+
+    A project error (:class:`AnoganError`) is the user's to fix: its message is shown as
+    is. Anything else is a bug: logged with its traceback and shown with its type.
+    """
+    if isinstance(exc, AnoganError):
+        logger.warning("%s failed: %s", what, exc)
+        show_error(f"{what} failed: {exc}")
+    else:
+        logger.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
+        show_error(f"{what} failed ({type(exc).__name__}): {exc}")
+
+
+def notify_info(message: str) -> None:
+    """Show a short information notification."""
+    logger.info(message)
+    show_info(message)
+
+
+class Job:
+    """One long core job (a generator of progress events) run in a napari worker.
+
+    Parameters
+    ----------
+    what : str
+        Name of the job for messages ("Training", "Scoring").
+    on_event : callable
+        Called in the GUI thread with each yielded event.
+    on_result : callable
+        Called in the GUI thread with the generator's return value.
+    on_finish : callable
+        Called in the GUI thread when the job ends in any way (result, error, cancel),
+        with the outcome: ``"done"``, ``"error"`` or ``"cancelled"``.
+
+    Notes
+    -----
+    Cancel is ``worker.quit()``: the worker stops at the next ``yield`` of the core
+    generator; the generator is then closed (``GeneratorExit`` at its ``yield``) so the
+    core can clean up. superqt returns a ``RuntimeError`` raised by the job as a value
+    instead of emitting ``errored``; that case is turned back into an error here.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        on_event: Callable[[Any], None],
+        on_result: Callable[[Any], None],
+        on_finish: Callable[[str], None],
+    ) -> None:
+        self.what = what
+        self._on_event = on_event
+        self._on_result = on_result
+        self._on_finish = on_finish
+        self.worker: Any = None
+        self._gen: Generator | None = None
+        self._outcome = "done"
+
+    @property
+    def running(self) -> bool:
+        """Whether a worker is active."""
+        return self.worker is not None
+
+    def start(self, job: Callable[..., Generator], *args: Any, **kwargs: Any) -> Any:
+        """Start ``job(*args, **kwargs)`` (a generator function) in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise RuntimeError(f"{self.what} is already running")
+        self._outcome = "done"
+        self._gen = None
+
+        def run() -> Generator:
+            gen = job(*args, **kwargs)
+            self._gen = gen
+            result = yield from gen
+            return result
+
+        worker = create_worker(run, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(self._errored)
+        worker.aborted.connect(self._aborted)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at the next yield."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _returned(self, value: Any) -> None:
+        if isinstance(value, Exception):  # superqt hands back RuntimeErrors as values
+            self._errored(value)
+            return
+        try:
+            self._on_result(value)
+        except Exception as exc:  # turning a result into layers failed: report, stay usable
+            self._errored(exc)
+
+    def _errored(self, exc: BaseException) -> None:
+        self._outcome = "error"
+        notify_error(exc, self.what)
+
+    def _aborted(self) -> None:
+        self._outcome = "cancelled"
+
+    def _finished(self) -> None:
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            try:
+                gen.close()  # the worker thread is done with it: let the core clean up
+            except Exception as exc:
+                logger.warning("closing the %s job failed: %s", self.what, exc)
+        self.worker = None
+        self._on_finish(self._outcome)
+
+
+def layer_by_name(viewer: napari.Viewer, name: str) -> Any | None:
+    """Return the layer called ``name`` in ``viewer``, or None."""
+    return viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401

@@ -1,0 +1,499 @@
+"""Turn a scoring result into napari layer data tuples (pure numpy, no viewer needed).
+
+Every function returns plain ``(data, meta, layer_type)`` tuples so it can be tested
+without Qt; the score widget adds them to the viewer in one go. Boxes in the result are
+in raw pixels with integer corners; napari puts pixel centres on integers, so a box of
+rows ``[row, row + height)`` spans ``row - 0.5 .. row + height - 0.5``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+LayerData = tuple[Any, dict, str]
+
+#: Layer kinds added for one scored image, in the order they are added (bottom to top).
+LAYER_KINDS = (
+    "reconstruction",
+    "residual",
+    "boundaries",
+    "patch scores",
+    "score bars",
+    "candidates",
+    "en face",
+)
+
+RESIDUAL_COLOR = (0.95, 0.1, 0.1, 1.0)  # paper Fig. 3: red bar = residual score
+DISCRIMINATION_COLOR = (1.0, 0.85, 0.0, 1.0)  # yellow bar = discrimination score
+UNLIT_COLOR = (0.35, 0.35, 0.35, 0.55)
+ILM_COLOR = (0.25, 0.85, 1.0, 1.0)
+BM_COLOR = (1.0, 0.45, 0.85, 1.0)
+DECISION_COLORS = {
+    "": (1.0, 0.65, 0.0, 1.0),  # undecided: orange
+    "keep": (0.2, 1.0, 0.3, 1.0),
+    "reject": (0.55, 0.55, 0.55, 0.7),
+}
+
+
+def layer_name(image: str, kind: str) -> str:
+    """Name of a derived layer, e.g. ``layer_name("scan", "residual") == "scan residual"``."""
+    return f"{image} {kind}"
+
+
+def rectangle(slice_index: int, row: float, col: float, height: float, width: float) -> np.ndarray:
+    """Corners (4, 3) of a pixel box as a napari rectangle on B-scan ``slice_index``."""
+    r0, c0 = row - 0.5, col - 0.5
+    r1, c1 = row + height - 0.5, col + width - 0.5
+    return np.array(
+        [
+            [slice_index, r0, c0],
+            [slice_index, r0, c1],
+            [slice_index, r1, c1],
+            [slice_index, r1, c0],
+        ],
+        dtype=float,
+    )
+
+
+def _trim(shapes: Sequence[np.ndarray], ndim: int) -> list[np.ndarray]:
+    """Drop the slice coordinate when the image is a single 2-D B-scan."""
+    return [np.asarray(s)[:, -ndim:] for s in shapes]
+
+
+def component_percentiles(patches: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Healthy percentiles of the residual and discrimination scores of every patch.
+
+    Uses the table's ``residual_percentile`` / ``discrimination_percentile`` columns when
+    the core provides them, else the percentile of the anomaly score for both (so the
+    bars still light up where the patch is anomalous).
+    """
+    fallback = np.asarray(patches.get("healthy_percentile", []), dtype=float)
+    residual = np.asarray(patches.get("residual_percentile", fallback), dtype=float)
+    discrimination = np.asarray(patches.get("discrimination_percentile", fallback), dtype=float)
+    return residual, discrimination
+
+
+def patch_score_layer(
+    patches: Mapping[str, np.ndarray], name: str, *, ndim: int = 3, **meta: Any
+) -> LayerData:
+    """Shapes layer: one rectangle per scored patch, features = the whole patch table."""
+    n = len(patches.get("slice", ()))
+    rects = [
+        rectangle(
+            int(patches["slice"][i]),
+            float(patches["row"][i]),
+            float(patches["col"][i]),
+            float(patches["height"][i]),
+            float(patches["width"][i]),
+        )
+        for i in range(n)
+    ]
+    features = {key: np.asarray(value) for key, value in patches.items()}
+    colour_by = "healthy_percentile" if "healthy_percentile" in features else "anomaly_score"
+    style: dict[str, Any] = {
+        "name": name,
+        "ndim": ndim,
+        "shape_type": "rectangle",
+        "features": features,
+        "face_color": "transparent",
+        "edge_width": 1.0,
+        "opacity": 0.8,
+        "visible": False,
+    }
+    if n:
+        style.update(edge_color=colour_by, edge_colormap="inferno")
+    style.update(meta)
+    return (_trim(rects, ndim), style, "shapes")
+
+
+def _bar_segments(cols: np.ndarray, widths: np.ndarray) -> list[tuple[float, float]]:
+    """Split the columns covered by overlapping patches into one segment per patch.
+
+    Each patch owns the columns nearer to its centre than to its neighbours' centres, so
+    bars of a row of overlapping patches tile the B-scan without overlapping.
+    """
+    centres = cols + widths / 2.0
+    lows = np.empty_like(centres)
+    highs = np.empty_like(centres)
+    lows[0] = cols[0]
+    highs[-1] = cols[-1] + widths[-1]
+    mids = (centres[:-1] + centres[1:]) / 2.0
+    highs[:-1] = mids
+    lows[1:] = mids
+    return list(zip(lows.tolist(), highs.tolist(), strict=True))
+
+
+def score_bar_layer(
+    patches: Mapping[str, np.ndarray],
+    ilm: np.ndarray,
+    name: str,
+    *,
+    image_height: int,
+    threshold: float = 99.0,
+    ndim: int = 3,
+    **meta: Any,
+) -> LayerData:
+    """Shapes layer of Fig. 3-style bars above the retina.
+
+    For every B-scan and patch column (the maximum over patches stacked in depth), two
+    thin rectangles above the ILM: the top row for the residual score (red when lit), the
+    row below for the discrimination score (yellow when lit). A bar is lit where the
+    component's healthy percentile reaches ``threshold``.
+
+    Parameters
+    ----------
+    patches : mapping of str to (N,) ndarray
+        Patch table (raw boxes).
+    ilm : (S, W) ndarray
+        ILM row per slice and raw column (NaN where not found).
+    name : str
+        Layer name.
+    image_height : int
+        Rows of a B-scan; sets the bar thickness.
+    threshold : float
+        Healthy percentile at which a bar lights up.
+    ndim : int
+        2 for a single B-scan, else 3.
+    """
+    bar_h = max(2.0, round(image_height * 0.015))
+    gap = bar_h
+    residual_pct, discrimination_pct = component_percentiles(patches)
+    residual = np.asarray(patches.get("residual_score", []), dtype=float)
+    discrimination = np.asarray(patches.get("discrimination_score", []), dtype=float)
+    slices = np.asarray(patches.get("slice", []), dtype=int)
+    cols = np.asarray(patches.get("col", []), dtype=float)
+    widths = np.asarray(patches.get("width", []), dtype=float)
+    tops = np.asarray(patches.get("row", []), dtype=float)
+    ilm = np.asarray(ilm, dtype=float)
+
+    rects: list[np.ndarray] = []
+    feats: dict[str, list] = {
+        k: [] for k in ("slice", "col0", "col1", "component", "score", "percentile")
+    }
+    for s in np.unique(slices):
+        in_slice = np.flatnonzero(slices == s)
+        keys = sorted({(cols[i], widths[i]) for i in in_slice})
+        key_cols = np.array([k[0] for k in keys])
+        key_widths = np.array([k[1] for k in keys])
+        for (c, w), (lo, hi) in zip(keys, _bar_segments(key_cols, key_widths), strict=True):
+            members = in_slice[(cols[in_slice] == c) & (widths[in_slice] == w)]
+            c0, c1 = int(max(lo, 0)), int(np.ceil(hi))
+            row_ilm = ilm[s, c0:c1] if ilm.ndim == 2 and s < ilm.shape[0] else np.array([])
+            top = np.nanmin(row_ilm) if np.isfinite(row_ilm).any() else tops[members].min()
+            y0 = max(top - gap - 2 * bar_h - 1, 0.0)
+            for k, (component, score, pct) in enumerate(
+                (
+                    ("residual", residual, residual_pct),
+                    ("discrimination", discrimination, discrimination_pct),
+                )
+            ):
+                r0 = y0 + k * (bar_h + 1)
+                rects.append(
+                    np.array([[s, r0, lo], [s, r0, hi], [s, r0 + bar_h, hi], [s, r0 + bar_h, lo]])
+                    - np.array([0, 0.5, 0.5])
+                )
+                feats["slice"].append(int(s))
+                feats["col0"].append(float(lo))
+                feats["col1"].append(float(hi))
+                feats["component"].append(component)
+                feats["score"].append(float(np.nanmax(score[members])) if members.size else np.nan)
+                feats["percentile"].append(
+                    float(np.nanmax(pct[members])) if np.isfinite(pct[members]).any() else np.nan
+                )
+    features = {k: np.asarray(v) for k, v in feats.items()}
+    style: dict[str, Any] = {
+        "name": name,
+        "ndim": ndim,
+        "shape_type": "rectangle",
+        "features": features,
+        "face_color": bar_colors(features, threshold) if rects else "transparent",
+        "edge_width": 0.0,
+        "edge_color": "transparent",
+        "opacity": 1.0,
+    }
+    style.update(meta)
+    return (_trim(rects, ndim), style, "shapes")
+
+
+def bar_colors(features: Mapping[str, Any], threshold: float) -> np.ndarray:
+    """Face colours (N, 4) of score bars: lit (red/yellow) where percentile >= threshold."""
+    component = np.asarray(features["component"])
+    with np.errstate(invalid="ignore"):
+        lit = np.asarray(features["percentile"], dtype=float) >= threshold
+    colours = np.tile(np.array(UNLIT_COLOR), (component.size, 1))
+    colours[lit & (component == "residual")] = RESIDUAL_COLOR
+    colours[lit & (component == "discrimination")] = DISCRIMINATION_COLOR
+    return colours
+
+
+def _paths(rows: np.ndarray, s: int, step: int) -> list[np.ndarray]:
+    """Polyline pieces (K, 3) of one boundary in one slice, broken at NaN columns."""
+    columns = np.arange(rows.size)
+    keep = np.zeros(rows.size, dtype=bool)
+    keep[::step] = True
+    keep[-1] = True
+    finite = np.isfinite(rows)
+    pieces = []
+    start = None
+    for x in range(rows.size + 1):
+        ok = x < rows.size and finite[x]
+        if ok and start is None:
+            start = x
+        if not ok and start is not None:
+            idx = np.arange(start, x)
+            idx = idx[keep[idx] | (idx == start) | (idx == x - 1)]
+            if idx.size >= 2:
+                pieces.append(np.column_stack([np.full(idx.size, s), rows[idx], columns[idx]]))
+            start = None
+    return pieces
+
+
+def boundary_layer(
+    ilm: np.ndarray, bm: np.ndarray, name: str, *, ndim: int = 3, step: int = 4, **meta: Any
+) -> LayerData:
+    """Shapes layer of ILM (cyan) and BM (pink) paths, one pair per B-scan."""
+    shapes: list[np.ndarray] = []
+    which: list[str] = []
+    slice_of: list[int] = []
+    for label, rows in (("ILM", np.asarray(ilm, float)), ("BM", np.asarray(bm, float))):
+        for s in range(rows.shape[0]):
+            for piece in _paths(rows[s], s, step):
+                shapes.append(piece)
+                which.append(label)
+                slice_of.append(s)
+    colours = np.array([ILM_COLOR if w == "ILM" else BM_COLOR for w in which]).reshape(-1, 4)
+    style: dict[str, Any] = {
+        "name": name,
+        "ndim": ndim,
+        "shape_type": "path",
+        "features": {"boundary": np.asarray(which, dtype=object), "slice": np.asarray(slice_of)},
+        "edge_color": colours if shapes else "cyan",
+        "edge_width": 1.5,
+        "face_color": "transparent",
+        "opacity": 0.9,
+    }
+    style.update(meta)
+    return (_trim(shapes, ndim), style, "shapes")
+
+
+def candidate_features(candidates: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Feature columns of the candidate layer: one row per (candidate, B-scan) rectangle."""
+    columns = (
+        "rank",
+        "slice",
+        "slice_start",
+        "slice_end",
+        "row",
+        "col",
+        "height",
+        "width",
+        "n_patches",
+        "max_score",
+        "mean_score",
+        "healthy_percentile",
+    )
+    feats: dict[str, list] = {c: [] for c in (*columns, "decision")}
+    for cand in candidates:
+        for s in range(int(cand["slice_start"]), int(cand["slice_end"]) + 1):
+            for c in columns:
+                feats[c].append(s if c == "slice" else cand.get(c, np.nan))
+            feats["decision"].append(str(cand.get("decision", "") or ""))
+    out = {c: np.asarray(v) for c, v in feats.items()}
+    out["decision"] = np.asarray(feats["decision"], dtype=object)
+    return out
+
+
+def candidate_rectangles(
+    candidates: Sequence[Mapping[str, Any]], ndim: int = 3
+) -> list[np.ndarray]:
+    """Rectangles of the candidates, one per B-scan each spans (same order as features)."""
+    rects = []
+    for cand in candidates:
+        for s in range(int(cand["slice_start"]), int(cand["slice_end"]) + 1):
+            rects.append(rectangle(s, cand["row"], cand["col"], cand["height"], cand["width"]))
+    return _trim(rects, ndim)
+
+
+def decision_colors(decisions: Sequence[str]) -> np.ndarray:
+    """Edge colours (N, 4) of candidate rectangles from their keep/reject decision."""
+    return np.array(
+        [DECISION_COLORS.get(str(d or ""), DECISION_COLORS[""]) for d in decisions], dtype=float
+    ).reshape(-1, 4)
+
+
+def candidate_layer(
+    candidates: Sequence[Mapping[str, Any]],
+    name: str,
+    *,
+    ndim: int = 3,
+    **meta: Any,
+) -> LayerData:
+    """Shapes layer of candidate regions (one rectangle per candidate and B-scan)."""
+    features = candidate_features(candidates)
+    style: dict[str, Any] = {
+        "name": name,
+        "ndim": ndim,
+        "shape_type": "rectangle",
+        "features": features,
+        "edge_color": decision_colors(features["decision"]) if candidates else "orange",
+        "edge_width": 2.0,
+        "face_color": "transparent",
+        "text": {"string": "#{rank}", "color": "orange", "size": 9, "anchor": "upper_left"},
+    }
+    style.update(meta)
+    return (candidate_rectangles(candidates, ndim), style, "shapes")
+
+
+def en_face_layer(
+    en_face: np.ndarray,
+    name: str,
+    *,
+    scale: Sequence[float],
+    image_shape: Sequence[int],
+    origin: Sequence[float] = (0.0, 0.0),
+    **meta: Any,
+) -> LayerData:
+    """Image layer of the en-face anomaly map (slice x column) beside the B-scan.
+
+    A 2-D layer in a 3-D viewer is drawn on the displayed (depth, width) plane, so the
+    map sits to the left of the B-scan as a mini-map: one row per B-scan, one column per
+    raw column, scaled with the physical slice and width spacings.
+    """
+    sy, sx = float(scale[-3]) if len(scale) >= 3 else 1.0, float(scale[-1])
+    width = image_shape[-1] * sx
+    finite = np.asarray(en_face, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    high = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    low = float(finite.min()) if finite.size else 0.0
+    style: dict[str, Any] = {
+        "name": name,
+        "scale": (sy, sx),
+        "translate": (float(origin[0]), float(origin[1]) - width * 1.04),
+        "colormap": "inferno",
+        "contrast_limits": (low, high if high > low else low + 1.0),
+    }
+    style.update(meta)
+    return (np.asarray(en_face, dtype=np.float32), style, "image")
+
+
+def _robust_limits(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple:
+    """Contrast limits from percentiles of the finite values (never equal)."""
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return (0.0, 1.0)
+    low, high = np.percentile(finite, [low_pct, high_pct]).astype(float)
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def result_layers(
+    result: Any,
+    image_name: str,
+    *,
+    scale: Sequence[float],
+    translate: Sequence[float] | None = None,
+    ndim: int = 3,
+    threshold: float | None = None,
+    candidates: Sequence[Mapping[str, Any]] | None = None,
+) -> list[LayerData]:
+    """All layers for one scored image, in :data:`LAYER_KINDS` order.
+
+    Parameters
+    ----------
+    result : VolumeResult
+        Output of :func:`napari_anogan.pipeline.score_volume` (raw pixel grid).
+    image_name : str
+        Name of the scored image layer; every layer name starts with it.
+    scale, translate : sequence of float
+        The image layer's scale and translate, so the layers overlay it exactly.
+    ndim : int
+        2 when the image layer is a single B-scan (H, W), else 3.
+    threshold : float, optional
+        Healthy percentile that lights score bars (default: the result's setting, 99).
+    candidates : list of dict, optional
+        Candidate regions (default: ``result.candidates``).
+
+    Returns
+    -------
+    list of (data, meta, layer_type)
+    """
+    settings = getattr(result, "settings", {}) or {}
+    if threshold is None:
+        threshold = float(settings.get("percentile_threshold", 99.0))
+    if candidates is None:
+        candidates = list(getattr(result, "candidates", []) or [])
+    scale = tuple(float(s) for s in scale)[-ndim:]
+    translate = tuple(float(t) for t in (translate or (0.0,) * ndim))[-ndim:]
+    common = {"scale": scale, "translate": translate, "metadata": {"anogan_image": image_name}}
+
+    def squeeze(volume: np.ndarray) -> np.ndarray:
+        volume = np.asarray(volume, dtype=np.float32)
+        return volume[0] if ndim == 2 and volume.ndim == 3 else volume
+
+    residual = squeeze(result.residual)
+    reconstruction = squeeze(result.reconstruction)
+    height = int(result.shape[-2])
+    layers: list[LayerData] = [
+        (
+            reconstruction,
+            {
+                "name": layer_name(image_name, "reconstruction"),
+                "colormap": "gray",
+                "contrast_limits": _robust_limits(reconstruction),
+                "visible": False,
+                **common,
+            },
+            "image",
+        ),
+        (
+            residual,
+            {
+                "name": layer_name(image_name, "residual"),
+                "colormap": "inferno",
+                "blending": "additive",
+                "opacity": 0.8,
+                "contrast_limits": (0.0, max(_robust_limits(residual, 0, 99.9)[1], 1e-6)),
+                **common,
+            },
+            "image",
+        ),
+        boundary_layer(
+            result.ilm, result.bm, layer_name(image_name, "boundaries"), ndim=ndim, **common
+        ),
+        patch_score_layer(
+            result.patches,
+            layer_name(image_name, "patch scores"),
+            ndim=ndim,
+            **{**common, "metadata": {**common["metadata"], "anogan_result": result}},
+        ),
+        score_bar_layer(
+            result.patches,
+            result.ilm,
+            layer_name(image_name, "score bars"),
+            image_height=height,
+            threshold=threshold,
+            ndim=ndim,
+            **common,
+        ),
+        candidate_layer(
+            candidates,
+            layer_name(image_name, "candidates"),
+            ndim=ndim,
+            **{**common, "metadata": {**common["metadata"], "threshold": threshold}},
+        ),
+    ]
+    en_face = getattr(result, "en_face", None)
+    if ndim == 3 and en_face is not None and np.asarray(en_face).shape[0] > 1:
+        layers.append(
+            en_face_layer(
+                en_face,
+                layer_name(image_name, "en face"),
+                scale=scale,
+                image_shape=result.shape,
+                origin=(translate[1], translate[2]),
+                metadata=common["metadata"],
+            )
+        )
+    return layers
