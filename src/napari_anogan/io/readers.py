@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -274,28 +275,57 @@ def _read_file(path: Path) -> _RawRead:
 # ----------------------------------------------------------------------------- formats
 
 
+class _ErrorLog(logging.Handler):
+    """Collect ERROR records that tifffile logs (in this thread) instead of raising.
+
+    tifffile recovers from a broken page chain or a series that does not match its
+    declared shape by logging an error and returning *part* of the data; for us that is
+    a corrupt file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
 def _read_tiff(path: Path) -> _RawRead:
     """Read the first series of a TIFF with tifffile, with its physical pixel size."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise InputError("TIFF holds no image data", path)
-        if len(tif.series) > 1:
-            logger.info("%s holds %d image series; reading the first", path, len(tif.series))
-        series = tif.series[0]
-        data = series.asarray()
-        axes = series.axes
-        spacing = _NO_SPACING
-        fmt = "tiff"
-        if tif.is_ome and tif.ome_metadata:
-            fmt = "ome-tiff"
-            spacing = _ome_spacing(tif.ome_metadata)
-        elif tif.is_imagej:
-            fmt = "imagej-tiff"
-            spacing = _imagej_spacing(tif.imagej_metadata or {}, tif.pages[0])
-        else:
-            spacing = _tag_spacing(tif.pages[0])
+    errors = _ErrorLog()
+    tiff_logger = logging.getLogger("tifffile")
+    tiff_logger.addHandler(errors)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError("TIFF holds no image data", path)
+            if len(tif.series) > 1:
+                logger.info("%s holds %d image series; reading the first", path, len(tif.series))
+            series = tif.series[0]
+            data = series.asarray()
+            axes = series.axes
+            spacing = _NO_SPACING
+            fmt = "tiff"
+            if tif.is_ome and tif.ome_metadata:
+                fmt = "ome-tiff"
+                spacing = _ome_spacing(tif.ome_metadata)
+            elif tif.is_imagej:
+                fmt = "imagej-tiff"
+                spacing = _imagej_spacing(tif.imagej_metadata or {}, tif.pages[0])
+            else:
+                spacing = _tag_spacing(tif.pages[0])
+    finally:
+        tiff_logger.removeHandler(errors)
+    if errors.messages:
+        raise InputError(
+            "cannot read as TIFF (corrupt or truncated?): " + "; ".join(errors.messages[:3]),
+            path,
+        )
     channel_axis = axes.index("S") if "S" in axes and len(axes) == data.ndim else None
     if channel_axis is None and not fmt.startswith(("ome", "imagej")):
         channel_axis = _guess_channel_axis(data.shape)
