@@ -283,9 +283,8 @@ def train_acae(
             x_hat = model(x)
             d_real = model.discriminator(x)
             d_fake = model.discriminator(x_hat.detach())
-            d_loss = F.binary_cross_entropy_with_logits(
-                d_real, ones
-            ) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+            d_loss_real = F.binary_cross_entropy_with_logits(d_real, ones)
+            d_loss = d_loss_real + F.binary_cross_entropy_with_logits(d_fake, zeros)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
