@@ -84,9 +84,10 @@ class LoadedModel:
         Training summary: ``epochs_done``, ``seed``, ``data_fingerprint``,
         ``final_losses``, ...
     reference : dict
-        Healthy reference distribution: ``levels`` (Q,) percent levels, ``quantiles``
-        {score name: (Q,) ndarray}, ``settings`` (mapping settings dict), ``n_patches``.
-        Empty if the model was saved before it was computed.
+        Healthy reference distribution (see :func:`reference_from_checkpoint`): one
+        (Q,) quantile array per score name (``anomaly_score``, ``residual_score``, ...),
+        plus ``levels`` (Q,) percent levels, ``settings`` (mapping settings dict) and
+        ``n_patches``. Empty if the model was saved before it was computed.
     path : Path
         The file it came from.
     """
@@ -141,15 +142,28 @@ def reference_to_checkpoint(
 
 
 def reference_from_checkpoint(entry: dict[str, Any] | None) -> dict[str, Any]:
-    """Inverse of :func:`reference_to_checkpoint` (numpy arrays, settings as dict)."""
+    """Unpack the checkpoint's ``reference`` entry into a flat dict of numpy arrays.
+
+    Parameters
+    ----------
+    entry : dict or None
+        As written by :func:`reference_to_checkpoint`.
+
+    Returns
+    -------
+    dict
+        ``{score name: (Q,) quantiles, ..., "levels": (Q,) percent levels,
+        "settings": mapping settings dict, "n_patches": int}``; empty if ``entry`` is.
+        So ``percentile_of(a, ref["anomaly_score"], ref["levels"])`` is a score's
+        healthy percentile.
+    """
     if not entry:
         return {}
-    return {
-        "levels": entry["levels"].numpy().astype(np.float64),
-        "quantiles": {k: v.numpy().astype(np.float64) for k, v in entry["quantiles"].items()},
-        "settings": json.loads(entry["settings"]),
-        "n_patches": int(entry["n_patches"]),
-    }
+    out: dict[str, Any] = {k: v.numpy().astype(np.float64) for k, v in entry["quantiles"].items()}
+    out["levels"] = entry["levels"].numpy().astype(np.float64)
+    out["settings"] = json.loads(entry["settings"])
+    out["n_patches"] = int(entry["n_patches"])
+    return out
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:

@@ -39,6 +39,8 @@ class EventKind(str, Enum):
     """Latent mapping progress (``step`` of ``total`` optimisation steps, all batches)."""
     MAPPING_BATCH = "mapping_batch"
     """A mapping batch finished (``step`` = patches done of ``total``)."""
+    STAGE = "stage"
+    """A pipeline stage begins (``message`` names it, e.g. "preprocessing")."""
     DONE = "done"
     """The job finished; its result follows as the generator's return value."""
 

@@ -174,6 +174,11 @@ class MappingResult:
         "discriminator_output",
     )
 
+    @property
+    def residual(self) -> np.ndarray | None:
+        """Alias of :attr:`residual_image` (the residual heatmap input)."""
+        return self.residual_image
+
     def __len__(self) -> int:
         return int(self.z.shape[0])
 

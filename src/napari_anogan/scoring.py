@@ -19,6 +19,7 @@ __all__ = [
     "assemble_heatmap",
     "percentile_of",
     "score_quantiles",
+    "volume_score",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ def aggregate_bscans(
     patch_scores: np.ndarray,
     n_slices: int,
     rule: str = "top3_mean",
-) -> tuple[np.ndarray, float]:
-    """Score each B-scan from its patches' scores, and the volume from its B-scans.
+) -> np.ndarray:
+    """Score each B-scan from the scores of its patches.
 
     Rules
     -----
@@ -120,9 +121,6 @@ def aggregate_bscans(
         Highest patch score.
     ``mean``
         Mean of all patch scores (dilutes small lesions; for comparison).
-
-    The volume score is the maximum over B-scans: a volume is as anomalous as its most
-    anomalous B-scan.
 
     Parameters
     ----------
@@ -137,17 +135,13 @@ def aggregate_bscans(
 
     Returns
     -------
-    bscan_scores : (n_slices,) float64 ndarray
-        NaN for B-scans without patches.
-    volume_score : float
-        Max over B-scans (NaN if no patches at all).
+    (n_slices,) float64 ndarray
+        B-scan scores; NaN for B-scans without patches. See :func:`volume_score`.
 
     Examples
     --------
-    >>> b, v = aggregate_bscans(np.array([0, 0, 0, 0, 2]),
-    ...                         np.array([1.0, 5.0, 3.0, 4.0, 2.0]), 3)
-    >>> b, v
-    (array([ 4., nan,  2.]), 4.0)
+    >>> aggregate_bscans(np.array([0, 0, 0, 0, 2]), np.array([1.0, 5.0, 3.0, 4.0, 2.0]), 3)
+    array([ 4., nan,  2.])
     """
     if rule not in AGGREGATION_RULES:
         raise InputError(f"unknown aggregation rule {rule!r}; choose one of {AGGREGATION_RULES}")
@@ -160,7 +154,7 @@ def aggregate_bscans(
     slices = slices.astype(np.int64)
     out = np.full(n_slices, np.nan)
     if slices.size == 0:
-        return out, float("nan")
+        return out
     if rule == "max":
         out = np.full(n_slices, -np.inf)
         np.maximum.at(out, slices, scores)
@@ -181,8 +175,33 @@ def aggregate_bscans(
         with np.errstate(invalid="ignore", divide="ignore"):
             out = sums / counts
     present = np.bincount(slices, minlength=n_slices) > 0
-    out = np.where(present, out, np.nan)
-    return out, float(np.nanmax(out))
+    return np.where(present, out, np.nan)
+
+
+def volume_score(bscan_scores: np.ndarray) -> float:
+    """Score a volume as the maximum of its B-scan scores.
+
+    A volume is as anomalous as its most anomalous B-scan (a lesion is local; averaging
+    over B-scans would dilute it). B-scans without patches (NaN) are ignored.
+
+    Parameters
+    ----------
+    bscan_scores : (S,) ndarray
+        From :func:`aggregate_bscans`.
+
+    Returns
+    -------
+    float
+        NaN if no B-scan has a score.
+
+    Examples
+    --------
+    >>> volume_score(np.array([4.0, np.nan, 2.0]))
+    4.0
+    """
+    values = np.asarray(bscan_scores, np.float64)
+    finite = values[~np.isnan(values)]
+    return float(finite.max()) if finite.size else float("nan")
 
 
 def assemble_heatmap(

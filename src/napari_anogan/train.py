@@ -1,0 +1,598 @@
+"""Adversarial training of the AnoGAN DCGAN on healthy patches (paper sec. 2.1).
+
+:func:`train_gan` is a generator of :class:`~napari_anogan.events.ProgressEvent` that
+returns a :class:`TrainResult`. D maximises eq. (1) (binary cross-entropy on logits:
+real -> 1, generated -> 0); G maximises log D(G(z)) (the non-saturating form of eq. 2,
+as in DCGAN). Adam with the DCGAN settings (lr 2e-4, beta1 0.5).
+
+Reproducibility: model initialisation, the train/hold-out split, each epoch's shuffling
+and each epoch's z draws are all derived from ``(seed, epoch)``, so the same seed gives
+bitwise-identical weights on the CPU, and resuming after epoch k gives the same weights
+as an uninterrupted run (G, D, their batch-norm statistics and both optimisers' states
+are in the checkpoint).
+
+After the last epoch the held-out healthy patches are mapped to the latent space and
+the quantiles of their scores are stored: the healthy reference distribution used to
+express a score as a percentile of healthy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Generator, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_anogan.checkpoint import (
+    FORMAT_VERSION,
+    read_checkpoint,
+    reference_from_checkpoint,
+    reference_to_checkpoint,
+    save_checkpoint,
+)
+from napari_anogan.device import resolve_device
+from napari_anogan.errors import AnoganError, InputError, ModelError
+from napari_anogan.events import EventKind, ProgressEvent
+from napari_anogan.mapping import MappingConfig, map_to_latent
+from napari_anogan.models import Discriminator, ModelConfig, sample_prior
+from napari_anogan.models import Generator as GeneratorNet
+from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
+
+__all__ = ["TrainConfig", "TrainResult", "holdout_split", "train_gan"]
+
+logger = logging.getLogger(__name__)
+
+# Settings that must not change when resuming, or the resumed run would differ from an
+# uninterrupted one.
+RESUME_KEYS = ("batch_size", "lr", "beta1", "seed", "holdout_fraction")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of adversarial training.
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training patches (paper: 20).
+    batch_size : int
+        Patches per batch (DCGAN: 64).
+    lr : float
+        Adam learning rate for G and D (DCGAN: 2e-4).
+    beta1 : float
+        Adam beta1 (DCGAN: 0.5).
+    seed : int
+        Seed of initialisation, split, shuffling and z draws.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    sample_every : int
+        Batches between SAMPLES events (a grid of G(fixed z)); 0: only at epoch ends.
+    n_samples : int
+        Patches in the sample grid (a square number looks best).
+    holdout_fraction : float
+        Fraction of the healthy patches kept out of training to build the reference
+        score distribution.
+    reference_steps : int
+        Mapping steps used to score the held-out patches (match the scoring setting).
+    reference_lam : float
+        Lambda of the reference mapping.
+    reference_max_patches : int
+        At most this many held-out patches are mapped (mapping is expensive).
+    reference_batch_size : int
+        Mapping batch size for the reference.
+    deterministic : bool
+        Ask torch for deterministic algorithms during training (CPU results are then
+        bitwise reproducible; on CUDA it is best effort).
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    sample_every: int = 200
+    n_samples: int = 16
+    holdout_fraction: float = 0.05
+    reference_steps: int = 500
+    reference_lam: float = 0.1
+    reference_max_patches: int = 1024
+    reference_batch_size: int = 256
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 0:
+            problems.append(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.beta1 < 1.0:
+            problems.append(f"beta1 must be in [0, 1), got {self.beta1}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            problems.append(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.reference_steps < 0 or self.reference_max_patches < 0:
+            problems.append("reference_steps and reference_max_patches must be >= 0")
+        if self.n_samples < 1 or self.sample_every < 0:
+            problems.append("n_samples must be >= 1 and sample_every >= 0")
+        if problems:
+            raise AnoganError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise :class:`AnoganError`."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise AnoganError(f"unknown training config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def reference_mapping(self, device: str | None = None) -> MappingConfig:
+        """Return the mapping settings used for the healthy reference distribution."""
+        return MappingConfig(
+            steps=self.reference_steps,
+            lam=self.reference_lam,
+            batch_size=self.reference_batch_size,
+            seed=self.seed,
+            device=device or self.device,
+            keep_images=False,
+        )
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_gan`.
+
+    Attributes
+    ----------
+    generator, discriminator : nn.Module
+        Trained models (on the training device, eval mode).
+    epochs : int
+        Epochs completed in total (including those before a resume).
+    final_losses : dict of str to float
+        Mean losses of the last epoch (``d_loss``, ``g_loss``, ``d_real``, ``d_fake``).
+    history : list of dict
+        Mean losses of every epoch.
+    checkpoint_path : Path or None
+    reference : dict
+        Healthy reference distribution as in
+        :attr:`napari_anogan.checkpoint.LoadedModel.reference` (empty if not computed).
+    """
+
+    generator: nn.Module
+    discriminator: nn.Module
+    epochs: int
+    final_losses: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint_path: Path | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
+
+
+def _derived_seed(*keys: int) -> int:
+    """Derive a 63-bit seed from integers (independent streams per purpose/epoch)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split patch indices into training and held-out healthy patches.
+
+    Parameters
+    ----------
+    n : int
+        Number of patches.
+    fraction : float
+        Fraction held out (rounded; at most ``n - 1``, so one patch remains to train).
+    seed : int
+
+    Returns
+    -------
+    train_idx : (n - k,) int ndarray, sorted
+    holdout_idx : (k,) int ndarray, in random order
+    """
+    perm = np.random.default_rng([int(seed), 1]).permutation(n)
+    k = min(round(fraction * n), max(n - 1, 0))
+    return np.sort(perm[k:]), perm[:k]
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic = prev[2]
+        torch.backends.cudnn.benchmark = prev[3]
+
+
+def _check_patches(patches: np.ndarray, config: ModelConfig) -> None:
+    if not isinstance(patches, np.ndarray):
+        raise InputError(f"patches must be a numpy array, got {type(patches).__name__}")
+    expected = (config.channels, config.patch_size, config.patch_size)
+    if patches.ndim != 4 or tuple(patches.shape[1:]) != expected:
+        raise InputError(
+            f"training patches must have shape (N, {expected[0]}, {expected[1]}, "
+            f"{expected[2]}) for this model, got {patches.shape}"
+        )
+    if not np.issubdtype(patches.dtype, np.floating):
+        raise InputError(f"training patches must be floating point, got {patches.dtype}")
+    if patches.shape[0] < 2:
+        raise InputError(f"need at least 2 training patches, got {patches.shape[0]}")
+    for lo in range(0, patches.shape[0], 65536):  # chunked: no full-size temporary
+        if not np.isfinite(patches[lo : lo + 65536]).all():
+            raise InputError("training patches contain NaN or infinite values")
+
+
+def _grid(images: np.ndarray) -> np.ndarray:
+    """Tile (n, 1, P, P) images into one (rows*P, cols*P) float32 image."""
+    n, _, p, q = images.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.full((rows * p, cols * q), -1.0, np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * p : (r + 1) * p, c * q : (c + 1) * q] = images[i, 0]
+    return grid
+
+
+def _build_checkpoint(
+    g: nn.Module,
+    d: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    training: dict[str, Any],
+    extra: dict[str, Any],
+    reference: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_config": model_config.to_json(),
+        "preprocess_config": json.dumps(extra.get("preprocess_config") or {}, sort_keys=True),
+        "train_config": json.dumps(train_config.to_dict(), sort_keys=True),
+        "generator": g.state_dict(),
+        "discriminator": d.state_dict(),
+        "encoder": None,
+        "optimizers": {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()},
+        "training": json.dumps(training, sort_keys=True),
+        "reference": reference,
+    }
+
+
+def _resume_state(
+    path: Path, model_config: ModelConfig, train_config: TrainConfig, n_patches: int
+) -> dict[str, Any]:
+    data = read_checkpoint(path)
+    saved_model = json.loads(data["model_config"])
+    if saved_model != model_config.to_dict():
+        diffs = [
+            f"{k}: checkpoint {saved_model.get(k)!r}, requested {v!r}"
+            for k, v in model_config.to_dict().items()
+            if saved_model.get(k) != v
+        ]
+        raise ModelError("cannot resume: model config differs (" + "; ".join(diffs) + ")", path)
+    saved_train = json.loads(data["train_config"])
+    diffs = [
+        f"{k}: checkpoint {saved_train.get(k)!r}, requested {getattr(train_config, k)!r}"
+        for k in RESUME_KEYS
+        if saved_train.get(k) != getattr(train_config, k)
+    ]
+    if diffs:
+        raise ModelError("cannot resume: training settings differ (" + "; ".join(diffs) + ")", path)
+    training = json.loads(data["training"])
+    if training.get("n_patches") != n_patches:
+        raise ModelError(
+            f"cannot resume: checkpoint was trained on {training.get('n_patches')} patches, "
+            f"now given {n_patches}",
+            path,
+        )
+    if "optimizers" not in data:
+        raise ModelError("cannot resume: checkpoint has no optimiser states", path)
+    return data
+
+
+def train_gan(
+    patches: np.ndarray,
+    model_config: ModelConfig,
+    train_config: TrainConfig | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Generator[ProgressEvent, None, TrainResult]:
+    """Train the DCGAN on healthy patches; checkpoint every epoch; build the reference.
+
+    Parameters
+    ----------
+    patches : (N, C, P, P) float ndarray
+        Healthy training patches in [-1, 1] (a memory-mapped array works: batches are
+        copied as needed). A ``holdout_fraction`` of them is kept for the reference.
+    model_config : ModelConfig
+        Architecture.
+    train_config : TrainConfig, optional
+        Settings (defaults: the paper's 20 epochs with DCGAN's Adam).
+    checkpoint_path : str or PathLike, optional
+        Written atomically at the end of every epoch and once more with the reference
+        distribution. None: nothing is written.
+    resume : bool
+        Continue from ``checkpoint_path`` (its epochs are counted towards
+        ``train_config.epochs``). Model config, seed, batch size, optimiser settings,
+        hold-out fraction and number of patches must match.
+    extra : dict, optional
+        JSON-serialisable caller data: ``extra["preprocess_config"]`` becomes the
+        checkpoint's preprocessing config, ``extra["data_fingerprint"]`` is recorded in
+        the training summary; everything else is kept under ``training["extra"]``.
+
+    Yields
+    ------
+    ProgressEvent
+        EPOCH_START, BATCH (losses ``d_loss``, ``g_loss``, ``d_real`` = mean D(x),
+        ``d_fake`` = mean D(G(z))), SAMPLES, EPOCH_END, CHECKPOINT, REFERENCE and the
+        MAPPING_* events of the reference mapping, DONE.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    InputError
+        Patches of the wrong shape/dtype, NaN, fewer than 2.
+    ModelError
+        ``resume`` with a missing or incompatible checkpoint.
+    AnoganError
+        Device unavailable.
+
+    Examples
+    --------
+    >>> from napari_anogan.events import drain
+    >>> from napari_anogan.models import get_preset
+    >>> x = np.random.default_rng(0).uniform(-1, 1, (40, 1, 32, 32)).astype(np.float32)
+    >>> cfg = TrainConfig(epochs=1, batch_size=16, device="cpu", reference_steps=2)
+    >>> result = drain(train_gan(x, get_preset("tiny", patch_size=32), cfg))
+    >>> result.epochs, sorted(result.final_losses)
+    (1, ['d_fake', 'd_loss', 'd_real', 'g_loss'])
+    """
+    train_config = train_config or TrainConfig()
+    extra = dict(extra or {})
+    _check_patches(patches, model_config)
+    ckpt_path = None if checkpoint_path is None else Path(checkpoint_path)
+    if resume and ckpt_path is None:
+        raise ModelError("resume needs a checkpoint path")
+    device = resolve_device(train_config.device)
+    n = patches.shape[0]
+    seed = train_config.seed
+    train_idx, hold_idx = holdout_split(n, train_config.holdout_fraction, seed)
+    bs = min(train_config.batch_size, train_idx.size)
+    # Incomplete last batch dropped (as DCGAN): every step sees a full batch for batch norm.
+    n_batches = train_idx.size // bs
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_derived_seed(seed, 0))
+        g = GeneratorNet(model_config)
+        d = Discriminator(model_config)
+    g.to(device)
+    d.to(device)
+    betas = (train_config.beta1, 0.999)
+    opt_g = torch.optim.Adam(g.parameters(), lr=train_config.lr, betas=betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=train_config.lr, betas=betas)
+
+    start_epoch = 0
+    history: list[dict[str, float]] = []
+    reference: dict[str, Any] = {}
+    if resume:
+        assert ckpt_path is not None
+        data = _resume_state(ckpt_path, model_config, train_config, n)
+        g.load_state_dict(data["generator"])
+        d.load_state_dict(data["discriminator"])
+        opt_g.load_state_dict(data["optimizers"]["generator"])
+        opt_d.load_state_dict(data["optimizers"]["discriminator"])
+        saved = json.loads(data["training"])
+        start_epoch = int(saved["epochs_done"])
+        history = list(saved.get("history", []))
+        if start_epoch >= train_config.epochs:
+            reference = data["reference"] or {}
+        logger.info("resuming %s after epoch %d", ckpt_path, start_epoch)
+
+    fixed_z = sample_prior(
+        train_config.n_samples,
+        model_config,
+        torch.Generator().manual_seed(_derived_seed(seed, 4)),
+        device,
+    )
+    preprocess = extra.pop("preprocess_config", None)
+    training: dict[str, Any] = {
+        "epochs_done": start_epoch,
+        "epochs_planned": train_config.epochs,
+        "seed": seed,
+        "n_patches": int(n),
+        "n_train": int(train_idx.size),
+        "n_holdout": int(hold_idx.size),
+        "data_fingerprint": extra.get("data_fingerprint"),
+        "final_losses": history[-1] if history else {},
+        "history": history,
+        "extra": extra,
+        "device": str(device),
+        "torch_version": torch.__version__,
+    }
+    ckpt_extra = {"preprocess_config": preprocess}
+
+    def save(ref: dict[str, Any]) -> None:
+        if ckpt_path is not None:
+            save_checkpoint(
+                ckpt_path,
+                _build_checkpoint(
+                    g, d, opt_g, opt_d, model_config, train_config, training, ckpt_extra, ref
+                ),
+            )
+
+    def samples() -> np.ndarray:
+        was = g.training
+        g.eval()
+        with torch.no_grad():
+            out = g(fixed_z).float().cpu().numpy()
+        g.train(was)
+        return _grid(out)
+
+    real_label = torch.ones(bs, device=device)
+    fake_label = torch.zeros(bs, device=device)
+    with _deterministic(train_config.deterministic):
+        for epoch in range(start_epoch, train_config.epochs):
+            yield ProgressEvent(
+                EventKind.EPOCH_START,
+                epoch,
+                train_config.epochs,
+                message=f"epoch {epoch + 1}/{train_config.epochs}",
+                epoch=epoch,
+            )
+            g.train()
+            d.train()
+            order = np.random.default_rng([seed, 2, epoch]).permutation(train_idx)
+            z_gen = torch.Generator().manual_seed(_derived_seed(seed, 3, epoch))
+            sums = dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake"), 0.0)
+            for b in range(n_batches):
+                idx = np.sort(order[b * bs : (b + 1) * bs])
+                x = torch.from_numpy(np.asarray(patches[idx], np.float32)).to(device)
+                z = sample_prior(bs, model_config, z_gen, device)
+
+                # D step: maximise log D(x) + log(1 - D(G(z)))  (eq. 1).
+                fake = g(z)
+                logit_real = d(x)
+                logit_fake = d(fake.detach())
+                d_loss = F.binary_cross_entropy_with_logits(
+                    logit_real, real_label
+                ) + F.binary_cross_entropy_with_logits(logit_fake, fake_label)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+
+                # G step: maximise log D(G(z))  (eq. 2, non-saturating form).
+                g_loss = F.binary_cross_entropy_with_logits(d(fake), real_label)
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                opt_g.step()
+
+                # One device->host transfer for all four numbers.
+                values = torch.stack(
+                    [
+                        d_loss.detach(),
+                        g_loss.detach(),
+                        torch.sigmoid(logit_real.detach()).mean(),
+                        torch.sigmoid(logit_fake.detach()).mean(),
+                    ]
+                ).tolist()
+                losses = dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), values, strict=True))
+                for k, v in losses.items():
+                    sums[k] += v
+                yield ProgressEvent(
+                    EventKind.BATCH,
+                    b + 1,
+                    n_batches,
+                    message=f"epoch {epoch + 1}, batch {b + 1}/{n_batches}",
+                    epoch=epoch,
+                    losses=losses,
+                )
+                if train_config.sample_every and (b + 1) % train_config.sample_every == 0:
+                    yield ProgressEvent(
+                        EventKind.SAMPLES, b + 1, n_batches, epoch=epoch, samples=samples()
+                    )
+            means = {k: v / n_batches for k, v in sums.items()}
+            if not all(np.isfinite(list(means.values()))):
+                logger.warning("epoch %d: non-finite losses %s", epoch + 1, means)
+            history.append(means)
+            training.update(epochs_done=epoch + 1, final_losses=means, history=history)
+            yield ProgressEvent(
+                EventKind.EPOCH_END,
+                epoch + 1,
+                train_config.epochs,
+                message=(
+                    f"epoch {epoch + 1}/{train_config.epochs}: d_loss {means['d_loss']:.3f}, "
+                    f"g_loss {means['g_loss']:.3f}"
+                ),
+                epoch=epoch,
+                losses=means,
+            )
+            yield ProgressEvent(
+                EventKind.SAMPLES, epoch + 1, train_config.epochs, epoch=epoch, samples=samples()
+            )
+            save({})
+            if ckpt_path is not None:
+                yield ProgressEvent(
+                    EventKind.CHECKPOINT,
+                    epoch + 1,
+                    train_config.epochs,
+                    message=str(ckpt_path),
+                    epoch=epoch,
+                )
+
+    g.eval()
+    d.eval()
+    if not reference:
+        n_ref = min(hold_idx.size, train_config.reference_max_patches)
+        if n_ref == 0:
+            logger.warning("no held-out patches: the healthy reference distribution is empty")
+        else:
+            yield ProgressEvent(
+                EventKind.REFERENCE,
+                0,
+                n_ref,
+                message=f"scoring {n_ref} held-out healthy patches for the reference",
+            )
+            mcfg = train_config.reference_mapping(device=str(device))
+            sel = np.sort(hold_idx[:n_ref])
+            held = np.asarray(patches[sel], np.float32)
+            result = yield from map_to_latent(g, d, held, mcfg)
+            quantiles = score_quantiles(result.scores(), QUANTILE_LEVELS)
+            reference = reference_to_checkpoint(
+                QUANTILE_LEVELS, quantiles, mcfg.to_dict(), n_patches=n_ref
+            )
+            save(reference)
+            if ckpt_path is not None:
+                yield ProgressEvent(
+                    EventKind.CHECKPOINT,
+                    train_config.epochs,
+                    train_config.epochs,
+                    message=str(ckpt_path),
+                )
+    final = training["final_losses"]
+    yield ProgressEvent(
+        EventKind.DONE,
+        train_config.epochs,
+        train_config.epochs,
+        message=f"trained {training['epochs_done']} epochs",
+        losses=dict(final),
+    )
+    return TrainResult(
+        generator=g,
+        discriminator=d,
+        epochs=int(training["epochs_done"]),
+        final_losses=dict(final),
+        history=list(history),
+        checkpoint_path=ckpt_path,
+        reference=reference_from_checkpoint(reference),
+    )
