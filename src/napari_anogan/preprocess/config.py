@@ -1,0 +1,93 @@
+"""Preprocessing settings: one dataclass, saved in checkpoints so scoring reuses it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class PreprocessConfig:
+    """Settings of the preprocessing pipeline (normalise, resample, boundaries, flatten, patches).
+
+    The defaults follow Schlegl et al. (2017), section 3: grey values to [-1, 1], width
+    resampled to about 22 um per column (about 256 columns for a 6 mm Spectralis scan),
+    retina flattened on Bruch's membrane, 64 x 64 patches. Row-based lengths are in raw
+    pixels, because depth is never resampled; column-based lengths are in resampled columns.
+
+    Examples
+    --------
+    >>> cfg = PreprocessConfig(target_width=128)
+    >>> PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    #: Columns after resampling when the column spacing of the input is unknown.
+    target_width: int = 256
+    #: Column spacing (um) to resample to when ``Volume.spacing[2]`` is known (paper: ~22 um).
+    column_spacing_um: float = 22.0
+    #: Grey value percentile (whole volume) mapped to -1; darker values are clipped.
+    low_percentile: float = 1.0
+    #: Grey value percentile (whole volume) mapped to +1; brighter values are clipped.
+    high_percentile: float = 99.9
+    #: Rows kept above the highest ILM in the flattened band.
+    margin_above: int = 16
+    #: Rows kept below Bruch's membrane in the flattened band.
+    margin_below: int = 32
+    #: Fixed band height in rows; None = thickest retina of the volume + margins (>= patch_size).
+    band_height: int | None = None
+    #: Side of the square patches in pixels (paper: 64).
+    patch_size: int = 64
+    #: Gaussian smoothing (rows) of the image before boundary detection, in pixels.
+    smooth_rows: float = 2.0
+    #: Gaussian smoothing (columns) of the image before boundary detection, in resampled columns.
+    smooth_cols: float = 1.5
+    #: Largest change of a boundary row from one resampled column to the next (graph search).
+    max_jump: int = 4
+    #: Cost of a boundary path per row of jump between neighbouring columns (smoothness).
+    jump_penalty: float = 0.05
+    #: Thinnest retina (ILM to BM) searched for, in rows.
+    min_thickness: int = 12
+    #: Thickest retina (ILM to BM) searched for, in rows.
+    max_thickness: int = 300
+    #: Half height (rows) of the band around the neighbour-slice consensus in the second pass.
+    slice_band: int = 12
+    #: Gaussian smoothing of the final boundaries along columns (resampled columns).
+    boundary_smooth_cols: float = 1.0
+    #: Gaussian smoothing of the final boundaries across B-scans (slices); 0 = none.
+    boundary_smooth_slices: float = 0.7
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        """Build a config from :meth:`to_dict` output; unknown keys are ignored.
+
+        Parameters
+        ----------
+        data : dict
+            Field name to value. Missing fields keep their defaults, so a checkpoint
+            written by an older version still loads.
+
+        Returns
+        -------
+        PreprocessConfig
+        """
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def detection_params(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`detect_boundaries` taken from this config."""
+        return {
+            "smooth_rows": self.smooth_rows,
+            "smooth_cols": self.smooth_cols,
+            "max_jump": self.max_jump,
+            "jump_penalty": self.jump_penalty,
+            "min_thickness": self.min_thickness,
+            "max_thickness": self.max_thickness,
+            "slice_band": self.slice_band,
+            "boundary_smooth_cols": self.boundary_smooth_cols,
+            "boundary_smooth_slices": self.boundary_smooth_slices,
+        }

@@ -1,0 +1,154 @@
+"""Patches of the flattened band: random (training) and on a grid (scoring)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_anogan.preprocess.flatten import PreprocessedVolume
+
+
+@dataclass(eq=False)
+class Patches:
+    """Square patches cut from the flattened band, with where they came from.
+
+    Attributes
+    ----------
+    images : (N, 1, P, P) ndarray of float32
+        Patch grey values in [-1, 1] (channel axis for the networks).
+    coords : (N, 3) ndarray of int64
+        ``slice, row, col`` of each patch's top-left corner in the band; map to raw
+        pixels with ``PreprocessedVolume.geometry.box_to_raw``.
+    """
+
+    images: np.ndarray
+    coords: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+
+def _cut(flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
+    """Gather ``size`` x ``size`` patches at ``coords`` (top-left) from ``flat``."""
+    if len(coords) == 0:
+        return np.zeros((0, 1, size, size), np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(flat, (size, size), axis=(1, 2))
+    out = windows[coords[:, 0], coords[:, 1], coords[:, 2]]
+    return np.ascontiguousarray(out[:, None], dtype=np.float32)
+
+
+def _check_fits(pre: PreprocessedVolume) -> int:
+    size = pre.config.patch_size
+    _, hb, wr = pre.flat.shape
+    if hb < size or wr < size:
+        raise ValueError(f"band {hb}x{wr} is smaller than one {size}x{size} patch")
+    return size
+
+
+def _box_sums(mask: np.ndarray, size: int) -> np.ndarray:
+    """Count the True pixels in every ``size`` x ``size`` window, by top-left corner.
+
+    A summed-area table (cumulative sums) so all windows cost O(1) each.
+    """
+    s, h, w = mask.shape
+    sat = np.zeros((s, h + 1, w + 1), np.int64)
+    sat[:, 1:, 1:] = mask.cumsum(1).cumsum(2)
+    return (
+        sat[:, size:, size:]
+        - sat[:, :-size, size:]
+        - sat[:, size:, :-size]
+        + sat[:, :-size, :-size]
+    )
+
+
+def random_patches(
+    pre: PreprocessedVolume,
+    k_per_scan: int,
+    seed: int | np.random.Generator = 0,
+) -> Patches:
+    """Patches at random positions inside the retina, ``k_per_scan`` per B-scan.
+
+    Each patch is centred on a pixel drawn uniformly from the retina (between ILM and
+    Bruch's membrane) among those where the whole patch fits in the band, as the paper
+    samples training patches at random positions of the flattened retina.
+
+    Parameters
+    ----------
+    pre : PreprocessedVolume
+        Output of :func:`preprocess_volume`.
+    k_per_scan : int
+        Patches per B-scan (drawn with replacement of positions).
+    seed : int or numpy.random.Generator
+        Random seed or generator; the same seed gives the same patches.
+
+    Returns
+    -------
+    Patches
+        ``S * k_per_scan`` patches, grouped by slice (fewer if a B-scan has no retina).
+    """
+    size = _check_fits(pre)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    s, hb, wr = pre.flat.shape
+    half = size // 2
+    # centres whose patch fits: rows half .. hb - size + half (same for columns)
+    centres = pre.retina_mask[:, half : hb - size + half + 1, half : wr - size + half + 1]
+    coords = []
+    for i in range(s):
+        rows, cols = np.nonzero(centres[i])
+        if len(rows) == 0 or k_per_scan <= 0:
+            continue
+        pick = rng.integers(0, len(rows), size=k_per_scan)
+        coords.append(np.stack([np.full(k_per_scan, i), rows[pick], cols[pick]], axis=1))
+    coords_arr = np.concatenate(coords).astype(np.int64) if coords else np.zeros((0, 3), np.int64)
+    return Patches(images=_cut(pre.flat, coords_arr, size), coords=coords_arr)
+
+
+def _grid_starts(length: int, size: int, stride: int) -> np.ndarray:
+    """Start positions every ``stride``, plus one flush with the end so all is covered."""
+    starts = np.arange(0, length - size + 1, stride)
+    if starts[-1] != length - size:
+        starts = np.append(starts, length - size)
+    return starts
+
+
+def grid_patches(
+    pre: PreprocessedVolume,
+    stride: int = 32,
+    min_retina_fraction: float = 0.1,
+    slices: Sequence[int] | None = None,
+) -> Patches:
+    """Patches on a regular grid over the band, keeping those that overlap the retina.
+
+    Parameters
+    ----------
+    pre : PreprocessedVolume
+        Output of :func:`preprocess_volume`.
+    stride : int
+        Grid step in band pixels (rows and columns); a last row/column of patches is
+        added flush with the band's end so that every pixel is covered.
+    min_retina_fraction : float
+        Keep a patch when at least this fraction of its pixels lies in the retina.
+    slices : sequence of int, optional
+        B-scans to cut from (default: all).
+
+    Returns
+    -------
+    Patches
+        Ordered by slice, then row, then column.
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    size = _check_fits(pre)
+    s, hb, wr = pre.flat.shape
+    chosen = np.arange(s) if slices is None else np.asarray(sorted(set(slices)), np.int64)
+    if len(chosen) and (chosen.min() < 0 or chosen.max() >= s):
+        raise ValueError(f"slices must be in [0, {s - 1}], got {list(slices or [])}")
+    rows = _grid_starts(hb, size, stride)
+    cols = _grid_starts(wr, size, stride)
+    counts = _box_sums(pre.retina_mask[chosen], size)[:, rows][:, :, cols]
+    keep = counts >= max(1, min_retina_fraction * size * size)
+    si, ri, ci = np.nonzero(keep)
+    coords = np.stack([chosen[si], rows[ri], cols[ci]], axis=1).astype(np.int64)
+    return Patches(images=_cut(pre.flat, coords, size), coords=coords)
