@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from napari_anogan.errors import AnoganError
 
@@ -260,3 +261,125 @@ class Job:
 def layer_by_name(viewer: napari.Viewer, name: str) -> Any | None:
     """Return the layer called ``name`` in ``viewer``, or None."""
     return viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+
+
+class LayerCombo(QComboBox):
+    """A combo box listing the viewer's layers of some types, kept up to date.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        Viewer whose layer list is followed.
+    layer_types : tuple of type
+        Layer classes to list (e.g. ``(napari.layers.Image,)``).
+    accept : callable, optional
+        Extra filter on a layer (e.g. only grey images, only result layers).
+    allow_none : bool
+        Add a first empty entry.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        layer_types: tuple[type, ...],
+        accept: Callable[[Any], bool] | None = None,
+        allow_none: bool = False,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = layer_types
+        self._accept = accept or (lambda layer: True)
+        self._allow_none = allow_none
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.moved):
+            event.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _layers(self) -> list[Any]:
+        return [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, self._types) and self._accept(layer)
+        ]
+
+    def refresh(self, event: Any = None) -> None:
+        """Re-list the layers, keeping the current choice when it still exists."""
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self.refresh)
+        try:
+            self._refill()
+        except RuntimeError:  # the Qt widget was deleted while the viewer lives on
+            logger.debug("layer combo gone", exc_info=True)
+
+    def _refill(self) -> None:
+        current = self.currentText()
+        names = [layer.name for layer in self._layers()]
+        self.blockSignals(True)
+        self.clear()
+        if self._allow_none:
+            self.addItem("")
+        self.addItems(names)
+        index = self.findText(current)
+        if index < 0 and names:
+            # a new matching layer: select the most recently added one (top of the list)
+            index = self.findText(names[-1])
+        self.setCurrentIndex(max(index, 0))
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
+
+    def layer(self) -> Any | None:
+        """Return the selected layer, or None."""
+        name = self.currentText()
+        for layer in self._layers():
+            if layer.name == name:
+                return layer
+        return None
+
+
+def browse_row(edit: QLineEdit, button_text: str, on_click: Callable[[], None]) -> QWidget:
+    """Build a line edit with a small browse button beside it, as one row widget."""
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(edit)
+    button = QPushButton(button_text)
+    button.setMaximumWidth(32)
+    button.clicked.connect(on_click)
+    layout.addWidget(button)
+    return row
+
+
+def is_result_layer(layer: Any) -> bool:
+    """Whether a layer is the "patch scores" layer holding a scoring result."""
+    return RESULT_KEY in (getattr(layer, "metadata", None) or {})
+
+
+def camera_of(viewer: Any) -> Any:
+    """Return the camera: ``viewer.scene.camera`` (napari >= 0.9) or ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def canvas_size(viewer: Any) -> np.ndarray:
+    """Canvas size (height, width) in screen pixels."""
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None)
+    if size is None:  # napari < 0.9
+        size = getattr(viewer, "_canvas_size", (600, 800))
+    return np.asarray(size, dtype=float)
+
+
+def zoom_to_box(viewer: Any, world_lo: Sequence[float], world_hi: Sequence[float]) -> None:
+    """Centre the 2-D view on a world box and zoom so it fills about a quarter of the canvas."""
+    lo = np.asarray(world_lo, dtype=float)[-2:]
+    hi = np.asarray(world_hi, dtype=float)[-2:]
+    camera = camera_of(viewer)
+    camera.center = tuple((lo + hi) / 2.0)
+    extent = np.abs(hi - lo) * 4.0
+    size = canvas_size(viewer)
+    if np.all(extent > 0) and np.all(size > 0):
+        camera.zoom = float(np.min(size / extent))

@@ -1,0 +1,352 @@
+"""Candidate markers: browse, re-threshold and keep/reject the candidate regions.
+
+The candidates themselves come from the core (:func:`napari_anogan.candidates.
+find_candidates`); this widget shows them in a table ranked by score, moves the viewer
+to a region when its row is clicked, stores keep/reject decisions in the candidate
+layer's features, and recomputes candidates and score-bar colours live when the
+threshold changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_anogan._widgets._common import (
+    RESULT_KEY,
+    LayerCombo,
+    is_result_layer,
+    layer_by_name,
+    notify_error,
+    zoom_to_box,
+)
+from napari_anogan._widgets._layers import (
+    bar_colors,
+    candidate_features,
+    candidate_rectangles,
+    decision_colors,
+    layer_name,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    "rank",
+    "slices",
+    "position (row, col)",
+    "size (h × w)",
+    "max",
+    "mean",
+    "healthy %",
+    "decision",
+)
+THRESHOLD_MODES = {"healthy percentile": "healthy_percentile", "anomaly score": "anomaly_score"}
+
+
+def region_key(candidate: Mapping[str, Any]) -> tuple:
+    """Identity of a region, to carry decisions over when candidates are recomputed."""
+    return tuple(
+        int(candidate[k]) for k in ("slice_start", "slice_end", "row", "col", "height", "width")
+    )
+
+
+def recompute_candidates(
+    result: Any,
+    threshold: float,
+    by: str = "healthy_percentile",
+    decisions: Mapping[tuple, str] | None = None,
+) -> list[dict]:
+    """Candidates of ``result`` at a new threshold, keeping known decisions.
+
+    Parameters
+    ----------
+    result : VolumeResult
+        A scoring result (its patch table and stride).
+    threshold : float
+        Threshold on the column ``by``.
+    by : str
+        ``healthy_percentile`` or ``anomaly_score``.
+    decisions : mapping, optional
+        :func:`region_key` -> ``keep``/``reject`` of earlier candidates.
+
+    Returns
+    -------
+    list of dict
+        Ranked candidates with a ``decision`` entry.
+    """
+    from napari_anogan.candidates import find_candidates
+
+    stride = int((result.settings or {}).get("stride", 32))
+    candidates = find_candidates(result.patches, stride=stride, threshold=threshold, by=by)
+    decisions = decisions or {}
+    for cand in candidates:
+        cand["decision"] = decisions.get(region_key(cand), "")
+    return candidates
+
+
+class CandidatesWidget(QWidget):
+    """Table of candidate regions of a scored image, with threshold and keep/reject.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        import napari.layers
+
+        self.viewer = viewer
+        self.source = LayerCombo(viewer, (napari.layers.Shapes,), accept=is_result_layer)
+        self.mode = QComboBox()
+        self.mode.addItems(list(THRESHOLD_MODES))
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 100.0)
+        self.threshold.setDecimals(2)
+        self.threshold.setSingleStep(0.5)
+        self.threshold.setValue(99.0)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.keep_button = QPushButton("Keep")
+        self.reject_button = QPushButton("Reject")
+        self.clear_button = QPushButton("Undecided")
+        self.summary = QLabel("no scored image yet: use Score volume")
+        self.summary.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("results of", self.source)
+        form.addRow("threshold on", self.mode)
+        form.addRow("threshold", self.threshold)
+        buttons = QHBoxLayout()
+        for button in (self.keep_button, self.reject_button, self.clear_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(buttons)
+
+        self.candidates: list[dict] = []
+        self.source.currentTextChanged.connect(self._load)
+        self.mode.currentTextChanged.connect(self._mode_changed)
+        self.threshold.valueChanged.connect(self.apply_threshold)
+        self.table.itemSelectionChanged.connect(self._row_selected)
+        self.keep_button.clicked.connect(lambda: self.decide("keep"))
+        self.reject_button.clicked.connect(lambda: self.decide("reject"))
+        self.clear_button.clicked.connect(lambda: self.decide(""))
+        self._load()
+
+    # ------------------------------------------------------------------ state
+    def result(self) -> Any | None:
+        """Return the VolumeResult of the chosen scored image, or None."""
+        layer = self.source.layer()
+        return None if layer is None else layer.metadata[RESULT_KEY]
+
+    def image_name(self) -> str | None:
+        """Return the name of the scored image layer."""
+        layer = self.source.layer()
+        return None if layer is None else layer.metadata.get("anogan_image")
+
+    def _layer(self, kind: str) -> Any | None:
+        name = self.image_name()
+        if name is None:
+            return None
+        full = layer_name(name, kind)
+        return layer_by_name(self.viewer, full)
+
+    def _load(self, *_: Any) -> None:
+        """Show the candidates stored in the chosen result's candidate layer."""
+        layer = self._layer("candidates")
+        result = self.result()
+        if result is None:
+            self.candidates = []
+            self._fill_table()
+            return
+        threshold = (layer.metadata.get("threshold") if layer is not None else None) or float(
+            (result.settings or {}).get("percentile_threshold", 99.0)
+        )
+        self.threshold.blockSignals(True)
+        self.threshold.setValue(float(threshold))
+        self.threshold.blockSignals(False)
+        self.candidates = [dict(c, decision=c.get("decision", "")) for c in result.candidates]
+        if layer is not None and len(layer.features):
+            decisions = _decisions_from_features(layer.features)
+            for cand in self.candidates:
+                cand["decision"] = decisions.get(int(cand["rank"]), cand["decision"])
+        self._fill_table()
+
+    def _mode_changed(self, text: str) -> None:
+        by = THRESHOLD_MODES[text]
+        result = self.result()
+        self.threshold.blockSignals(True)
+        if by == "healthy_percentile":
+            self.threshold.setRange(0.0, 100.0)
+            self.threshold.setValue(99.0)
+        else:
+            scores = np.asarray(result.patches["anomaly_score"]) if result is not None else []
+            high = float(np.nanmax(scores)) * 2 if len(scores) else 1e6
+            self.threshold.setRange(0.0, max(high, 1.0))
+            self.threshold.setValue(float(np.nanpercentile(scores, 99)) if len(scores) else 0.0)
+        self.threshold.blockSignals(False)
+        self.apply_threshold()
+
+    # ------------------------------------------------------------------ actions
+    def apply_threshold(self, *_: Any) -> None:
+        """Recompute candidates at the current threshold; update layers and table."""
+        result = self.result()
+        if result is None:
+            return
+        try:
+            by = THRESHOLD_MODES[self.mode.currentText()]
+            decisions = {region_key(c): c.get("decision", "") for c in self.candidates}
+            decisions = {k: v for k, v in decisions.items() if v}
+            value = float(self.threshold.value())
+            self.candidates = recompute_candidates(result, value, by, decisions)
+            self._update_candidate_layer(value)
+            bars = self._layer("score bars")
+            if bars is not None and len(bars.data) and by == "healthy_percentile":
+                bars.face_color = bar_colors(_features_dict(bars.features), value)
+        except Exception as exc:
+            notify_error(exc, "Updating candidates")
+            return
+        self._fill_table()
+
+    def decide(self, decision: str) -> None:
+        """Store ``keep``/``reject`` (or undecided ``""``) for the selected candidate."""
+        row = self.selected_row()
+        if row is None:
+            return
+        self.candidates[row]["decision"] = decision
+        layer = self._layer("candidates")
+        if layer is not None and len(layer.data):
+            features = layer.features.copy()
+            rank = self.candidates[row]["rank"]
+            features.loc[features["rank"] == rank, "decision"] = decision
+            layer.features = features
+            layer.edge_color = decision_colors(features["decision"])
+        item = self.table.item(row, len(COLUMNS) - 1)
+        if item is not None:
+            item.setText(decision)
+
+    def selected_row(self) -> int | None:
+        """Return the index of the selected candidate, or None."""
+        rows = {index.row() for index in self.table.selectedIndexes()}
+        return min(rows) if rows else None
+
+    def select(self, row: int) -> None:
+        """Select a candidate row (as a click would): the viewer goes to it."""
+        self.table.selectRow(row)
+
+    def _row_selected(self) -> None:
+        row = self.selected_row()
+        if row is not None and row < len(self.candidates):
+            self.go_to(self.candidates[row])
+
+    def go_to(self, candidate: Mapping[str, Any]) -> None:
+        """Move the viewer to the candidate's middle B-scan and zoom on its box."""
+        image = layer_by_name(self.viewer, self.image_name() or "")
+        if image is None:
+            return
+        s = (int(candidate["slice_start"]) + int(candidate["slice_end"])) / 2.0
+        r0, c0 = float(candidate["row"]), float(candidate["col"])
+        r1, c1 = r0 + float(candidate["height"]), c0 + float(candidate["width"])
+        lo = np.array([s, r0, c0][-image.ndim :])
+        hi = np.array([s, r1, c1][-image.ndim :])
+        world_lo = np.asarray(image.data_to_world(lo))
+        world_hi = np.asarray(image.data_to_world(hi))
+        if image.ndim == 3:
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, float(world_lo[0]))
+        zoom_to_box(self.viewer, world_lo, world_hi)
+
+    # ------------------------------------------------------------------ views
+    def _update_candidate_layer(self, threshold: float) -> None:
+        layer = self._layer("candidates")
+        if layer is None:
+            return
+        image = self.viewer.layers[self.image_name()]
+        features = candidate_features(self.candidates)
+        rects = candidate_rectangles(self.candidates, ndim=image.ndim)
+        layer.data = []
+        if rects:
+            layer.add_rectangles(rects, edge_color=decision_colors(features["decision"]))
+        layer.features = features
+        layer.metadata = {**layer.metadata, "threshold": threshold}
+        layer.refresh()
+
+    def _fill_table(self) -> None:
+        self.table.setRowCount(len(self.candidates))
+        for i, cand in enumerate(self.candidates):
+            slices = (
+                f"{cand['slice_start']}"
+                if cand["slice_start"] == cand["slice_end"]
+                else f"{cand['slice_start']}–{cand['slice_end']}"
+            )
+            cells = (
+                str(cand["rank"]),
+                slices,
+                f"{cand['row']}, {cand['col']}",
+                f"{cand['height']} × {cand['width']}",
+                f"{cand['max_score']:.3g}",
+                f"{cand['mean_score']:.3g}",
+                _percent(cand.get("healthy_percentile")),
+                str(cand.get("decision", "")),
+            )
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                self.table.setItem(i, j, item)
+        self.table.resizeColumnsToContents()
+        result = self.result()
+        if result is None:
+            self.summary.setText("no scored image yet: use Score volume")
+        else:
+            n = len(self.candidates)
+            self.summary.setText(
+                f"{result.name}: {n} candidate region{'s' if n != 1 else ''}, "
+                f"volume score {result.volume_score:.3g}"
+            )
+
+
+def _percent(value: Any) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return "" if not np.isfinite(value) else f"{value:.1f}"
+
+
+def _features_dict(features: Any) -> dict[str, np.ndarray]:
+    return {c: features[c].to_numpy() for c in features.columns}
+
+
+def _decisions_from_features(features: Any) -> dict[int, str]:
+    if "rank" not in features or "decision" not in features:
+        return {}
+    pairs: Sequence = list(zip(features["rank"], features["decision"], strict=True))
+    return {int(rank): str(decision or "") for rank, decision in pairs}

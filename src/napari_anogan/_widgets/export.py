@@ -1,0 +1,214 @@
+"""Export: write a scored image's results to a folder.
+
+Files, for a scored image ``<stem>``: ``<stem>_residual.ome.tif`` (heatmap with the
+physical pixel sizes), ``<stem>_candidates.csv`` (with the keep/reject decisions),
+``<stem>_scores.csv`` (patch table, the CLI's columns), ``<stem>_snapshot.png`` (the
+canvas) and ``<stem>_export.json`` (model, settings, threshold, scores, candidates).
+Each file is written atomically by :mod:`napari_anogan.io`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_anogan._widgets._common import (
+    RESULT_KEY,
+    LayerCombo,
+    browse_row,
+    is_result_layer,
+    layer_by_name,
+    notify_error,
+    notify_info,
+    spacing_of_layer,
+)
+from napari_anogan._widgets._layers import layer_name
+from napari_anogan.errors import OutputError
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+ARTEFACTS = {
+    "heatmap": "residual heatmap (OME-TIFF)",
+    "candidates": "candidates with decisions (CSV)",
+    "scores": "patch scores (CSV)",
+    "snapshot": "snapshot of the view (PNG)",
+    "summary": "model and settings (JSON)",
+}
+
+
+def file_stem(name: str) -> str:
+    """Make a file-system-safe stem from a layer name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return stem or "scan"
+
+
+def candidate_rows(features: Any) -> list[dict]:
+    """Return one CSV row per candidate region (features hold one row per region and B-scan)."""
+    if features is None or len(features) == 0:
+        return []
+    table = features.drop(columns=[c for c in ("slice",) if c in features.columns])
+    table = table.drop_duplicates(subset=["rank"]).sort_values("rank")
+    return [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        for row in table.to_dict(orient="records")
+    ]
+
+
+def export_result(
+    viewer: Any,
+    patch_layer: Any,
+    folder: str | Path,
+    *,
+    include: dict[str, bool] | None = None,
+) -> dict[str, Path]:
+    """Write the chosen artefacts of one scored image; return their paths by kind.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        For the snapshot and the derived layers (candidates with decisions).
+    patch_layer : napari.layers.Shapes
+        The ``<image> patch scores`` layer (it holds the VolumeResult).
+    folder : str or Path
+        Existing output folder.
+    include : dict of str to bool, optional
+        Which of :data:`ARTEFACTS` to write (default: all).
+
+    Raises
+    ------
+    OutputError
+        If the folder does not exist or a file cannot be written.
+    """
+    from napari_anogan.candidates import CANDIDATE_COLUMNS
+    from napari_anogan.io import write_csv, write_json, write_tiff
+    from napari_anogan.pipeline import PATCH_COLUMNS, summary_dict
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OutputError("export folder does not exist", folder)
+    include = {k: True for k in ARTEFACTS} | (include or {})
+    result = patch_layer.metadata[RESULT_KEY]
+    image_name = patch_layer.metadata.get("anogan_image", result.name)
+    stem = file_stem(image_name)
+    image = layer_by_name(viewer, image_name)
+    cand_layer_name = layer_name(image_name, "candidates")
+    cand_layer = layer_by_name(viewer, cand_layer_name)
+    candidates = candidate_rows(cand_layer.features if cand_layer is not None else None)
+    threshold = (cand_layer.metadata.get("threshold") if cand_layer is not None else None) or (
+        result.settings or {}
+    ).get("percentile_threshold")
+
+    written: dict[str, Path] = {}
+    if include["heatmap"]:
+        spacing = spacing_of_layer(image) if image is not None else None
+        written["heatmap"] = write_tiff(
+            folder / f"{stem}_residual.ome.tif", result.residual, spacing=spacing
+        )
+    if include["candidates"]:
+        columns = [*CANDIDATE_COLUMNS, "decision"]
+        written["candidates"] = write_csv(folder / f"{stem}_candidates.csv", candidates, columns)
+    if include["scores"]:
+        n = len(result.patches["slice"])
+        columns = [c for c in PATCH_COLUMNS if c in result.patches]
+        rows = [{c: result.patches[c][i] for c in columns} for i in range(n)]
+        written["scores"] = write_csv(folder / f"{stem}_scores.csv", rows, columns)
+    if include["snapshot"]:
+        written["snapshot"] = _write_png(folder / f"{stem}_snapshot.png", viewer)
+    if include["summary"]:
+        summary = summary_dict(result)
+        summary.update(
+            image_layer=image_name,
+            threshold=threshold,
+            candidates=candidates,
+            files={k: p.name for k, p in written.items()},
+        )
+        written["summary"] = write_json(folder / f"{stem}_export.json", summary)
+    logger.info("exported %s to %s: %s", image_name, folder, sorted(written))
+    return written
+
+
+def _write_png(path: Path, viewer: Any) -> Path:
+    """Screenshot of the canvas, written atomically."""
+    from PIL import Image
+
+    from napari_anogan._atomic import atomic_path
+
+    pixels = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return path
+
+
+class ExportWidget(QWidget):
+    """Write a scored image's heatmap, tables, snapshot and settings to a folder.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        import napari.layers
+
+        self.viewer = viewer
+        self.source = LayerCombo(viewer, (napari.layers.Shapes,), accept=is_result_layer)
+        self.folder = QLineEdit(str(Path.cwd()))
+        self.checks = {key: QCheckBox(text) for key, text in ARTEFACTS.items()}
+        for box in self.checks.values():
+            box.setChecked(True)
+        self.export_button = QPushButton("Export")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("results of", self.source)
+        form.addRow("folder", browse_row(self.folder, "…", self._browse))
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        for box in self.checks.values():
+            layout.addWidget(box)
+        layout.addWidget(self.export_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.export_button.clicked.connect(self.export)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export folder", self.folder.text())
+        if folder:
+            self.folder.setText(folder)
+
+    def export(self) -> dict[str, Path]:
+        """Export the chosen result (errors become notifications); return written paths."""
+        try:
+            layer = self.source.layer()
+            if layer is None:
+                raise OutputError("nothing to export yet: score an image first")
+            include = {k: box.isChecked() for k, box in self.checks.items()}
+            written = export_result(self.viewer, layer, self.folder.text().strip(), include=include)
+        except Exception as exc:
+            notify_error(exc, "Export")
+            self.status.setText("export failed")
+            return {}
+        names = ", ".join(p.name for p in written.values())
+        self.status.setText(f"wrote {names}")
+        notify_info(f"exported {len(written)} files to {self.folder.text().strip()}")
+        return written

@@ -1,0 +1,313 @@
+"""Score volume: run :func:`napari_anogan.pipeline.score_volume` on an image layer.
+
+The widget collects the settings, runs the core generator in a napari worker (progress
+bar, Cancel) and turns the :class:`~napari_anogan.pipeline.VolumeResult` into the layers
+of ``design.md`` (reconstruction, residual, boundaries, patch scores, score bars,
+candidates, en face) with :func:`._layers.result_layers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_anogan._widgets._common import (
+    Job,
+    LayerCombo,
+    browse_row,
+    bundled_model_path,
+    device_choices,
+    layer_by_name,
+    notify_info,
+    volume_from_layer,
+)
+from napari_anogan._widgets._layers import LAYER_KINDS, layer_name, result_layers
+from napari_anogan.errors import InputError
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+REGIONS = ("whole volume", "current B-scan", "rectangles of a Shapes layer")
+
+
+def boxes_from_shapes(shapes: Any, image: Any) -> list[tuple[int, int, int, int, int]]:
+    """Raw-pixel boxes (slice, row0, col0, row1, col1) of a Shapes layer's shapes.
+
+    Vertices go through world coordinates, so a Shapes layer with another scale or
+    translate than the image still selects the right pixels. Each shape's bounding box
+    is used; a shape drawn on a 2-D image gets slice 0.
+    """
+    boxes = []
+    shape = np.asarray(image.data.shape)
+    for vertices in shapes.data:
+        world = np.array([shapes.data_to_world(v) for v in np.asarray(vertices)])
+        pixels = np.array([image.world_to_data(w) for w in world])[:, -image.ndim :]
+        lo = np.floor(pixels.min(axis=0) + 0.5).astype(int)
+        hi = np.ceil(pixels.max(axis=0) + 0.5).astype(int)
+        lo = np.clip(lo, 0, shape)
+        hi = np.clip(hi, 0, shape)
+        s = (
+            int(np.clip(round(float(pixels[:, 0].mean())), 0, shape[0] - 1))
+            if image.ndim == 3
+            else 0
+        )
+        r0, c0, r1, c1 = lo[-2], lo[-1], hi[-2], hi[-1]
+        if r1 > r0 and c1 > c0:
+            boxes.append((s, int(r0), int(c0), int(r1), int(c1)))
+    return boxes
+
+
+class ScoreWidget(QWidget):
+    """Score an OCT image layer with a healthy model and show the results as layers.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        import napari.layers
+
+        from napari_anogan.pipeline import ScoreSettings
+
+        self.viewer = viewer
+        defaults = ScoreSettings()
+        self.image = LayerCombo(viewer, (napari.layers.Image,), accept=lambda la: not la.rgb)
+        bundled = bundled_model_path()
+        self.model_path = QLineEdit(str(bundled) if bundled else "")
+        self.model_path.setPlaceholderText("healthy model checkpoint (.pt)")
+        self.region = QComboBox()
+        self.region.addItems(REGIONS)
+        self.shapes = LayerCombo(viewer, (napari.layers.Shapes,), accept=_user_shapes)
+        self.mode = QComboBox()
+        self.mode.addItems(_mapping_modes())
+        self.steps = _spin(QSpinBox(), 0, 5000, defaults.steps)
+        self.lam = _spin(QDoubleSpinBox(), 0.0, 1.0, defaults.lam, step=0.05)
+        self.stride = _spin(QSpinBox(), 4, 256, defaults.stride)
+        self.device = QComboBox()
+        for label, value in device_choices():
+            self.device.addItem(label, value)
+        self.run_button = QPushButton("Score")
+        self.cancel_button = QPushButton("Cancel")
+        self.progress = QProgressBar()
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("model", browse_row(self.model_path, "…", self._browse_model))
+        form.addRow("region", self.region)
+        form.addRow("shapes", self.shapes)
+        form.addRow("mapping", self.mode)
+        form.addRow("steps", self.steps)
+        form.addRow("lambda", self.lam)
+        form.addRow("stride", self.stride)
+        form.addRow("device", self.device)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.job = Job("Scoring", self._on_event, self._on_result, self._on_finish)
+        self._image_layer: Any = None
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.job.cancel)
+        self.region.currentIndexChanged.connect(self._update_enabled)
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ settings
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Healthy model", self.model_path.text(), "Checkpoints (*.pt *.pth);;All (*)"
+        )
+        if path:
+            self.model_path.setText(path)
+
+    def _update_enabled(self) -> None:
+        busy = self.job.running
+        for widget in (
+            self.image,
+            self.model_path,
+            self.region,
+            self.mode,
+            self.steps,
+            self.lam,
+            self.stride,
+            self.device,
+            self.run_button,
+        ):
+            widget.setEnabled(not busy)
+        self.shapes.setEnabled(not busy and self.region.currentIndex() == 2)
+        self.cancel_button.setEnabled(busy)
+
+    def settings(self) -> Any:
+        """Return the :class:`~napari_anogan.pipeline.ScoreSettings` shown in the form."""
+        from napari_anogan.pipeline import ScoreSettings
+
+        return ScoreSettings(
+            mode=self.mode.currentText(),
+            steps=int(self.steps.value()),
+            lam=float(self.lam.value()),
+            stride=int(self.stride.value()),
+            device=str(self.device.currentData()),
+        )
+
+    def _region(self, layer: Any) -> dict[str, Any]:
+        """Keyword arguments ``slices`` / ``boxes`` for the chosen region."""
+        choice = self.region.currentIndex()
+        if choice == 1:
+            world = list(self.viewer.dims.point)
+            index = round(float(layer.world_to_data(world)[0])) if layer.ndim == 3 else 0
+            return {"slices": [max(0, min(index, layer.data.shape[0] - 1))]}
+        if choice == 2:
+            shapes = self.shapes.layer()
+            if shapes is None or len(shapes.data) == 0:
+                raise InputError("choose a Shapes layer with at least one rectangle to score")
+            boxes = boxes_from_shapes(shapes, layer)
+            if not boxes:
+                raise InputError(f"the shapes of {shapes.name!r} do not overlap {layer.name!r}")
+            return {"boxes": boxes}
+        return {}
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> None:
+        """Start scoring the chosen image layer (errors become notifications)."""
+        from napari_anogan._widgets._common import notify_error
+        from napari_anogan.pipeline import score_volume
+
+        try:
+            layer = self.image.layer()
+            if layer is None:
+                raise InputError("open an OCT image first (File > Open, or a sample)")
+            model = self.model_path.text().strip()
+            if not model:
+                raise InputError("choose a healthy model file")
+            if not Path(model).is_file():
+                raise InputError("model file not found", model)
+            region = self._region(layer)
+            volume = volume_from_layer(layer)
+            settings = self.settings()
+        except Exception as exc:
+            notify_error(exc, "Scoring")
+            return
+        self._image_layer = layer
+        self.progress.setRange(0, 0)
+        self.status.setText(f"scoring {layer.name}…")
+        self.job.start(score_volume, volume, model, settings, **region)
+        self._update_enabled()
+
+    def _on_event(self, event: Any) -> None:
+        if event.total:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * min(event.step / event.total, 1.0)))
+        if event.message:
+            self.status.setText(event.message)
+        partial = getattr(event, "partial", None)
+        if partial is not None:
+            self._show(partial)
+
+    def _on_result(self, result: Any) -> None:
+        self._show(result)
+        n = len(result.candidates)
+        notify_info(
+            f"{result.name}: volume score {result.volume_score:.3g}, "
+            f"{n} candidate region{'s' if n != 1 else ''}"
+        )
+
+    def _on_finish(self, outcome: str) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if outcome == "done" else 0)
+        self.status.setText({"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome])
+        self._update_enabled()
+
+    def _show(self, result: Any) -> None:
+        """Add (or replace) the result layers, all or none."""
+        layer = self._image_layer
+        if layer is None:
+            return
+        tuples = result_layers(
+            result,
+            layer.name,
+            scale=tuple(layer.scale),
+            translate=tuple(layer.translate),
+            ndim=layer.ndim,
+        )
+        add_result_layers(self.viewer, tuples, layer.name)
+
+
+def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
+    """Replace the derived layers of ``image_name`` by ``tuples``, all or none.
+
+    Layers of an earlier run are removed first; if adding fails half-way the new layers
+    are removed again before the error propagates, so no half-made result remains.
+    """
+    from napari.layers import Layer
+
+    for kind in LAYER_KINDS:
+        name = layer_name(image_name, kind)
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+    added = []
+    try:
+        for data_tuple in tuples:
+            new = Layer.create(*data_tuple)
+            viewer.add_layer(new)
+            added.append(new)
+    except Exception:
+        for layer in added:
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+        raise
+    image = layer_by_name(viewer, image_name)
+    if image is not None:
+        viewer.layers.selection.active = image
+    return added
+
+
+def _user_shapes(layer: Any) -> bool:
+    """Shapes drawn by the user (not the plugin's own result layers)."""
+    return "anogan_image" not in (layer.metadata or {})
+
+
+def _mapping_modes() -> list[str]:
+    try:
+        from napari_anogan.mapping import MAPPING_MODES
+
+        return list(MAPPING_MODES)
+    except ImportError:
+        return ["iterative"]
+
+
+def _spin(box: Any, low: float, high: float, value: float, step: float | None = None) -> Any:
+    box.setRange(low, high)
+    if step is not None:
+        box.setSingleStep(step)
+        box.setDecimals(3)
+    box.setValue(value)
+    return box

@@ -1,0 +1,255 @@
+"""Train healthy model: run :func:`napari_anogan.pipeline.train_from_paths` in a worker.
+
+Shows a progress bar, live D/G loss curves and a layer with a grid of generated samples
+refreshed while training runs. Cancel stops at the next batch; the checkpoint of the
+last finished epoch stays on disk and Resume continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_anogan._widgets._common import (
+    Job,
+    browse_row,
+    device_choices,
+    notify_error,
+    notify_info,
+)
+from napari_anogan._widgets._loss_plot import LossPlot
+from napari_anogan.errors import InputError
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_LAYER = "anogan training samples"
+
+
+def _presets() -> list[str]:
+    from napari_anogan.models.presets import PRESETS
+
+    return [name for name in PRESETS if name != "tiny"] + ["tiny"]
+
+
+class TrainWidget(QWidget):
+    """Train a healthy AnoGAN model from healthy scans, in the background.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.inputs = QListWidget()
+        self.inputs.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.inputs.setMaximumHeight(90)
+        add_files = QPushButton("Add files…")
+        add_folder = QPushButton("Add folder…")
+        remove = QPushButton("Remove")
+        self.preset = QComboBox()
+        self.preset.addItems(_presets())
+        self.preset.setCurrentText("small")
+        self.epochs = _spin(1, 1000, 20)
+        self.patches_per_scan = _spin(1, 10000, 64)
+        self.device = QComboBox()
+        for label, value in device_choices():
+            self.device.addItem(label, value)
+        self.output = QLineEdit()
+        self.output.setPlaceholderText("model file to write, e.g. healthy_model.pt")
+        self.train_button = QPushButton("Train")
+        self.cancel_button = QPushButton("Cancel")
+        self.resume_button = QPushButton("Resume")
+        self.progress = QProgressBar()
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot()
+
+        file_buttons = QHBoxLayout()
+        for button in (add_files, add_folder, remove):
+            file_buttons.addWidget(button)
+        form = QFormLayout()
+        form.addRow("preset", self.preset)
+        form.addRow("epochs", self.epochs)
+        form.addRow("patches per B-scan", self.patches_per_scan)
+        form.addRow("device", self.device)
+        form.addRow("output", browse_row(self.output, "…", self._browse_output))
+        run_buttons = QHBoxLayout()
+        for button in (self.train_button, self.cancel_button, self.resume_button):
+            run_buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("healthy scans (files or folders)"))
+        layout.addWidget(self.inputs)
+        layout.addLayout(file_buttons)
+        layout.addLayout(form)
+        layout.addLayout(run_buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+
+        self.job = Job("Training", self._on_event, self._on_result, self._on_finish)
+        self.result: Any = None
+        add_files.clicked.connect(self._add_files)
+        add_folder.clicked.connect(self._add_folder)
+        remove.clicked.connect(self._remove_selected)
+        self.train_button.clicked.connect(lambda: self.start(resume=False))
+        self.resume_button.clicked.connect(lambda: self.start(resume=True))
+        self.cancel_button.clicked.connect(self.job.cancel)
+        self._editors = (
+            self.inputs, add_files, add_folder, remove, self.preset, self.epochs,
+            self.patches_per_scan, self.device, self.output, self.train_button,
+            self.resume_button,
+        )  # fmt: skip
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ inputs
+    def set_paths(self, paths: list[str | Path]) -> None:
+        """Replace the list of healthy inputs."""
+        self.inputs.clear()
+        self.inputs.addItems([str(p) for p in paths])
+
+    def paths(self) -> list[str]:
+        """Return the healthy inputs listed."""
+        return [self.inputs.item(i).text() for i in range(self.inputs.count())]
+
+    def _add_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Healthy scans")
+        self.inputs.addItems(files)
+
+    def _add_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of healthy scans")
+        if folder:
+            self.inputs.addItem(folder)
+
+    def _remove_selected(self) -> None:
+        for item in self.inputs.selectedItems():
+            self.inputs.takeItem(self.inputs.row(item))
+
+    def _browse_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Model file", self.output.text(), "Checkpoints (*.pt)"
+        )
+        if path:
+            self.output.setText(path)
+
+    def _update_enabled(self) -> None:
+        busy = self.job.running
+        for widget in self._editors:
+            widget.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+
+    # ------------------------------------------------------------------ running
+    def start(self, resume: bool = False) -> None:
+        """Start (or resume) training; errors become notifications."""
+        from napari_anogan.pipeline import train_from_paths
+
+        try:
+            paths = self.paths()
+            if not paths:
+                raise InputError("add healthy scans (files or folders) to train on")
+            output = self.output.text().strip()
+            if not output:
+                raise InputError("choose the model file to write")
+            if resume and not Path(output).is_file():
+                raise InputError("no checkpoint to resume from", output)
+            if not Path(output).parent.is_dir():
+                raise InputError("output folder does not exist", Path(output).parent)
+        except Exception as exc:
+            notify_error(exc, "Training")
+            return
+        if not resume:
+            self.plot.clear()
+        self.progress.setRange(0, 0)
+        self.status.setText("resuming…" if resume else "starting…")
+        self.job.start(
+            train_from_paths,
+            paths,
+            output,
+            preset=self.preset.currentText(),
+            epochs=int(self.epochs.value()),
+            patches_per_scan=int(self.patches_per_scan.value()),
+            device=str(self.device.currentData()),
+            resume=resume,
+        )
+        self._update_enabled()
+
+    def _on_event(self, event: Any) -> None:
+        kind = getattr(event.kind, "value", event.kind)
+        if kind == "batch" and event.losses:
+            self.plot.add(event.losses)
+        if event.samples is not None:
+            self._show_samples(event.samples)
+        if kind in ("epoch_start", "epoch_end", "batch") and event.epoch is not None:
+            epochs = int(self.epochs.value())
+            batch = f", batch {event.step}/{event.total}" if kind == "batch" else ""
+            self.status.setText(f"epoch {event.epoch + 1}/{epochs}{batch}")
+            if kind == "batch" and event.total:
+                done = (event.epoch + event.step / event.total) / max(epochs, 1)
+                self.progress.setRange(0, 1000)
+                self.progress.setValue(int(1000 * min(done, 1.0)))
+        elif event.message:
+            self.status.setText(event.message)
+
+    def _show_samples(self, samples: np.ndarray) -> None:
+        """Show (or refresh) the grid of generated samples beside the data."""
+        grid = np.asarray(samples, dtype=np.float32)
+        if SAMPLES_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[SAMPLES_LAYER]
+            layer.data = grid
+            return
+        extent = self.viewer.layers.extent.world
+        right = float(extent[1][-1]) if len(self.viewer.layers) else -1.0
+        gap = 0.05 * max(float(extent[1][-1] - extent[0][-1]), grid.shape[-1])
+        self.viewer.add_image(
+            grid,
+            name=SAMPLES_LAYER,
+            colormap="gray",
+            contrast_limits=(-1.0, 1.0),
+            translate=(0.0, right + gap if len(self.viewer.layers) else 0.0),
+        )
+
+    def _on_result(self, result: Any) -> None:
+        self.result = result
+        path = getattr(result, "path", None) or self.output.text().strip()
+        notify_info(f"healthy model written to {path}")
+
+    def _on_finish(self, outcome: str) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if outcome == "done" else 0)
+        if outcome == "cancelled":
+            self.status.setText(
+                "cancelled: the checkpoint of the last finished epoch is kept; Resume continues"
+            )
+        else:
+            self.status.setText({"done": "done", "error": "failed"}[outcome])
+        self._update_enabled()
+
+
+def _spin(low: int, high: int, value: int) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setValue(value)
+    return box

@@ -1,0 +1,64 @@
+"""Open napari with the plugin's widgets docked (``napari-anogan view [PATH]``).
+
+Imports napari only when called, so the CLI stays importable without a display.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PLUGIN = "napari-anogan"
+#: Dock widgets in the order they are tabbed (the first one is shown on top).
+WIDGETS = ("Score volume", "Candidate markers", "Export", "Train healthy model")
+
+
+def dock_widgets(viewer: Any) -> dict[str, Any]:
+    """Dock the plugin's widgets in ``viewer`` (tabbed on the right); return them by name.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        A viewer with a window.
+
+    Returns
+    -------
+    dict of str to QWidget
+    """
+    widgets = {}
+    docks = []
+    for i, name in enumerate(WIDGETS):
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 0)
+        widgets[name] = widget
+        docks.append(dock)
+    docks[0].raise_()  # tabify shows the last one added; the first is where to start
+    return widgets
+
+
+def open_viewer(path: str | Path | None = None, *, block: bool = True) -> Any:
+    """Open napari with the widgets docked, and ``path`` loaded if given.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A scan (file or folder) to open with this plugin's reader.
+    block : bool
+        Run the Qt event loop until the window is closed (False for tests and scripts).
+
+    Returns
+    -------
+    napari.Viewer
+    """
+    import napari
+
+    viewer = napari.Viewer(title="napari-anogan")
+    dock_widgets(viewer)
+    if path is not None:
+        viewer.open(str(path), plugin=PLUGIN)
+    viewer.scale_bar.unit = "um"
+    if block:
+        napari.run()
+    return viewer
