@@ -153,6 +153,8 @@ class CandidatesWidget(QWidget):
         layout.addLayout(buttons)
 
         self.candidates: list[dict] = []
+        # keep/reject remembered by region, so a decision survives a threshold round trip
+        self._decisions: dict[tuple, str] = {}
         self.source.currentTextChanged.connect(self._load)
         self.mode.currentTextChanged.connect(self._mode_changed)
         self.threshold.valueChanged.connect(self.apply_threshold)
@@ -199,6 +201,7 @@ class CandidatesWidget(QWidget):
             decisions = _decisions_from_features(layer.features)
             for cand in self.candidates:
                 cand["decision"] = decisions.get(int(cand["rank"]), cand["decision"])
+        self._decisions = {region_key(c): c["decision"] for c in self.candidates if c["decision"]}
         self._fill_table()
 
     def _mode_changed(self, text: str) -> None:
@@ -224,10 +227,8 @@ class CandidatesWidget(QWidget):
             return
         try:
             by = THRESHOLD_MODES[self.mode.currentText()]
-            decisions = {region_key(c): c.get("decision", "") for c in self.candidates}
-            decisions = {k: v for k, v in decisions.items() if v}
             value = float(self.threshold.value())
-            self.candidates = recompute_candidates(result, value, by, decisions)
+            self.candidates = recompute_candidates(result, value, by, self._decisions)
             self._update_candidate_layer(value)
             bars = self._layer("score bars")
             if bars is not None and len(bars.data) and by == "healthy_percentile":
@@ -243,6 +244,7 @@ class CandidatesWidget(QWidget):
         if row is None:
             return
         self.candidates[row]["decision"] = decision
+        self._decisions[region_key(self.candidates[row])] = decision
         layer = self._layer("candidates")
         if layer is not None and len(layer.data):
             features = layer.features.copy()

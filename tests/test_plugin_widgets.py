@@ -1,0 +1,221 @@
+"""Widgets in a real napari viewer (Xvfb) with a hand-made scoring result.
+
+These need no trained model: the result layers are built from ``fake_result`` so the
+candidate table, threshold, keep/reject and export are tested quickly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_plugin_layers import H, S, W, fake_result
+
+from napari_anogan._widgets import _common
+from napari_anogan._widgets.candidates import CandidatesWidget
+from napari_anogan._widgets.export import ExportWidget
+from napari_anogan._widgets.score import ScoreWidget, add_result_layers, boxes_from_shapes
+from napari_anogan._widgets.train import TrainWidget
+
+pytestmark = pytest.mark.qt
+
+SCALE = (120.0, 3.9, 11.0)
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Error notifications shown by the widgets."""
+    shown: list[str] = []
+    monkeypatch.setattr(_common, "show_error", shown.append)
+    monkeypatch.setattr(_common, "show_info", lambda message: None)
+    return shown
+
+
+@pytest.fixture
+def scored_viewer(make_napari_viewer):
+    """A viewer with an image 'scan' and the layers of a fake scoring result."""
+    from napari_anogan._widgets._layers import result_layers
+
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(1).uniform(0, 255, (S, H, W)).astype(np.float32)
+    viewer.add_image(data, name="scan", scale=SCALE)
+    tuples = result_layers(fake_result(), "scan", scale=SCALE)
+    add_result_layers(viewer, tuples, "scan")
+    return viewer
+
+
+def test_result_layers_added_over_the_image(scored_viewer):
+    names = [layer.name for layer in scored_viewer.layers]
+    assert names[0] == "scan"
+    for kind in ("reconstruction", "residual", "patch scores", "score bars", "boundaries"):
+        layer = scored_viewer.layers[f"scan {kind}"]
+        np.testing.assert_allclose(layer.scale[-3:], SCALE)
+    assert scored_viewer.layers["scan residual"].blending == "additive"
+    cands = scored_viewer.layers["scan candidates"]
+    assert len(cands.data) >= 1
+    assert "decision" in cands.features.columns
+
+
+def test_rescoring_replaces_layers(scored_viewer):
+    from napari_anogan._widgets._layers import result_layers
+
+    before = len(scored_viewer.layers)
+    add_result_layers(scored_viewer, result_layers(fake_result(), "scan", scale=SCALE), "scan")
+    assert len(scored_viewer.layers) == before
+
+
+def test_half_made_layers_are_removed(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((S, H, W)), name="scan")
+    good = (np.zeros((S, H, W)), {"name": "scan residual"}, "image")
+    bad = (np.zeros((S, H, W)), {"name": "scan patch scores", "no_such_arg": 1}, "image")
+    with pytest.raises(TypeError):
+        add_result_layers(viewer, [good, bad], "scan")
+    assert [layer.name for layer in viewer.layers] == ["scan"]
+
+
+def test_candidates_table_click_threshold_and_decisions(scored_viewer, errors):
+    widget = CandidatesWidget(scored_viewer)
+    assert widget.source.currentText() == "scan patch scores"
+    assert widget.table.rowCount() == len(widget.candidates) >= 1
+    top = widget.candidates[0]
+
+    widget.select(0)  # a click on the first row moves to its B-scan and zooms in
+    middle = (top["slice_start"] + top["slice_end"]) / 2
+    assert scored_viewer.dims.point[0] == pytest.approx(middle * SCALE[0], abs=SCALE[0])
+    camera = _common.camera_of(scored_viewer)
+    centre_col = (top["col"] + top["width"] / 2 - 0.5) * SCALE[2]
+    assert camera.center[-1] == pytest.approx(centre_col, abs=SCALE[2])
+
+    widget.decide("keep")
+    features = scored_viewer.layers["scan candidates"].features
+    assert set(features.loc[features["rank"] == top["rank"], "decision"]) == {"keep"}
+
+    widget.threshold.setValue(99.95)  # above every patch: no candidate left
+    assert widget.table.rowCount() == 0
+    assert len(scored_viewer.layers["scan candidates"].data) == 0
+    bars = scored_viewer.layers["scan score bars"]
+    assert np.allclose(bars.face_color[:, :3], 0.35)  # all bars unlit
+
+    widget.threshold.setValue(99.0)  # back: the region and its decision return
+    assert widget.table.rowCount() == len(widget.candidates) >= 1
+    assert widget.candidates[0]["decision"] == "keep"
+    assert widget.table.item(0, widget.table.columnCount() - 1).text() == "keep"
+    assert not errors
+
+
+def test_candidates_widget_without_results(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    widget = CandidatesWidget(viewer)
+    assert widget.table.rowCount() == 0
+    widget.decide("keep")  # nothing selected: no-op
+    widget.apply_threshold()
+    assert not errors
+
+
+def test_export_writes_files_that_reopen(scored_viewer, tmp_path, errors):
+    from napari_anogan.io import read_volume
+
+    candidates = CandidatesWidget(scored_viewer)
+    candidates.select(0)
+    candidates.decide("reject")
+    widget = ExportWidget(scored_viewer)
+    widget.folder.setText(str(tmp_path))
+    written = widget.export()
+    assert not errors
+    assert set(written) == {"heatmap", "candidates", "scores", "snapshot", "summary"}
+    heatmap = read_volume(written["heatmap"])
+    assert heatmap.data.shape == (S, H, W)
+    np.testing.assert_allclose(heatmap.spacing, SCALE)
+    with open(written["candidates"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["decision"] == "reject"
+    assert rows[0]["rank"] == "1"
+    with open(written["scores"], newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(fake_result().patches["slice"])
+    summary = json.loads(Path(written["summary"]).read_text())
+    assert summary["candidates"][0]["decision"] == "reject"
+    assert summary["model"]["path"] == "model.pt"
+    from PIL import Image
+
+    assert Image.open(written["snapshot"]).size[0] > 10
+
+
+def test_export_to_missing_folder_notifies(scored_viewer, tmp_path, errors):
+    widget = ExportWidget(scored_viewer)
+    widget.folder.setText(str(tmp_path / "nope"))
+    assert widget.export() == {}
+    assert errors
+    assert "does not exist" in errors[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_without_results_notifies(make_napari_viewer, errors):
+    widget = ExportWidget(make_napari_viewer())
+    assert widget.export() == {}
+    assert "score an image first" in errors[0]
+
+
+def test_boxes_from_shapes_use_world_coordinates(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((S, H, W)), name="scan", scale=SCALE)
+    # drawn on a layer with scale 1: vertices are world coordinates
+    world_rect = np.array([[2, 10, 20], [2, 10, 40], [2, 30, 40], [2, 30, 20]], float)
+    world_rect *= np.array(SCALE)
+    shapes = viewer.add_shapes([world_rect], shape_type="rectangle")
+    ((s, r0, c0, r1, c1),) = boxes_from_shapes(shapes, image)
+    assert (s, r0, c0, r1, c1) == (2, 10, 20, 31, 41)
+
+
+def test_score_widget_defaults_and_input_errors(make_napari_viewer, errors, tmp_path):
+    viewer = make_napari_viewer()
+    widget = ScoreWidget(viewer)
+    assert widget.device.itemData(0) == "auto"
+    assert widget.device.itemText(0).startswith("auto (")
+    widget.run()  # no image
+    assert "open an OCT image" in errors[-1]
+    viewer.add_image(np.zeros((S, H, W)), name="scan")
+    assert widget.image.currentText() == "scan"
+    widget.model_path.setText(str(tmp_path / "missing.pt"))
+    widget.run()
+    assert "model file not found" in errors[-1]
+    widget.model_path.setText(__file__)
+    widget.region.setCurrentIndex(2)
+    assert widget.shapes.isEnabled()
+    widget.run()
+    assert "Shapes layer" in errors[-1]
+    assert not widget.job.running
+    assert [layer.name for layer in viewer.layers] == ["scan"]
+
+
+def test_score_widget_rgb_layer_not_offered(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((10, 10, 3), np.uint8), name="photo", rgb=True)
+    widget = ScoreWidget(viewer)
+    assert widget.image.count() == 0
+
+
+def test_train_widget_input_errors(make_napari_viewer, errors, tmp_path):
+    widget = TrainWidget(make_napari_viewer())
+    assert widget.preset.currentText() == "small"
+    widget.start()
+    assert "add healthy scans" in errors[-1]
+    widget.set_paths([tmp_path])
+    widget.start()
+    assert "choose the model file" in errors[-1]
+    widget.output.setText(str(tmp_path / "model.pt"))
+    widget.start(resume=True)
+    assert "no checkpoint to resume" in errors[-1]
+    assert not widget.job.running
+
+
+def test_dock_widgets(make_napari_viewer):
+    from napari_anogan.viewer import WIDGETS, dock_widgets
+
+    viewer = make_napari_viewer()
+    widgets = dock_widgets(viewer)
+    assert list(widgets) == list(WIDGETS)
+    assert isinstance(widgets["Score volume"], ScoreWidget)
