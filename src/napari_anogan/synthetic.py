@@ -1029,13 +1029,15 @@ def _add_membrane(
         tops["nfl"], (150.0 / grid.dy if S > 1 else 0.0, 900.0 / grid.dx), mode="nearest"
     )
     base_gap = rng.uniform(30.0, 65.0)
-    gap = base_gap + 14.0 * _smooth_field(rng, grid, (1.5, 5.0), 4)
-    gap = np.clip(gap, 20.0, 80.0) * kz
-    row = (smooth_ilm - gap).astype(np.float32)
-    strength = rng.uniform(0.3, 0.45) * np.clip(
+    gap = base_gap + 12.0 * _smooth_field(rng, grid, (3.0, 9.0), 4)
+    row = smooth_ilm - np.clip(gap, 20.0, 80.0) * kz
+    # keep it 20-80 rows (at 496 rows) above the real ILM, foveal pit included
+    ilm = tops["nfl"]
+    row = np.clip(row, ilm - 80.0 * kz, ilm - 20.0 * kz).astype(np.float32)
+    strength = rng.uniform(0.28, 0.42) * np.clip(
         0.75 + 0.6 * _smooth_field(rng, grid, (0.6, 2.0), 5), 0.15, 1.0
     )
-    width = rng.uniform(0.7, 1.1) * max(kz, 0.6)
+    width = rng.uniform(1.1, 1.6) * max(kz, 0.6)
     lo = int(np.clip(np.floor(row.min() - 4 * width), 0, H))
     hi = int(np.clip(np.ceil(row.max() + 4 * width) + 1, 0, H))
     if hi > lo:
