@@ -407,7 +407,7 @@ def _lesion_parts(
     parts: list[dict] = []
     if kind == "irf":
         az = rng.uniform(25.0, 95.0)  # um, vertical half-height of the main cyst
-        ax = rng.uniform(0.09, 0.32) * (0.6 + az / 95.0)
+        ax = rng.uniform(0.07, 0.28) * (0.6 + az / 95.0)
         ay = max(ax * rng.uniform(0.7, 1.3), min_ay)
         parts.append({"x": x, "y": y, "az": az, "ax": ax, "ay": ay, "host": "onl"})
         for _ in range(int(rng.integers(0, 5))):
@@ -707,7 +707,12 @@ def _deform_for_lesions(
                     wins = h > sub
                     sub_content[wins] = p["content"]
                     np.maximum(sub, h, out=sub)
+    # One smooth swelling over a cluster of cysts rather than a bump per cyst.
+    sigma = (120.0 / grid.dy if grid.n_slices > 1 else 0.0, 120.0 / grid.dx)
     for host, extra in irf_extra.items():
+        if extra.any():
+            smooth = ndimage.gaussian_filter(extra, sigma, mode="nearest")
+            extra = np.maximum(smooth, 0.85 * extra)
         thickness_px[host] = thickness_px[host] + extra
     thickness_px["srf"] = thickness_px["srf"] + srf
     thickness_px["sub_rpe"] = thickness_px["sub_rpe"] + sub
