@@ -202,8 +202,9 @@ def _as_patch_array(patches: np.ndarray | torch.Tensor, generator: nn.Module) ->
     if not np.issubdtype(arr.dtype, np.floating):
         raise InputError(f"patches must be floating point in [-1, 1], got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.size and not np.isfinite(arr).all():
-        raise InputError("patches contain NaN or infinite values")
+    for lo in range(0, arr.shape[0], 65536):  # chunked: no full-size temporary
+        if not np.isfinite(arr[lo : lo + 65536]).all():
+            raise InputError("patches contain NaN or infinite values")
     return arr
 
 
