@@ -450,7 +450,7 @@ def _lesion_parts(
                     "h": rng.uniform(20.0, 70.0) * (0.5 + ax / 0.18 / 2),
                     "ax": ax,
                     "ay": max(ax * rng.uniform(0.7, 1.3), 0.35 * dy_mm),
-                    "power": 1.0,
+                    "power": rng.uniform(0.6, 0.85),
                     "content": content * rng.uniform(0.9, 1.1),
                 }
             )
