@@ -369,11 +369,21 @@ def _dome(grid: _Grid, x0: float, y0: float, ax_mm: float, ay_mm: float, power: 
 def _plan_lesions(
     rng: np.random.Generator, grid: _Grid, eye: _Eye, kinds: list[str]
 ) -> list[_Lesion]:
-    """Choose where each lesion goes and its shape parameters (physical units)."""
+    """Choose the shape of each lesion, then a place for it away from the others."""
     min_ay = 1.1 * grid.dy / 1000.0 if grid.n_slices > 1 else 0.05
     half_w = grid.width * grid.dx / 2000.0
+    dy_mm = grid.dy / 1000.0
     planned: list[_Lesion] = []
+    extents: list[tuple[float, float]] = []  # half extent (x, y) in mm of each lesion
     for kind in kinds:
+        parts = _lesion_parts(rng, grid, kind, 0.0, 0.0, min_ay)
+        rx = max(abs(p["x"]) + p.get("ax", 0.03) for p in parts)
+        ry = max(
+            abs(p.get("y", p.get("slice_offset", 0) * dy_mm)) + p.get("ay", 0.3 * dy_mm)
+            for p in parts
+        )
+        if kind == "irf":
+            rx = max(1.8 * rx, rx + 0.3)  # the swelling reaches beyond the cysts
         best = None
         for _attempt in range(40):
             if grid.n_slices >= 3:
@@ -385,17 +395,26 @@ def _plan_lesions(
                 x = float(np.clip(eye.fovea_x + rng.normal(0, 0.4), -0.6 * half_w, 0.6 * half_w))
             else:
                 x = float(rng.uniform(-0.72 * half_w, 0.72 * half_w))
-            gap = min(
-                (math.hypot(x - p.x, (y - p.y) * 0.5) for p in planned),
+            # clearance > 0 when the bounding boxes (in mm) do not overlap
+            clearance = min(
+                (
+                    max(abs(x - o.x) - (rx + ex), abs(y - o.y) - (ry + ey))
+                    for o, (ex, ey) in zip(planned, extents, strict=True)
+                ),
                 default=np.inf,
             )
-            if best is None or gap > best[0]:
-                best = (gap, x, y)
-            if gap > 0.9:
+            if best is None or clearance > best[0]:
+                best = (clearance, x, y)
+            if clearance > 0.1:
                 break
         assert best is not None
         _, x, y = best
-        planned.append(_Lesion(kind, x, y, _lesion_parts(rng, grid, kind, x, y, min_ay)))
+        for p in parts:
+            p["x"] += x
+            if "y" in p:
+                p["y"] += y
+        planned.append(_Lesion(kind, x, y, parts))
+        extents.append((rx, ry))
     return planned
 
 
@@ -410,7 +429,7 @@ def _lesion_parts(
         ax = rng.uniform(0.07, 0.28) * (0.6 + az / 95.0)
         ay = max(ax * rng.uniform(0.7, 1.3), min_ay)
         parts.append({"x": x, "y": y, "az": az, "ax": ax, "ay": ay, "host": "onl"})
-        for _ in range(int(rng.integers(0, 5))):
+        for _ in range(int(rng.integers(0, 7))):
             f = rng.uniform(0.3, 0.75)
             parts.append(
                 {
@@ -694,7 +713,8 @@ def _deform_for_lesions(
                 p["half_height"] = az * _dome(grid, p["x"], p["y"], p["ax"], p["ay"], 0.5)
                 # the host layer swells by most of the cyst's height, smoothly and over a
                 # wider area than the cyst itself
-                swell = 1.6 * az * _dome(grid, p["x"], p["y"], 1.7 * p["ax"], 1.7 * p["ay"], 1.0)
+                sx, sy = max(1.8 * p["ax"], 0.3), max(1.8 * p["ay"], 0.3)
+                swell = 1.6 * az * _dome(grid, p["x"], p["y"], sx, sy, 1.5)
                 np.maximum(irf_extra[p["host"]], swell, out=irf_extra[p["host"]])
             elif lesion.kind in ("srf", "ped", "drusen"):
                 h = p["h"] / grid.dz * _dome(grid, p["x"], p["y"], p["ax"], p["ay"], p["power"])
@@ -711,8 +731,7 @@ def _deform_for_lesions(
     sigma = (120.0 / grid.dy if grid.n_slices > 1 else 0.0, 120.0 / grid.dx)
     for host, extra in irf_extra.items():
         if extra.any():
-            smooth = ndimage.gaussian_filter(extra, sigma, mode="nearest")
-            extra = np.maximum(smooth, 0.85 * extra)
+            extra = ndimage.gaussian_filter(extra, sigma, mode="nearest")
         thickness_px[host] = thickness_px[host] + extra
     thickness_px["srf"] = thickness_px["srf"] + srf
     thickness_px["sub_rpe"] = thickness_px["sub_rpe"] + sub
