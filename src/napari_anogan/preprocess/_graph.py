@@ -45,15 +45,20 @@ def min_cost_rows(
     (S, W) ndarray of int64
         The row of the path in every column; one path per B-scan, independently.
     """
-    cost = np.asarray(cost, dtype=np.float64)
+    cost = np.asarray(cost)
     s, h, w = cost.shape
     if lower is not None or upper is not None:
-        rows = np.arange(h)[None, :, None]
         lo = np.zeros((s, w), np.int64) if lower is None else np.asarray(lower, np.int64)
         hi = np.full((s, w), h - 1, np.int64) if upper is None else np.asarray(upper, np.int64)
-        hi = np.maximum(hi, lo)
+        lo = np.clip(lo, 0, h - 1)
+        hi = np.clip(np.maximum(hi, lo), 0, h - 1)
+        # work on the rows any band touches only (much faster for narrow bands)
+        r0, r1 = int(lo.min()), int(hi.max()) + 1
+        rows = np.arange(r0, r1)[None, :, None]
         allowed = (rows >= lo[:, None, :]) & (rows <= hi[:, None, :])
-        cost = np.where(allowed, cost, np.inf)
+        sub = np.where(allowed, cost[:, r0:r1], np.inf)
+        return min_cost_rows(sub, max_jump, jump_penalty) + r0
+    cost = np.asarray(cost, dtype=np.float64)
     # A column with no finite cost would cut every path: make it free instead.
     dead = ~np.isfinite(cost).any(axis=1)
     if dead.any():

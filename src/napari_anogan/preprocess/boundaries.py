@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.linalg import solveh_banded
 
 from napari_anogan.preprocess._graph import min_cost_rows
 
@@ -86,6 +87,100 @@ def fill_padding(bscans: np.ndarray, min_fraction: float = 0.002) -> np.ndarray:
     return out
 
 
+def _subpixel(score: np.ndarray, rows: np.ndarray, reach: int = 2) -> np.ndarray:
+    """Move each path row to the peak of ``score`` within +-``reach`` rows, sub-pixel.
+
+    The graph search decides *which* edge; this places the boundary on its steepest
+    point (parabola through the maximum and its two neighbours).
+    """
+    s, h, w = score.shape
+    offs = np.arange(-reach, reach + 1)
+    cand = np.clip(rows[:, None, :] + offs[None, :, None], 0, h - 1)  # (S, K, W)
+    vals = np.take_along_axis(score, cand, axis=1)
+    best = cand[np.arange(s)[:, None], np.argmax(vals, axis=1), np.arange(w)[None, :]]
+    up = np.take_along_axis(score, np.clip(best - 1, 0, h - 1)[:, None], 1)[:, 0]
+    mid = np.take_along_axis(score, best[:, None], 1)[:, 0]
+    down = np.take_along_axis(score, np.clip(best + 1, 0, h - 1)[:, None], 1)[:, 0]
+    denom = up - 2 * mid + down
+    shift = np.where(denom < -1e-9, 0.5 * (up - down) / np.where(denom < -1e-9, denom, 1), 0)
+    return best + np.clip(shift, -0.5, 0.5)
+
+
+def _whittaker(y: np.ndarray, weights: np.ndarray, lam: float) -> np.ndarray:
+    """Weighted Whittaker smoother: argmin_z sum w (y - z)^2 + lam sum (second diff z)^2.
+
+    Solved as one symmetric banded system (:func:`scipy.linalg.solveh_banded`); columns
+    with zero weight are bridged by the smoothest curve (a discrete cubic spline).
+    """
+    n = len(y)
+    if n < 4:
+        return np.full(n, np.average(y, weights=weights + 1e-12))
+    # D'D for the second-difference operator D, in upper banded storage
+    diag = np.full(n, 6.0)
+    diag[[0, -1]] = 1.0
+    diag[[1, -2]] = 5.0
+    off1 = np.full(n - 1, -4.0)
+    off1[[0, -1]] = -2.0
+    off2 = np.ones(n - 2)
+    ab = np.zeros((3, n))
+    ab[0, 2:] = lam * off2
+    ab[1, 1:] = lam * off1
+    ab[2] = lam * diag + weights + 1e-9
+    return solveh_banded(ab, weights * y)
+
+
+def _lower_envelope(
+    rows: np.ndarray, lam: float, tol: float, n_iter: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth curve under a boundary that bulges upwards in places (drusen, PED).
+
+    Bruch's membrane is smooth; drusen and pigment-epithelium detachments lift the RPE
+    above it. Asymmetric least squares (Eilers' baseline): a stiff Whittaker smoother
+    is fitted, columns more than ``tol`` rows above the curve get (almost) no weight,
+    and the fit is repeated until the set of lifted columns stops changing.
+
+    Parameters
+    ----------
+    rows : (S, W) ndarray
+        Boundary rows (depth grows downwards, so "lifted" = smaller row).
+    lam : float
+        Stiffness of the smoother (second-difference penalty).
+    tol : float
+        Rows above the curve from which a column counts as lifted.
+    n_iter : int
+        Most iterations.
+
+    Returns
+    -------
+    base : (S, W) ndarray of float64
+        The smooth lower curve.
+    lifted : (S, W) ndarray of bool
+        Columns lifted above it.
+    """
+    s, w = rows.shape
+    # a running median first removes single-column outliers in both directions
+    med = ndi.median_filter(rows.astype(np.float64), size=(1, 5), mode="nearest")
+    base = np.empty((s, w))
+    lifted = np.zeros((s, w), bool)
+    for i in range(s):
+        keep = np.ones(w, bool)
+        for _ in range(n_iter):
+            base[i] = _whittaker(med[i], np.where(keep, 1.0, 1e-3), lam)
+            new_keep = med[i] >= base[i] - tol
+            if np.array_equal(new_keep, keep):
+                break
+            keep = new_keep
+        lifted[i] = ~keep
+    return base, lifted
+
+
+def _consensus(rows: np.ndarray, size: int = 3) -> np.ndarray:
+    """Median of each B-scan's boundary with its neighbours (slice consistency)."""
+    if rows.shape[0] < 3:
+        return rows.astype(np.float64)
+    return ndi.median_filter(rows.astype(np.float64), size=(size, 1), mode="nearest")
+
+
 def detect_boundaries(
     bscans: np.ndarray,
     *,
@@ -96,10 +191,30 @@ def detect_boundaries(
     min_thickness: int = 12,
     max_thickness: int = 300,
     slice_band: int = 12,
+    min_rpe_depth: int = 20,
     boundary_smooth_cols: float = 1.0,
     boundary_smooth_slices: float = 0.7,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the ILM and Bruch's membrane in every column of every B-scan.
+
+    Method (graph search in the spirit of Garvin et al. 2009, one surface at a time):
+
+    1. Padding regions are neutralised (:func:`fill_padding`), speckle is reduced
+       (3x3 median, then Gaussian smoothing).
+    2. RPE: minimum-cost left-to-right path through the brightness, penalising bright
+       layers that have a brighter layer below them (the RPE is the deepest bright
+       layer, so the nerve fibre layer or bright inner layers are not taken).
+    3. Bruch's membrane: path along the strongest bright-to-dark edge just under the
+       RPE; a lower envelope of it finds columns where the RPE is lifted (drusen, PED),
+       and there BM is searched near the envelope on the dark-to-bright edge at the
+       floor of the detachment instead.
+    4. ILM: path along dark-to-bright edges between ``max_thickness`` and
+       ``min_thickness`` rows above BM that have bright tissue over the next rows (a
+       thin detached vitreous membrane does not), darkness just above, and little
+       tissue over a long stretch above (so the IS/OS line or a cyst floor lose).
+    5. Consistency between B-scans: a second pass restricts every B-scan's search to
+       +-``slice_band`` rows around the median of its neighbours' first-pass boundaries.
+    6. Sub-pixel placement on the edge, light smoothing along columns and B-scans.
 
     Parameters
     ----------
@@ -115,19 +230,30 @@ def detect_boundaries(
     min_thickness, max_thickness : int
         Range of retina thickness (ILM to BM, rows) searched for the ILM.
     slice_band : int
-        Second pass: each B-scan's search is restricted to +- this many rows around the
-        median of its neighbours' first-pass boundaries (consistency between B-scans).
+        Half height of the second-pass search band around the neighbours' consensus.
     boundary_smooth_cols, boundary_smooth_slices : float
-        Gaussian smoothing of the final boundaries along columns and across B-scans.
+        Gaussian smoothing (sigma) of the final boundaries along columns and B-scans.
 
     Returns
     -------
     ilm, bm : (S, W) ndarray of float32
-        Row (depth) of the ILM and of Bruch's membrane per B-scan and column.
+        Row (depth, sub-pixel) of the ILM and of Bruch's membrane per B-scan and column.
+
+    Examples
+    --------
+    >>> img = np.full((1, 80, 40), -0.8, np.float32)
+    >>> img[:, 30:50] = 0.2   # retina
+    >>> img[:, 44:50] = 0.9   # RPE
+    >>> ilm, bm = detect_boundaries(img)
+    >>> round(float(ilm.mean())), round(float(bm.mean()))
+    (30, 50)
     """
     x = np.asarray(bscans, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"expected (S, H, W) B-scans, got shape {x.shape}")
+    s, h, w = x.shape
     x = fill_padding(x)
     x = ndi.median_filter(x, size=(1, 3, 3))
     sig = (0, smooth_rows, smooth_cols)
@@ -135,36 +261,92 @@ def detect_boundaries(
     gy = ndi.gaussian_filter(x, sig, order=(0, 1, 0))
     bg, tissue = _levels(inten, 20, 99)
 
-    # -- RPE: the brightest deep layer, as a smooth path ---------------------------------
-    bright_c = (ndi.gaussian_filter(x, (0, 2.0, 2.0)) - bg) / (tissue - bg)
-    bright = np.clip(bright_c, 0, 1)
+    # brightness in units of (tissue - background); the RPE cost penalises a bright
+    # layer by how much brighter the brightest layer 8-60 rows below it is
+    bright_c = (inten - bg) / (tissue - bg)
     deeper = _window(bright_c, 8, 60, "max")
     rpe_cost = np.clip(1.0 - bright_c, 0, None) + 1.5 * np.clip(deeper - bright_c, 0, None)
-    rpe = min_cost_rows(rpe_cost, max_jump, jump_penalty)
-    _DEBUG["rpe"] = rpe
-
-    # -- BM: strongest bright-to-dark edge just under the RPE ----------------------------
-    _, gscale = _levels(np.abs(gy), 0, 99.5)
+    gscale = _levels(np.abs(gy), 0, 99.5)[1]
     fall = np.clip(-gy / gscale, 0, 1)
-    above_max = _window(bright, -8, 0, "max")
-    bm = min_cost_rows(1.0 - fall * above_max, max_jump, jump_penalty, rpe - 4, rpe + 20)
+    rise_bm = np.clip(gy / gscale, 0, 1)
+    above_max = _window(np.clip(bright_c, 0, 1), -8, 0, "max")
+    bm_edge_cost = 1.0 - fall * above_max
 
-    # -- ILM: first dark-to-bright edge above BM with bright retina below it ------------
-    # The score wants an edge, bright tissue over the next rows (rejects a thin detached
-    # vitreous membrane), darkness just above, and little tissue over a long stretch
-    # above (so inner edges such as IS/OS or the floor of a cyst lose to the surface).
+    # ILM score: edge x bright below x dark just above, cost + tissue far above
     rise = np.clip(gy / (0.5 * _levels(np.clip(gy, 0, None), 0, 99)[1]), 0, 1)
     below = _unit(_window(inten, 2, 14), bg, tissue)
     above = _unit(_window(inten, -14, -2), bg, tissue)
     above_long = _unit(_window(inten, -50, -3), bg, tissue)
-    ilm_score = rise * below * (1.0 - above)
-    ilm_cost = 1.0 - ilm_score + above_long
-    _DEBUG.update(
-        bright=bright,
-        bm_score=fall * above_max,
-        ilm_score=ilm_score,
-        ilm_cost=ilm_cost,
-        above_long=above_long,
-    )
-    ilm = min_cost_rows(ilm_cost, max_jump, jump_penalty, bm - max_thickness, bm - min_thickness)
-    return ilm.astype(np.float32), bm.astype(np.float32)
+    ilm_cost = 1.0 - rise * below * (1.0 - above) + above_long
+    _DEBUG.update(rpe_cost=rpe_cost, bm_edge_cost=bm_edge_cost, ilm_cost=ilm_cost)
+
+    rows_idx = np.arange(h, dtype=np.float32)[None, :, None]
+
+    def search(bm_band=None, ilm_band=None):
+        # ILM first: the most reliable boundary (dark vitreous above, tissue below)
+        ilm0 = min_cost_rows(
+            ilm_cost,
+            max_jump,
+            jump_penalty,
+            None if ilm_band is None else ilm_band[0],
+            h - 1 - min_thickness if ilm_band is None else ilm_band[1],
+        )
+        # RPE: brightest deep layer at least `min_rpe_depth` under the ILM (so not the
+        # nerve fibre layer)
+        lo = ilm0 + min_rpe_depth
+        hi = ilm0 + max_thickness
+        if bm_band is not None:
+            lo = np.maximum(lo, bm_band[0] - 12)
+            hi = np.minimum(hi, bm_band[1])
+        rpe = min_cost_rows(rpe_cost, max_jump, jump_penalty, lo, hi)
+        # drusen and PEDs lift the RPE above the smooth curve it follows elsewhere
+        base, lifted = _lower_envelope(rpe, lam=2e4, tol=3.0)
+        # bottom of the RPE: the first strong bright-to-dark edge under its centre
+        below_rpe = rows_idx - rpe[:, None, :].astype(np.float32)
+        bm_raw = min_cost_rows(
+            bm_edge_cost + 0.04 * np.abs(below_rpe), max_jump, jump_penalty, rpe - 1, rpe + 8
+        )
+        # RPE centre to BM distance where the RPE is in place, per B-scan
+        gap = np.array(
+            [
+                np.median((bm_raw[i] - rpe[i])[~lifted[i]]) if (~lifted[i]).any() else 3.0
+                for i in range(s)
+            ]
+        )
+        floor = np.rint(base + gap[:, None]).astype(np.int64)
+        # where the RPE is lifted, BM is near the envelope: the floor of the detachment
+        # (dark-to-bright) or the bottom of a visible Bruch's membrane line (bright-to-dark)
+        cost = np.where(lifted[:, None, :], 1.0 - np.maximum(rise_bm, fall), bm_edge_cost)
+        bm_lo = np.where(lifted, floor - 3, bm_raw - 2)
+        bm_hi = np.where(lifted, floor + 4, bm_raw + 2)
+        bm = min_cost_rows(cost, max_jump, jump_penalty, bm_lo, bm_hi)
+        # the ILM again, now within the allowed thickness above BM
+        top = bm - max_thickness
+        bottom = bm - min_thickness
+        if ilm_band is not None:
+            top = np.maximum(top, ilm_band[0])
+            bottom = np.minimum(bottom, ilm_band[1])
+        if np.any(ilm0 < top) or np.any(ilm0 > bottom):
+            ilm0 = min_cost_rows(ilm_cost, max_jump, jump_penalty, top, bottom)
+        _DEBUG.update(rpe=rpe, bm_raw=bm_raw, base=base, lifted=lifted)
+        return ilm0, bm, lifted
+
+    ilm, bm, lifted = search()
+    if s >= 3 and slice_band > 0:
+        c_bm = np.rint(_consensus(bm)).astype(np.int64)
+        c_ilm = np.rint(_consensus(ilm)).astype(np.int64)
+        ilm, bm, lifted = search(
+            (c_bm - slice_band, c_bm + slice_band), (c_ilm - slice_band, c_ilm + slice_band)
+        )
+
+    ilm_f = _subpixel(gy, ilm)
+    bm_f = np.where(lifted, _subpixel(gy, bm), _subpixel(-gy, bm))
+    if boundary_smooth_cols > 0:
+        ilm_f = ndi.gaussian_filter1d(ilm_f, boundary_smooth_cols, axis=1, mode="nearest")
+        bm_f = ndi.gaussian_filter1d(bm_f, boundary_smooth_cols, axis=1, mode="nearest")
+    if s > 1 and boundary_smooth_slices > 0:
+        ilm_f = ndi.gaussian_filter1d(ilm_f, boundary_smooth_slices, axis=0, mode="nearest")
+        bm_f = ndi.gaussian_filter1d(bm_f, boundary_smooth_slices, axis=0, mode="nearest")
+    ilm_f = np.clip(ilm_f, 0, h - 1)
+    bm_f = np.clip(np.maximum(bm_f, ilm_f + 1), 0, h - 1)
+    return ilm_f.astype(np.float32), bm_f.astype(np.float32)
