@@ -18,8 +18,8 @@ Examples
 --------
 >>> from napari_anogan.synthetic import make_volume
 >>> vol = make_volume(5, 160, 192, lesions=["irf", "hrf"], seed=1)
->>> vol.data.shape, vol.data.dtype, vol.mask.max() > 0
-((5, 160, 192), dtype('uint8'), True)
+>>> vol.data.shape, str(vol.data.dtype), bool(vol.mask.any())
+((5, 160, 192), 'uint8', True)
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def _draw_eye(rng: np.random.Generator, grid: _Grid, signal: float) -> _Eye:
     bm_row = surface - surface.mean() + ilm_centre + float(np.median(total_px))
 
     intensity = {k: v * rng.uniform(0.92, 1.08) for k, v in _INTENSITY.items()}
-    gamma = rng.uniform(0.24, 0.32) * (1.0 + 0.8 * (1.0 - min(signal, 1.0)))
+    gamma = rng.uniform(0.2, 0.28) * (1.0 + 0.8 * (1.0 - min(signal, 1.0)))
     return _Eye(
         fovea_x=fx,
         fovea_y=fy,
@@ -812,7 +812,6 @@ def _render_layers(
     n_depth = H - lo + 2
     s_sigma = max(0.0, 150.0 / grid.dy) if S > 1 else 0.0
     lumen_noise = _grid_noise(rng, (S, n_depth, W), (s_sigma, 3.0 * kz, 5.0 / (grid.dx / 11.5)))
-    fine = _grid_noise(rng, (S, n_depth, W), (0.0, 1.5 * kz, 2.5 / (grid.dx / 11.5)))
     d = np.arange(n_depth, dtype=np.float32)[None, :, None]
     thick_c = rng.uniform(55.0, 85.0) * kz
     # lumens grow with depth (Sattler -> Haller layer)
@@ -820,7 +819,7 @@ def _render_layers(
     lumen = 1.0 / (1.0 + np.exp(-(threshold - lumen_noise) / 0.25))
     fade = np.exp(-d / (rng.uniform(70.0, 100.0) * kz))
     fade *= 1.0 - 0.35 / (1.0 + np.exp(-(d - thick_c) / (4.0 * kz)))  # darker sclera
-    tex = eye.choroid * fade * (1.0 - 0.4 * lumen) * (1.0 + 0.08 * fine)
+    tex = eye.choroid * fade * (1.0 - 0.4 * lumen)
     tex = tex.astype(np.float32)
     below_bm = rows[None, lo:, None] - bm[:, None, :]
     depth_idx = np.clip(np.round(below_bm).astype(np.int64), 0, n_depth - 1)
@@ -1120,7 +1119,7 @@ def _finish(
     gamma = eye.speckle_gamma
     speckle = np.empty((n_bank, H + pad, W + pad), np.float32)
     noise = np.empty((n_bank, H + pad, W + pad), np.float32)
-    grain = (0.9 * max(kz, 0.5), 1.3 * max(kx, 0.5))
+    grain = (1.0 * max(kz, 0.5), 1.5 * max(kx, 0.5))
     for k in range(n_bank):
         acc = np.zeros((H + pad, W + pad), np.float32)
         for _ in range(looks):
@@ -1129,7 +1128,7 @@ def _finish(
         norm = math.gamma(looks + gamma) / (math.gamma(looks) * looks**gamma)
         speckle[k] = np.power(acc, gamma) / np.float32(norm)
         # the noise floor is hardly averaged away: grainy, Rayleigh-like
-        acc = _speckle_intensity(rng, (H + pad, W + pad), (0.55, 0.65))
+        acc = _speckle_intensity(rng, (H + pad, W + pad), (0.7, 0.9))
         noise[k] = np.power(acc, 0.6) / np.float32(math.gamma(1.6))
     floor = eye.noise_floor
     out = np.empty((S, H, W), np.uint8)
