@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_plugin_layers import H, S, W, fake_result
 
 from napari_anogan._widgets import _common
 from napari_anogan._widgets.candidates import CandidatesWidget
 from napari_anogan._widgets.export import ExportWidget
 from napari_anogan._widgets.score import ScoreWidget, add_result_layers, boxes_from_shapes
 from napari_anogan._widgets.train import TrainWidget
+from test_plugin_layers import H, S, W, fake_result
 
 pytestmark = pytest.mark.qt
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -84,6 +85,9 @@ class ScoreWidget(QWidget):
     viewer : napari.viewer.Viewer
         The viewer (injected by napari).
     """
+
+    #: Emitted when a job ends, with ``"done"``, ``"error"`` or ``"cancelled"``.
+    finished = Signal(str)
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -245,6 +249,7 @@ class ScoreWidget(QWidget):
         self.progress.setValue(1 if outcome == "done" else 0)
         self.status.setText({"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome])
         self._update_enabled()
+        self.finished.emit(outcome)
 
     def _show(self, result: Any) -> None:
         """Add (or replace) the result layers, all or none."""

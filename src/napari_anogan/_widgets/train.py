@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -60,6 +61,9 @@ class TrainWidget(QWidget):
     viewer : napari.viewer.Viewer
         The viewer (injected by napari).
     """
+
+    #: Emitted when a job ends, with ``"done"``, ``"error"`` or ``"cancelled"``.
+    finished = Signal(str)
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -246,6 +250,7 @@ class TrainWidget(QWidget):
         else:
             self.status.setText({"done": "done", "error": "failed"}[outcome])
         self._update_enabled()
+        self.finished.emit(outcome)
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:

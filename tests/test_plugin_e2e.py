@@ -1,0 +1,257 @@
+"""End to end in a real napari viewer (Xvfb): train -> score -> candidates -> export.
+
+A tiny model trained for one epoch on a tiny synthetic volume; scoring with a few
+mapping steps. Slow-ish (seconds), but every widget runs its real core job in a worker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_anogan._widgets import _common
+from napari_anogan._widgets.candidates import CandidatesWidget
+from napari_anogan._widgets.export import ExportWidget
+from napari_anogan._widgets.score import ScoreWidget
+from napari_anogan._widgets.train import SAMPLES_LAYER, TrainWidget
+
+pytestmark = pytest.mark.qt
+
+SHAPE = (4, 128, 128)
+TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_reference():
+    """Map the held-out reference patches with 5 steps instead of 500 (speed only)."""
+    from dataclasses import dataclass
+
+    from napari_anogan import train
+
+    @dataclass
+    class FastTrainConfig(train.TrainConfig):
+        reference_steps: int = 5
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "TrainConfig", FastTrainConfig)
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A healthy and a diseased tiny synthetic volume, as OME-TIFF files."""
+    from napari_anogan.io import write_tiff
+    from napari_anogan.synthetic import make_volume
+
+    folder = tmp_path_factory.mktemp("oct")
+    healthy = make_volume(*SHAPE, seed=1)
+    write_tiff(folder / "healthy.ome.tif", healthy.data, spacing=healthy.spacing)
+    sick = make_volume(3, 128, 128, lesions=["irf", "ped"], seed=2)
+    write_tiff(folder / "sick.ome.tif", sick.data, spacing=sick.spacing)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(data_dir) -> Path:
+    """A tiny model trained for one epoch (headless, shared by the scoring tests)."""
+    from napari_anogan.events import drain
+    from napari_anogan.pipeline import train_from_paths
+
+    path = data_dir / "tiny.pt"
+    drain(
+        train_from_paths(
+            [data_dir / "healthy.ome.tif"], path, preset="tiny", epochs=1, patches_per_scan=16
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def notes(monkeypatch) -> dict[str, list[str]]:
+    """Notifications shown by the widgets, by kind."""
+    shown: dict[str, list[str]] = {"error": [], "info": []}
+    monkeypatch.setattr(_common, "show_error", shown["error"].append)
+    monkeypatch.setattr(_common, "show_info", shown["info"].append)
+    return shown
+
+
+def _score(qtbot, widget: ScoreWidget, *, steps: int = 3) -> str:
+    widget.steps.setValue(steps)
+    with qtbot.waitSignal(widget.finished, timeout=TIMEOUT_MS) as blocker:
+        widget.run_button.click()
+    return blocker.args[0]
+
+
+def test_train_widget_one_epoch(make_napari_viewer, qtbot, data_dir, notes):
+    from napari_anogan.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    widget.set_paths([data_dir / "healthy.ome.tif"])
+    widget.preset.setCurrentText("tiny")
+    widget.epochs.setValue(1)
+    widget.patches_per_scan.setValue(16)
+    output = data_dir / "gui.pt"
+    widget.output.setText(str(output))
+    with qtbot.waitSignal(widget.finished, timeout=TIMEOUT_MS) as blocker:
+        widget.train_button.click()
+        assert widget.cancel_button.isEnabled()
+        assert not widget.train_button.isEnabled()
+    assert blocker.args == ["done"]
+    assert not notes["error"]
+    assert load_checkpoint(output).model_config.preset == "tiny"
+    assert widget.plot.values["d_loss"]
+    assert widget.plot.values["g_loss"]
+    assert SAMPLES_LAYER in viewer.layers
+    assert widget.train_button.isEnabled()
+    assert "written" in notes["info"][-1]
+
+
+def test_train_cancel_keeps_checkpoint_and_resumes(make_napari_viewer, qtbot, data_dir, notes):
+    from napari_anogan.checkpoint import load_checkpoint
+
+    widget = TrainWidget(make_napari_viewer())
+    widget.set_paths([data_dir / "healthy.ome.tif"])
+    widget.preset.setCurrentText("tiny")
+    widget.epochs.setValue(200)
+    widget.patches_per_scan.setValue(16)
+    output = data_dir / "cancelled.pt"
+    widget.output.setText(str(output))
+    checkpoints = []
+
+    def on_event(event):
+        if getattr(event.kind, "value", "") == "checkpoint":
+            checkpoints.append(event)
+            widget.cancel_button.click()
+
+    with qtbot.waitSignal(widget.finished, timeout=TIMEOUT_MS) as blocker:
+        widget.train_button.click()
+        widget.job.worker.yielded.connect(on_event)
+    assert blocker.args == ["cancelled"]
+    assert checkpoints
+    assert not notes["error"]
+    done = load_checkpoint(output).training["epochs_done"]
+    assert 1 <= done < 200
+    assert "Resume" in widget.status.text()
+
+    widget.epochs.setValue(done + 1)
+    with qtbot.waitSignal(widget.finished, timeout=TIMEOUT_MS) as blocker:
+        widget.resume_button.click()
+    assert blocker.args == ["done"]
+    assert load_checkpoint(output).training["epochs_done"] == done + 1
+
+
+def test_score_candidates_export(make_napari_viewer, qtbot, data_dir, tiny_model, notes, tmp_path):
+    from napari_anogan.io import read_volume
+
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
+    score = ScoreWidget(viewer)
+    score.model_path.setText(str(tiny_model))
+    score.device.setCurrentIndex(score.device.findData("cpu"))
+    assert _score(qtbot, score) == "done"
+    assert not notes["error"]
+    for kind in ("reconstruction", "residual", "patch scores", "score bars", "boundaries"):
+        layer = viewer.layers[f"sick {kind}"]
+        np.testing.assert_allclose(layer.scale, image.scale)
+    assert viewer.layers["sick residual"].data.shape == image.data.shape
+    assert "en face" in " ".join(viewer.layers[-1].name.split()[-2:])
+    bars = viewer.layers["sick score bars"]
+    assert set(bars.features["component"]) == {"residual", "discrimination"}
+
+    candidates = CandidatesWidget(viewer)
+    assert candidates.source.currentText() == "sick patch scores"
+    candidates.threshold.setValue(0.0)  # everything is anomalous: at least one region
+    assert candidates.table.rowCount() >= 1
+    candidates.select(0)
+    top = candidates.candidates[0]
+    slice_world = viewer.dims.point[0] / image.scale[0]
+    assert top["slice_start"] - 0.5 <= slice_world <= top["slice_end"] + 0.5
+    candidates.decide("keep")
+
+    export = ExportWidget(viewer)
+    export.folder.setText(str(tmp_path))
+    written = export.export()
+    assert not notes["error"]
+    heatmap = read_volume(written["heatmap"])
+    assert heatmap.data.shape == image.data.shape
+    np.testing.assert_allclose(heatmap.spacing, read_volume(data_dir / "sick.ome.tif").spacing)
+    with open(written["candidates"], newline="") as handle:
+        assert next(csv.DictReader(handle))["decision"] == "keep"
+    summary = json.loads(Path(written["summary"]).read_text())
+    assert summary["model"]["path"].endswith("tiny.pt")
+    assert summary["settings"]["steps"] == 3
+    (reopened,) = viewer.open(str(written["heatmap"]), plugin="napari-anogan")
+    assert reopened.data.shape == image.data.shape
+
+
+def test_score_current_bscan_and_rectangles(make_napari_viewer, qtbot, data_dir, tiny_model):
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
+    score = ScoreWidget(viewer)
+    score.model_path.setText(str(tiny_model))
+    viewer.dims.set_point(0, 1 * image.scale[0])
+    score.region.setCurrentIndex(1)
+    assert _score(qtbot, score, steps=1) == "done"
+    slices = set(viewer.layers["sick patch scores"].features["slice"])
+    assert slices == {1}
+    whole_bscan = len(viewer.layers["sick patch scores"].features)
+
+    rect = np.array([[2, 40, 30], [2, 40, 90], [2, 90, 90], [2, 90, 30]], float)
+    viewer.add_shapes([rect], shape_type="rectangle", scale=image.scale, name="roi")
+    score.region.setCurrentIndex(2)
+    assert score.shapes.currentText() == "roi"
+    assert _score(qtbot, score, steps=1) == "done"
+    features = viewer.layers["sick patch scores"].features
+    assert set(features["slice"]) == {2}
+    assert 0 < len(features) < whole_bscan
+
+
+def test_score_cancel_mid_run(make_napari_viewer, qtbot, data_dir, tiny_model, notes):
+    viewer = make_napari_viewer()
+    viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
+    score = ScoreWidget(viewer)
+    score.model_path.setText(str(tiny_model))
+    score.steps.setValue(5000)
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if len(events) == 3:
+            score.cancel_button.click()
+
+    with qtbot.waitSignal(score.finished, timeout=TIMEOUT_MS) as blocker:
+        score.run_button.click()
+        score.job.worker.yielded.connect(on_event)
+    assert blocker.args == ["cancelled"]
+    assert len(events) < 100
+    assert [layer.name for layer in viewer.layers] == ["sick"]
+    assert score.run_button.isEnabled()
+    assert not score.cancel_button.isEnabled()
+    assert not notes["error"]
+
+
+def test_bad_model_file_notifies_and_adds_nothing(make_napari_viewer, qtbot, data_dir, notes):
+    viewer = make_napari_viewer()
+    viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
+    bad = data_dir / "broken.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    score = ScoreWidget(viewer)
+    score.model_path.setText(str(bad))
+    assert _score(qtbot, score) == "error"
+    assert "broken.pt" in notes["error"][-1]
+    assert [layer.name for layer in viewer.layers] == ["sick"]
+    assert score.run_button.isEnabled()
+
+
+def test_bad_image_file_gives_error_and_no_layer(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    with pytest.raises(Exception, match=r"broken\.tif"):
+        viewer.open(str(bad), plugin="napari-anogan")
+    assert len(viewer.layers) == 0
