@@ -1,15 +1,26 @@
 """End-to-end jobs that the CLI and the widgets both call.
 
-CONTRACT (being implemented): signatures below are stable; bodies land shortly.
+Each job is a generator of :class:`~napari_anogan.events.ProgressEvent` whose return
+value is the result: the CLI drains it with a progress bar, the GUI runs it in a
+``thread_worker`` (Cancel is honoured at the next yield). Nothing here imports Qt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+import hashlib
+import logging
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from napari_anogan.candidates import CANDIDATE_COLUMNS, find_candidates
+from napari_anogan.errors import InputError
+from napari_anogan.events import EventKind, ProgressEvent
+from napari_anogan.io import Volume, read_volume, write_csv, write_json, write_tiff
+
+logger = logging.getLogger(__name__)
 
 PATCH_COLUMNS = (
     "slice",
@@ -28,57 +39,423 @@ PATCH_COLUMNS = (
 
 @dataclass
 class ScoreSettings:
-    """How a volume is scored (mapping and patch grid)."""
+    """How a volume is scored (latent mapping and patch grid).
 
-    mode: str = "iterative"  # iterative | encoder | hybrid (fast modes: later issue)
-    steps: int = 500  # mapping steps (paper: 500)
-    lam: float = 0.1  # lambda of eq. (5)/(6)
-    stride: int = 32  # patch grid stride in the flattened band
+    Attributes
+    ----------
+    mode : str
+        Latent mapping: ``iterative`` (the paper: random start, ``steps`` of eq. (5)).
+    steps : int
+        Mapping steps Γ (paper: 500).
+    lam : float
+        λ of eq. (5) and (6) (paper: 0.1).
+    stride : int
+        Patch grid stride in the flattened band, in pixels.
+    batch_size : int
+        Patches mapped at once (bounds memory).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    seed : int
+        Seed of the random latent start.
+    percentile_threshold : float
+        Candidates: a patch is anomalous above this healthy percentile.
+    """
+
+    mode: str = "iterative"
+    steps: int = 500
+    lam: float = 0.1
+    stride: int = 32
     batch_size: int = 256
     device: str = "auto"
     seed: int = 0
-    percentile_threshold: float = 99.0  # candidates: patches above this healthy percentile
+    percentile_threshold: float = 99.0
+
+    def to_dict(self) -> dict:
+        """Return the settings as a JSON-ready dict."""
+        return asdict(self)
 
 
 @dataclass
 class VolumeResult:
-    """Everything scoring produces for one volume, in the RAW pixel grid of the input."""
+    """Everything scoring produces for one volume, in the RAW pixel grid of the input.
+
+    Attributes
+    ----------
+    name : str
+        Volume name (file stem).
+    shape : tuple of int
+        Raw shape (S, H, W).
+    reconstruction : (S, H, W) ndarray of float32
+        G(z) back-projected, in the raw grey units of the input; NaN where no patch.
+    residual : (S, H, W) ndarray of float32
+        Residual heatmap |x - G(z)| (in normalised [-1, 1] units, so 0..2); 0 where no patch.
+    patches : dict of str to (N,) ndarray
+        Patch table: :data:`PATCH_COLUMNS` (raw boxes) plus ``flat_row``, ``flat_col``.
+    bscan_scores : (S,) ndarray
+        B-scan anomaly score (mean of its top-3 patch anomaly scores); NaN if not scored.
+    volume_score : float
+        Highest B-scan score.
+    ilm, bm : (S, W) ndarray
+        Retina boundaries, raw rows.
+    en_face : (S, W) ndarray
+        Residual projected over depth (mean over the retina band): where in the macula.
+    candidates : list of dict
+        Ranked candidate regions (:func:`~napari_anogan.candidates.find_candidates`).
+    settings, model : dict
+        Settings and model description, for the summary.
+    """
 
     name: str
     shape: tuple[int, int, int]
-    reconstruction: np.ndarray  # (S,H,W) float32 G(z) in raw grey units, NaN where no patch
-    residual: np.ndarray  # (S,H,W) float32 |x - G(z)| heatmap (normalised units), 0 where no patch
-    patches: dict[str, np.ndarray]  # columns PATCH_COLUMNS (raw boxes) + flat_row, flat_col
-    bscan_scores: np.ndarray  # (S,) NaN for slices not scored
+    reconstruction: np.ndarray
+    residual: np.ndarray
+    patches: dict[str, np.ndarray]
+    bscan_scores: np.ndarray
     volume_score: float
-    ilm: np.ndarray  # (S,W) raw rows
-    bm: np.ndarray  # (S,W) raw rows
-    en_face: np.ndarray  # (S,W) anomaly projected over depth
+    ilm: np.ndarray
+    bm: np.ndarray
+    en_face: np.ndarray
     candidates: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
 
 
+def _load_model(model):
+    from napari_anogan.checkpoint import load_checkpoint
+
+    return load_checkpoint(model) if isinstance(model, (str, Path)) else model
+
+
+def _preprocess_config(model):
+    from napari_anogan.preprocess import PreprocessConfig
+
+    return PreprocessConfig.from_dict(model.preprocess_config)
+
+
+def _mapping_config(settings: ScoreSettings):
+    from napari_anogan.mapping import MappingConfig
+
+    return MappingConfig(
+        steps=settings.steps,
+        lam=settings.lam,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        device=settings.device,
+    )
+
+
+def _select_patches(patches, geometry, boxes):
+    """Keep the grid patches whose raw box overlaps one of ``boxes`` on the same slice."""
+    keep = np.zeros(len(patches.coords), dtype=bool)
+    size = patches.images.shape[-1]
+    for i, (s, r, c) in enumerate(patches.coords):
+        r0, c0, r1, c1 = geometry.box_to_raw(int(s), int(r), int(c), size, size)
+        for bs, br0, bc0, br1, bc1 in boxes:
+            if bs == s and r0 < br1 and br0 < r1 and c0 < bc1 and bc0 < c1:
+                keep[i] = True
+                break
+    return keep
+
+
 def score_volume(
-    volume,
+    volume: Volume,
     model,
     settings: ScoreSettings | None = None,
     *,
     slices: Sequence[int] | None = None,
     boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
-) -> Generator:
-    """Score a volume; generator of ProgressEvent returning a VolumeResult.
+) -> Generator[ProgressEvent, None, VolumeResult]:
+    """Score a volume with a healthy model.
 
-    ``model`` is a LoadedModel or a checkpoint path; ``slices`` restricts scoring to those
-    B-scans; ``boxes`` (slice, row0, col0, row1, col1 in raw pixels) to those regions.
+    Parameters
+    ----------
+    volume : Volume
+        The scan, as read by :func:`napari_anogan.io.read_volume`.
+    model : LoadedModel or path
+        A model from :func:`napari_anogan.checkpoint.load_checkpoint`, or its file.
+    settings : ScoreSettings, optional
+        Mapping and grid settings; defaults to the paper's.
+    slices : sequence of int, optional
+        Score only these B-scans.
+    boxes : sequence of (slice, row0, col0, row1, col1), optional
+        Score only patches overlapping these raw-pixel rectangles (end-exclusive).
+
+    Yields
+    ------
+    ProgressEvent
+        Preprocessing, then mapping progress.
+
+    Returns
+    -------
+    VolumeResult
+        Heatmaps, patch table, B-scan and volume scores, candidates (raw pixel grid).
+
+    Raises
+    ------
+    InputError
+        If no patch of the requested region overlaps the retina.
+    ModelError
+        If the model's patch size or preprocessing does not fit.
     """
-    raise NotImplementedError
+    from napari_anogan.checkpoint import check_compatible
+    from napari_anogan.mapping import map_to_latent
+    from napari_anogan.preprocess import grid_patches, preprocess_volume
+    from napari_anogan.scoring import (
+        aggregate_bscans,
+        assemble_heatmap,
+        percentile_of,
+        volume_score,
+    )
+
+    settings = settings or ScoreSettings()
+    model = _load_model(model)
+    pre_config = _preprocess_config(model)
+    check_compatible(model, pre_config.patch_size, pre_config.to_dict())
+    yield ProgressEvent(EventKind.STAGE, 0, 0, message="preprocessing")
+    pre = preprocess_volume(volume, pre_config)
+    geometry = pre.geometry
+    patches = grid_patches(pre, stride=settings.stride, slices=slices)
+    if boxes:
+        keep = _select_patches(patches, geometry, boxes)
+        patches = type(patches)(images=patches.images[keep], coords=patches.coords[keep])
+    if len(patches.coords) == 0:
+        raise InputError("no patch of the requested region overlaps the retina", volume.source)
+    logger.info("%s: mapping %d patches", volume.name, len(patches.coords))
+    mapped = yield from map_to_latent(
+        model.generator, model.discriminator, patches.images, _mapping_config(settings)
+    )
+
+    size = pre_config.patch_size
+    s_count = volume.shape[0]
+    residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
+    recon_flat = assemble_heatmap(mapped.reconstruction, patches.coords, pre.flat.shape)
+    residual = np.nan_to_num(geometry.flat_to_raw_image(residual_flat), nan=0.0)
+    lo, hi = pre.intensity_range
+    reconstruction = lo + (geometry.flat_to_raw_image(recon_flat) + 1.0) * 0.5 * (hi - lo)
+
+    boxes_raw = np.array(
+        [geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in patches.coords],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+    reference = model.reference.get("anomaly_score") if model.reference else None
+    percentile = (
+        percentile_of(mapped.anomaly_score, reference, model.reference["levels"])
+        if reference is not None
+        else np.full(len(patches.coords), np.nan)
+    )
+    table = {
+        "slice": patches.coords[:, 0].astype(np.int64),
+        "row": boxes_raw[:, 0],
+        "col": boxes_raw[:, 1],
+        "height": boxes_raw[:, 2] - boxes_raw[:, 0],
+        "width": boxes_raw[:, 3] - boxes_raw[:, 1],
+        "residual_score": np.asarray(mapped.residual_score, dtype=np.float64),
+        "discrimination_score": np.asarray(mapped.discrimination_score, dtype=np.float64),
+        "anomaly_score": np.asarray(mapped.anomaly_score, dtype=np.float64),
+        "reference_discrimination_score": np.asarray(
+            mapped.reference_discrimination_score, dtype=np.float64
+        ),
+        "discriminator_output": np.asarray(mapped.discriminator_output, dtype=np.float64),
+        "healthy_percentile": np.asarray(percentile, dtype=np.float64),
+        "flat_row": patches.coords[:, 1].astype(np.int64),
+        "flat_col": patches.coords[:, 2].astype(np.int64),
+    }
+    bscan_scores = aggregate_bscans(table["slice"], table["anomaly_score"], s_count)
+    candidates = find_candidates(
+        table,
+        stride=settings.stride,
+        threshold=settings.percentile_threshold,
+        by="healthy_percentile" if reference is not None else "anomaly_score",
+    )
+    result = VolumeResult(
+        name=volume.name,
+        shape=tuple(volume.shape),
+        reconstruction=reconstruction.astype(np.float32),
+        residual=residual.astype(np.float32),
+        patches=table,
+        bscan_scores=bscan_scores,
+        volume_score=volume_score(bscan_scores),
+        ilm=pre.ilm,
+        bm=pre.bm,
+        en_face=en_face_projection(residual, pre.ilm, pre.bm),
+        candidates=candidates,
+        settings=settings.to_dict(),
+        model=_model_description(model),
+    )
+    yield ProgressEvent(EventKind.DONE, 1, 1, message=f"{volume.name} scored")
+    return result
+
+
+def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> np.ndarray:
+    """Mean residual between ILM and BM for every (slice, column): an en-face anomaly map.
+
+    Parameters
+    ----------
+    residual : (S, H, W) ndarray
+        Residual heatmap in the raw grid.
+    ilm, bm : (S, W) ndarray
+        Boundary rows in the raw grid.
+
+    Returns
+    -------
+    (S, W) ndarray of float32
+    """
+    rows = np.arange(residual.shape[1])[None, :, None]
+    inside = (rows >= np.floor(ilm)[:, None, :]) & (rows <= np.ceil(bm)[:, None, :])
+    counts = inside.sum(axis=1)
+    total = np.where(inside, residual, 0.0).sum(axis=1)
+    return np.divide(total, counts, out=np.zeros(total.shape), where=counts > 0).astype(np.float32)
+
+
+def _model_description(model) -> dict:
+    return {
+        "path": str(getattr(model, "path", "") or ""),
+        "model_config": model.model_config.to_dict(),
+        "preprocess_config": model.preprocess_config,
+        "training": getattr(model, "training", {}) or {},
+    }
+
+
+def write_score_outputs(result: VolumeResult, outdir: str | Path) -> dict[str, Path]:
+    """Write ``<stem>_residual.tif``, ``<stem>_scores.csv`` and ``<stem>_summary.json``.
+
+    Every file is written atomically; returns their paths by kind.
+    """
+    outdir = Path(outdir)
+    paths = {
+        "residual": outdir / f"{result.name}_residual.tif",
+        "scores": outdir / f"{result.name}_scores.csv",
+        "summary": outdir / f"{result.name}_summary.json",
+    }
+    write_tiff(paths["residual"], result.residual.astype(np.float32))
+    rows = [
+        {k: result.patches[k][i].item() for k in PATCH_COLUMNS}
+        for i in range(len(result.patches["slice"]))
+    ]
+    write_csv(paths["scores"], rows, columns=PATCH_COLUMNS)
+    write_json(paths["summary"], summary_dict(result))
+    return paths
+
+
+def summary_dict(result: VolumeResult) -> dict:
+    """JSON summary: per-B-scan and volume scores, candidates, model and settings."""
+    return {
+        "name": result.name,
+        "shape": list(result.shape),
+        "volume_score": result.volume_score,
+        "bscan_rule": "mean of the 3 highest patch anomaly scores of the B-scan",
+        "volume_rule": "highest B-scan score",
+        "bscan_scores": [None if not np.isfinite(v) else float(v) for v in result.bscan_scores],
+        "n_patches": len(result.patches["slice"]),
+        "candidates": [{k: c[k] for k in CANDIDATE_COLUMNS} for c in result.candidates],
+        "settings": result.settings,
+        "model": result.model,
+    }
+
+
+def _expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    return [Path(p) for p in paths]
+
+
+def _fingerprint(arrays: Iterable[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def collect_training_patches(
+    paths: Sequence[str | Path],
+    preprocess_config,
+    patches_per_scan: int,
+    seed: int = 0,
+) -> Generator[ProgressEvent, None, tuple[np.ndarray, dict]]:
+    """Read healthy scans, preprocess them and draw random training patches.
+
+    Returns
+    -------
+    patches : (N, 1, P, P) ndarray of float32
+    info : dict
+        ``inputs`` (paths), ``n_bscans``, ``n_patches`` and ``data_fingerprint``.
+    """
+    from napari_anogan.preprocess import preprocess_volume, random_patches
+
+    inputs = _expand_inputs(paths)
+    if not inputs:
+        raise InputError("no healthy training inputs given")
+    rng = np.random.default_rng(seed)
+    chunks = []
+    n_bscans = 0
+    for i, path in enumerate(inputs):
+        yield ProgressEvent(EventKind.STAGE, i, len(inputs), message=f"preprocessing {path.name}")
+        volume = read_volume(path)
+        pre = preprocess_volume(volume, preprocess_config)
+        chunks.append(random_patches(pre, patches_per_scan, seed=rng).images)
+        n_bscans += volume.shape[0]
+    patches = np.concatenate(chunks).astype(np.float32)
+    info = {
+        "inputs": [str(p) for p in inputs],
+        "n_bscans": n_bscans,
+        "n_patches": len(patches),
+        "data_fingerprint": _fingerprint([patches]),
+    }
+    return patches, info
 
 
 def train_from_paths(
     paths: Sequence[str | Path],
     output: str | Path,
-    **options,
-) -> Generator:
-    """Train a healthy model from files/folders; generator of ProgressEvent returning TrainResult."""
-    raise NotImplementedError
+    *,
+    preset: str = "paper",
+    epochs: int = 20,
+    patches_per_scan: int = 64,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = False,
+    preprocess_config=None,
+    model_overrides: dict | None = None,
+) -> Generator[ProgressEvent, None, object]:
+    """Train a healthy model from files or folders of healthy scans.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Healthy volumes, B-scans or folders of B-scans.
+    output : path
+        Checkpoint file to write (atomically, after every epoch).
+    preset : str
+        Model preset (``paper``, ``small`` or ``tiny``).
+    epochs, patches_per_scan, batch_size, seed, device
+        Training settings (paper: 20 epochs).
+    resume : bool
+        Continue an interrupted run from ``output``.
+    preprocess_config : PreprocessConfig, optional
+        Preprocessing; stored in the checkpoint and reused by scoring.
+    model_overrides : dict, optional
+        Custom widths etc. passed to the preset.
+
+    Returns
+    -------
+    TrainResult
+    """
+    from napari_anogan.models import get_preset
+    from napari_anogan.preprocess import PreprocessConfig
+    from napari_anogan.train import TrainConfig, train_gan
+
+    preprocess_config = preprocess_config or PreprocessConfig()
+    model_config = get_preset(preset, **(model_overrides or {}))
+    if model_config.patch_size != preprocess_config.patch_size:
+        preprocess_config = type(preprocess_config)(
+            **{**preprocess_config.to_dict(), "patch_size": model_config.patch_size}
+        )
+    patches, info = yield from collect_training_patches(
+        paths, preprocess_config, patches_per_scan, seed=seed
+    )
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+    extra = {"preprocess_config": preprocess_config.to_dict(), "data": info}
+    result = yield from train_gan(
+        patches, model_config, train_config, Path(output), resume=resume, extra=extra
+    )
+    return result
