@@ -11,7 +11,6 @@ from scipy.linalg import solveh_banded
 from napari_anogan.preprocess._graph import min_cost_rows
 
 logger = logging.getLogger(__name__)
-_DEBUG: dict = {}
 
 
 def _window(img: np.ndarray, start: int, stop: int, reduce: str = "mean") -> np.ndarray:
@@ -38,13 +37,16 @@ def _unit(img: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def fill_padding(bscans: np.ndarray, min_fraction: float = 0.002) -> np.ndarray:
-    """Replace constant padding regions (black or white borders) by the background level.
+    """Replace bright padding (a white wedge or band at the top or bottom) by background.
 
-    Exported B-scans are often padded: zeros above/below a wide-field scan, a white
-    wedge where the device rotated the image. Their straight, strong edges would attract
-    the boundary search. A region counts as padding when it is made of the darkest or
-    brightest value of the B-scan, is solid (survives a 5x5 opening, which speckle does
-    not), touches the image border and covers at least ``min_fraction`` of the B-scan.
+    Some exports pad a rotated B-scan with white: its straight, strong edge and its
+    brightness would attract the boundary search (the RPE search wants bright). A
+    region counts as padding when it is made of the brightest value of the B-scan
+    (within 3 % of the range, as JPEG blurs it), is solid (survives a 5x5 opening,
+    which speckle does not), touches the top or bottom row and covers at least
+    ``min_fraction`` of the B-scan. A bright region touching only the left or right
+    border is left alone: it may be a saturated RPE. Dark padding (zeros around a
+    wide-field scan) needs no treatment: it is darker than the vitreous anyway.
 
     Parameters
     ----------
@@ -56,7 +58,7 @@ def fill_padding(bscans: np.ndarray, min_fraction: float = 0.002) -> np.ndarray:
     Returns
     -------
     (S, H, W) ndarray of float32
-        Copy with padding replaced by the 10th percentile of the other pixels.
+        Copy with padding replaced by the 5th percentile (background) of the other pixels.
     """
     out = np.array(bscans, dtype=np.float32, copy=True)
     s, h, w = out.shape
@@ -65,25 +67,24 @@ def fill_padding(bscans: np.ndarray, min_fraction: float = 0.002) -> np.ndarray:
     for i in range(s):
         img = out[i]
         lo, hi = float(img.min()), float(img.max())
-        tol = 0.03 * (hi - lo)  # JPEG compression blurs the padding value a little
-        pad = np.zeros((h, w), bool)
-        for extreme in (img <= lo + tol, img >= hi - tol):
-            seeds = ndi.binary_opening(extreme, structure=solid)
-            if not seeds.any():
-                continue
-            labels, n = ndi.label(seeds)
-            areas = np.bincount(labels.ravel(), minlength=n + 1)
-            border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-            keep = np.zeros(n + 1, bool)
-            keep[border] = True
-            keep &= areas >= min_area
-            keep[0] = False
-            if keep.any():
-                # grow back the thin parts (wedge tips, 1-2 px border columns) the
-                # opening removed, but only through near-extreme pixels
-                pad |= ndi.binary_propagation(keep[labels], mask=extreme)
-        if pad.any() and not pad.all():
-            img[pad] = np.percentile(img[~pad], 10)
+        extreme = img >= hi - 0.03 * (hi - lo)
+        if np.count_nonzero(extreme) < min_area:
+            continue
+        seeds = ndi.binary_opening(extreme, structure=solid)
+        labels, n = ndi.label(seeds)
+        if n == 0:
+            continue
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(np.concatenate([labels[0], labels[-1]]))] = True
+        keep &= areas >= min_area
+        keep[0] = False
+        if keep.any():
+            # grow back the thin parts (wedge tip, 1-2 px border columns) the opening
+            # removed, only through near-extreme pixels
+            pad = ndi.binary_propagation(keep[labels], mask=extreme)
+            if not pad.all():
+                img[pad] = np.percentile(img[~pad], 5)
     return out
 
 
@@ -167,6 +168,12 @@ def _lower_envelope(
         for _ in range(n_iter):
             base[i] = _whittaker(med[i], np.where(keep, 1.0, 1e-3), lam)
             new_keep = med[i] >= base[i] - tol
+            # a lift must come back down on both sides: a run touching the image edge
+            # cannot be told from a tilted or curved RPE, so it is kept
+            if not new_keep.all():
+                first, last = np.flatnonzero(new_keep)[[0, -1]] if new_keep.any() else (w, -1)
+                new_keep[:first] = True
+                new_keep[last + 1 :] = True
             if np.array_equal(new_keep, keep):
                 break
             keep = new_keep
@@ -193,7 +200,8 @@ def detect_boundaries(
     slice_band: int = 12,
     min_rpe_depth: int = 20,
     boundary_smooth_cols: float = 1.0,
-    boundary_smooth_slices: float = 0.7,
+    boundary_smooth_slices: float = 0.0,
+    debug: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the ILM and Bruch's membrane in every column of every B-scan.
 
@@ -231,8 +239,14 @@ def detect_boundaries(
         Range of retina thickness (ILM to BM, rows) searched for the ILM.
     slice_band : int
         Half height of the second-pass search band around the neighbours' consensus.
+    min_rpe_depth : int
+        The RPE is searched at least this many rows under the ILM (not the nerve fibre
+        layer, however bright).
     boundary_smooth_cols, boundary_smooth_slices : float
         Gaussian smoothing (sigma) of the final boundaries along columns and B-scans.
+    debug : dict, optional
+        If given, filled with intermediate paths (``rpe``, ``bm_raw``, ``base``,
+        ``lifted``; (S, W) arrays) for inspection.
 
     Returns
     -------
@@ -253,7 +267,7 @@ def detect_boundaries(
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"expected (S, H, W) B-scans, got shape {x.shape}")
-    s, h, w = x.shape
+    s, h, _ = x.shape
     x = fill_padding(x)
     x = ndi.median_filter(x, size=(1, 3, 3))
     sig = (0, smooth_rows, smooth_cols)
@@ -278,7 +292,6 @@ def detect_boundaries(
     above = _unit(_window(inten, -14, -2), bg, tissue)
     above_long = _unit(_window(inten, -50, -3), bg, tissue)
     ilm_cost = 1.0 - rise * below * (1.0 - above) + above_long
-    _DEBUG.update(rpe_cost=rpe_cost, bm_edge_cost=bm_edge_cost, ilm_cost=ilm_cost)
 
     rows_idx = np.arange(h, dtype=np.float32)[None, :, None]
 
@@ -328,7 +341,8 @@ def detect_boundaries(
             bottom = np.minimum(bottom, ilm_band[1])
         if np.any(ilm0 < top) or np.any(ilm0 > bottom):
             ilm0 = min_cost_rows(ilm_cost, max_jump, jump_penalty, top, bottom)
-        _DEBUG.update(rpe=rpe, bm_raw=bm_raw, base=base, lifted=lifted)
+        if debug is not None:
+            debug.update(rpe=rpe, bm_raw=bm_raw, base=base, lifted=lifted)
         return ilm0, bm, lifted
 
     ilm, bm, lifted = search()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,10 +55,12 @@ class PreprocessConfig:
     max_thickness: int = 300
     #: Half height (rows) of the band around the neighbour-slice consensus in the second pass.
     slice_band: int = 12
+    #: The RPE is searched at least this many rows under the ILM (never the nerve fibre layer).
+    min_rpe_depth: int = 20
     #: Gaussian smoothing of the final boundaries along columns (resampled columns).
     boundary_smooth_cols: float = 1.0
     #: Gaussian smoothing of the final boundaries across B-scans (slices); 0 = none.
-    boundary_smooth_slices: float = 0.7
+    boundary_smooth_slices: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serialisable dict."""
@@ -76,7 +81,13 @@ class PreprocessConfig:
         PreprocessConfig
         """
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        unknown = sorted(set(data) - known)
+        if unknown:
+            logger.warning("ignoring unknown preprocessing settings %s", unknown)
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("band_height") is not None:
+            values["band_height"] = int(values["band_height"])
+        return cls(**values)
 
     def detection_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`detect_boundaries` taken from this config."""
@@ -88,6 +99,7 @@ class PreprocessConfig:
             "min_thickness": self.min_thickness,
             "max_thickness": self.max_thickness,
             "slice_band": self.slice_band,
+            "min_rpe_depth": self.min_rpe_depth,
             "boundary_smooth_cols": self.boundary_smooth_cols,
             "boundary_smooth_slices": self.boundary_smooth_slices,
         }
