@@ -157,6 +157,42 @@ def _select_patches(patches, geometry, boxes):
     return keep
 
 
+def map_volume(
+    volume: Volume,
+    model,
+    settings: ScoreSettings | None = None,
+    *,
+    slices: Sequence[int] | None = None,
+    boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
+) -> Generator[ProgressEvent, None, tuple]:
+    """Preprocess a volume with the model's settings and map its grid patches to z.
+
+    The first half of :func:`score_volume`, for callers (evaluation) that need the
+    patches themselves. Returns ``(preprocessed, patches, mapping_result, model)``.
+    """
+    from napari_anogan.checkpoint import check_compatible
+    from napari_anogan.mapping import map_to_latent
+    from napari_anogan.preprocess import grid_patches, preprocess_volume
+
+    settings = settings or ScoreSettings()
+    model = _load_model(model)
+    pre_config = _preprocess_config(model)
+    check_compatible(model, pre_config.patch_size, pre_config.to_dict())
+    yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
+    pre = preprocess_volume(volume, pre_config)
+    patches = grid_patches(pre, stride=settings.stride, slices=slices)
+    if boxes:
+        keep = _select_patches(patches, pre.geometry, boxes)
+        patches = type(patches)(images=patches.images[keep], coords=patches.coords[keep])
+    if len(patches.coords) == 0:
+        raise InputError("no patch of the requested region overlaps the retina", volume.source)
+    logger.info("%s: mapping %d patches", volume.name, len(patches.coords))
+    mapped = yield from map_to_latent(
+        model.generator, model.discriminator, patches.images, _mapping_config(settings)
+    )
+    return pre, patches, mapped, model
+
+
 def score_volume(
     volume: Volume,
     model,
@@ -197,9 +233,6 @@ def score_volume(
     ModelError
         If the model's patch size or preprocessing does not fit.
     """
-    from napari_anogan.checkpoint import check_compatible
-    from napari_anogan.mapping import map_to_latent
-    from napari_anogan.preprocess import grid_patches, preprocess_volume
     from napari_anogan.scoring import (
         aggregate_bscans,
         assemble_heatmap,
@@ -208,23 +241,11 @@ def score_volume(
     )
 
     settings = settings or ScoreSettings()
-    model = _load_model(model)
-    pre_config = _preprocess_config(model)
-    check_compatible(model, pre_config.patch_size, pre_config.to_dict())
-    yield ProgressEvent(EventKind.STAGE, 0, 0, message="preprocessing")
-    pre = preprocess_volume(volume, pre_config)
-    geometry = pre.geometry
-    patches = grid_patches(pre, stride=settings.stride, slices=slices)
-    if boxes:
-        keep = _select_patches(patches, geometry, boxes)
-        patches = type(patches)(images=patches.images[keep], coords=patches.coords[keep])
-    if len(patches.coords) == 0:
-        raise InputError("no patch of the requested region overlaps the retina", volume.source)
-    logger.info("%s: mapping %d patches", volume.name, len(patches.coords))
-    mapped = yield from map_to_latent(
-        model.generator, model.discriminator, patches.images, _mapping_config(settings)
+    pre, patches, mapped, model = yield from map_volume(
+        volume, model, settings, slices=slices, boxes=boxes
     )
-
+    geometry = pre.geometry
+    pre_config = pre.config
     size = pre_config.patch_size
     s_count = volume.shape[0]
     residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
@@ -454,7 +475,11 @@ def train_from_paths(
         paths, preprocess_config, patches_per_scan, seed=seed
     )
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
-    extra = {"preprocess_config": preprocess_config.to_dict(), "data": info}
+    extra = {
+        "preprocess_config": preprocess_config.to_dict(),
+        "data_fingerprint": info["data_fingerprint"],
+        "data": info,
+    }
     result = yield from train_gan(
         patches, model_config, train_config, Path(output), resume=resume, extra=extra
     )
