@@ -132,7 +132,7 @@ def _summary_line(result) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_anogan.pipeline import run_evaluation
+    from napari_anogan.experiment import run_evaluation
 
     settings = _score_settings(args)
     job = run_evaluation(
@@ -143,6 +143,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         outdir=_outdir(args.output),
         settings=settings,
         acae_epochs=args.acae_epochs,
+        acae_train=args.acae_train,
     )
     metrics = _drain(job, "evaluate", quiet=args.quiet)
     from napari_anogan.evaluate import table1
@@ -236,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", help="folder of lesion masks (same stem as the input)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--acae-epochs", type=int, default=5, help="epochs of the aCAE baseline")
+    p.add_argument(
+        "--acae-train",
+        nargs="+",
+        help="healthy inputs for the aCAE baseline (default: the model's training inputs)",
+    )
     _add_score_options(p)
     p.set_defaults(func=_cmd_evaluate)
 

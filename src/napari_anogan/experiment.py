@@ -1,0 +1,366 @@
+"""The paper's evaluation as one job: Table 1, Fig. 2b, Fig. 3 and Fig. 4 from one command.
+
+:func:`run_evaluation` scores healthy and diseased test inputs with a trained model, labels
+patches and B-scans from lesion masks (the paper's rule: a patch is positive if it holds a
+lesion pixel), trains the aCAE baseline on the model's own training inputs, and writes
+``metrics.json``, ``table1.md`` and the figures. The metric and plotting functions live in
+:mod:`napari_anogan.evaluate` and :mod:`napari_anogan.figures`; this module only gathers
+the numbers they take.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_anogan.errors import InputError
+from napari_anogan.events import EventKind, ProgressEvent
+from napari_anogan.io import read_volume
+
+logger = logging.getLogger(__name__)
+
+PATCH_SCORE_NAMES = (
+    "anomaly_score",
+    "residual_score",
+    "discrimination_score",
+    "reference_anomaly_score",
+    "reference_discrimination_score",
+    "discriminator_output",
+)
+
+
+def find_mask(path: str | Path, masks_dir: str | Path | None = None) -> Path | None:
+    """Find the lesion mask of an input.
+
+    For ``X.ext`` (``X.ome.tif`` too): ``X_mask.ext`` beside it, else a file named ``X.*``
+    or ``X_mask.*`` in ``masks_dir``. Returns None when there is none.
+    """
+    path = Path(path)
+    name = path.name
+    stem = name[: -len(".ome.tif")] if name.lower().endswith(".ome.tif") else path.stem
+    suffix = name[len(stem) :]
+    beside = path.with_name(f"{stem}_mask{suffix}")
+    if beside.exists():
+        return beside
+    if masks_dir is not None:
+        folder = Path(masks_dir)
+        if not folder.is_dir():
+            raise InputError("masks folder does not exist", folder)
+        for candidate in sorted(folder.iterdir()):
+            cname = candidate.name.lower()
+            for base in (f"{stem}_mask", stem):
+                if cname.startswith(base.lower() + "."):
+                    return candidate
+    return None
+
+
+@dataclass
+class _Scored:
+    """Patch-level numbers gathered over the test inputs."""
+
+    scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    labels: list[np.ndarray] = field(default_factory=list)
+    bscan_scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    bscan_labels: list[np.ndarray] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    recons: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    groups: list[np.ndarray] = field(default_factory=list)
+    pixel_residual: list[np.ndarray] = field(default_factory=list)
+    pixel_mask: list[np.ndarray] = field(default_factory=list)
+    pixel_valid: list[np.ndarray] = field(default_factory=list)
+
+    def cat(self, name: str) -> np.ndarray:
+        return np.concatenate(self.scores[name]) if self.scores.get(name) else np.array([])
+
+
+def _bscan_aggregate(name: str, slices: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    from napari_anogan.evaluate import HIGHER_IS_NORMAL
+    from napari_anogan.scoring import aggregate_bscans
+
+    if name in HIGHER_IS_NORMAL:
+        # Aggregate on the anomalous orientation, then turn back (evaluate flips it again).
+        return 1.0 - aggregate_bscans(slices, 1.0 - values, n)
+    return aggregate_bscans(slices, values, n)
+
+
+def _score_input(
+    path: Path,
+    anomalous: bool,
+    model,
+    settings,
+    masks_dir,
+    acae,
+    out: _Scored,
+) -> Generator[ProgressEvent, None, None]:
+    from napari_anogan.evaluate import patch_labels_from_mask
+    from napari_anogan.models.acae import acae_scores
+    from napari_anogan.pipeline import map_volume
+    from napari_anogan.scoring import assemble_heatmap
+
+    volume = read_volume(path)
+    mask_path = find_mask(path, masks_dir)
+    mask = None
+    if mask_path is not None:
+        mask = read_volume(mask_path).data > 0
+        if mask.shape != volume.shape:
+            raise InputError(
+                f"mask shape {mask.shape} differs from its scan {volume.shape}", mask_path
+            )
+    pre, patches, mapped, _ = yield from map_volume(volume, model, settings)
+    size = patches.images.shape[-1]
+    n = len(patches.coords)
+    if mask is not None:
+        mask_flat = pre.geometry.raw_to_flat_image(mask.astype(np.uint8)) > 0
+        labels = patch_labels_from_mask(mask_flat, patches.coords, size)
+        bscan_lab = mask.reshape(mask.shape[0], -1).any(axis=1)
+    else:
+        if anomalous:
+            logger.warning("%s: no mask; every patch and B-scan counts as anomalous", path)
+        labels = np.full(n, anomalous)
+        bscan_lab = np.full(volume.shape[0], anomalous)
+    slices = patches.coords[:, 0]
+    for name in PATCH_SCORE_NAMES:
+        values = np.asarray(getattr(mapped, name), dtype=np.float64)
+        out.scores.setdefault(name, []).append(values)
+        out.bscan_scores.setdefault(name, []).append(
+            _bscan_aggregate(name, slices, values, volume.shape[0])
+        )
+    if acae is not None:
+        a = acae_scores(acae, patches.images, lam=settings.lam, keep_images=False)["anomaly_score"]
+        a = np.asarray(a, dtype=np.float64)
+        out.scores.setdefault("acae", []).append(a)
+        out.bscan_scores.setdefault("acae", []).append(
+            _bscan_aggregate("acae", slices, a, volume.shape[0])
+        )
+    out.labels.append(np.asarray(labels, bool))
+    out.bscan_labels.append(np.asarray(bscan_lab, bool))
+    out.images.append(patches.images[:, 0])
+    out.recons.append(mapped.reconstruction[:, 0])
+    out.groups.append(np.full(n, "diseased" if anomalous else "test healthy"))
+    if mask is not None:
+        out.masks.append(patch_masks(mask_flat, patches.coords, size))
+        residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
+        residual_raw = pre.geometry.flat_to_raw_image(residual_flat)
+        out.pixel_residual.append(np.nan_to_num(residual_raw, nan=0.0))
+        out.pixel_mask.append(mask)
+        out.pixel_valid.append(np.isfinite(residual_raw))
+    else:
+        out.masks.append(np.zeros((n, size, size), dtype=bool))
+
+
+def patch_masks(mask_flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
+    """Cut the (S, Hb, Wr) flat mask into the (N, P, P) windows of the patches."""
+    s, r, c = (coords[:, i][:, None, None] for i in range(3))
+    rr = np.arange(size)[None, :, None]
+    cc = np.arange(size)[None, None, :]
+    rows = np.clip(r + rr, 0, mask_flat.shape[1] - 1)
+    cols = np.clip(c + cc, 0, mask_flat.shape[2] - 1)
+    inside = (r + rr < mask_flat.shape[1]) & (c + cc < mask_flat.shape[2])
+    return mask_flat[s, rows, cols] & inside
+
+
+def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
+    """Map a sample of the model's own training patches (Fig. 4c,d 'training healthy')."""
+    from napari_anogan.mapping import map_to_latent
+    from napari_anogan.pipeline import _mapping_config, _preprocess_config, collect_training_patches
+
+    inputs = _training_inputs(model)
+    if not inputs:
+        return None, None
+    patches, _ = yield from collect_training_patches(
+        inputs, _preprocess_config(model), patches_per_scan=4, seed=seed
+    )
+    rng = np.random.default_rng(seed)
+    take = rng.choice(len(patches), size=min(n_max, len(patches)), replace=False)
+    mapped = yield from map_to_latent(
+        model.generator, model.discriminator, patches[np.sort(take)], _mapping_config(settings)
+    )
+    return patches[np.sort(take)], mapped
+
+
+def _training_inputs(model) -> list[Path]:
+    data = (model.training or {}).get("extra", {}).get("data", {})
+    inputs = [Path(p) for p in data.get("inputs", [])]
+    missing = [p for p in inputs if not p.exists()]
+    if missing:
+        logger.warning("training inputs no longer found: %s", ", ".join(map(str, missing)))
+        return []
+    return inputs
+
+
+def run_evaluation(
+    model,
+    *,
+    normal: Sequence[str | Path],
+    anomalous: Sequence[str | Path],
+    outdir: str | Path,
+    settings=None,
+    masks: str | Path | None = None,
+    acae_epochs: int = 5,
+    acae_train: Sequence[str | Path] | None = None,
+    patches_per_scan: int = 64,
+    figures: bool = True,
+) -> Generator[ProgressEvent, None, dict]:
+    """Evaluate a model on labelled test data, as in the paper's section 3.
+
+    Parameters
+    ----------
+    model : LoadedModel or path
+        The healthy model.
+    normal, anomalous : sequence of path
+        Healthy and diseased test inputs (cases not used for training).
+    outdir : path
+        Folder for ``metrics.json``, ``table1.md`` and the figures.
+    settings : ScoreSettings, optional
+        Mapping settings (default: the paper's 500 steps, λ = 0.1).
+    masks : path, optional
+        Folder of lesion masks named like their inputs (``X_mask.ext`` beside an input is
+        found without it).
+    acae_epochs : int
+        Epochs of the aCAE baseline; 0 skips it.
+    acae_train : sequence of path, optional
+        Healthy inputs to train the aCAE on; default: the model's own training inputs.
+    patches_per_scan : int
+        Random patches per B-scan for the aCAE training set.
+    figures : bool
+        Also draw Fig. 2b, 3 and 4.
+
+    Returns
+    -------
+    dict
+        The ``metrics.json`` content (see :func:`napari_anogan.evaluate.evaluate_scores`).
+    """
+    from napari_anogan.evaluate import evaluate_scores, save_metrics, table1
+    from napari_anogan.models.acae import train_acae
+    from napari_anogan.pipeline import (
+        ScoreSettings,
+        _load_model,
+        _preprocess_config,
+        collect_training_patches,
+    )
+
+    settings = settings or ScoreSettings()
+    model = _load_model(model)
+    outdir = Path(outdir)
+    acae = None
+    train_inputs = [Path(p) for p in acae_train] if acae_train else _training_inputs(model)
+    if acae_epochs > 0 and train_inputs:
+        patches, _ = yield from collect_training_patches(
+            train_inputs, _preprocess_config(model), patches_per_scan, seed=settings.seed
+        )
+        yield ProgressEvent(EventKind.STAGE, 0, 0, message="training aCAE baseline")
+        acae = yield from train_acae(
+            patches,
+            model.model_config,
+            epochs=acae_epochs,
+            seed=settings.seed,
+            device=settings.device if settings.device != "auto" else "cpu",
+        )
+    elif acae_epochs > 0:
+        logger.warning("no training inputs for the aCAE baseline: its row stays empty")
+
+    scored = _Scored()
+    inputs = [(Path(p), False) for p in normal] + [(Path(p), True) for p in anomalous]
+    for i, (path, is_anomalous) in enumerate(inputs):
+        yield ProgressEvent(EventKind.STAGE, i, len(inputs), message=f"scoring {path.name}")
+        yield from _score_input(path, is_anomalous, model, settings, masks, acae, scored)
+
+    labels = np.concatenate(scored.labels)
+    patch_scores = {name: scored.cat(name) for name in scored.scores}
+    bscan_scores = {k: np.concatenate(v) for k, v in scored.bscan_scores.items()}
+    pixel = None
+    if scored.pixel_residual:
+        pixel = (
+            np.concatenate(scored.pixel_residual),
+            np.concatenate(scored.pixel_mask),
+            np.concatenate(scored.pixel_valid),
+        )
+    metrics = evaluate_scores(
+        patch_scores, labels, bscan_scores, np.concatenate(scored.bscan_labels), pixel
+    )
+    metrics["settings"] = settings.to_dict()
+    save_metrics(metrics, outdir / "metrics.json")
+    (outdir / "table1.md").write_text(table1(metrics) + "\n")
+    if figures:
+        yield ProgressEvent(EventKind.STAGE, 0, 0, message="figures")
+        train_patches, train_mapped = yield from _training_scores(
+            model, settings, n_max=256, seed=settings.seed
+        )
+        _draw_figures(model, scored, labels, patch_scores, train_patches, train_mapped, outdir)
+    yield ProgressEvent(EventKind.DONE, 1, 1, message=f"metrics in {outdir}")
+    return metrics
+
+
+def _draw_figures(model, scored, labels, patch_scores, train_patches, train_mapped, outdir):
+    import torch
+
+    from napari_anogan.evaluate import (
+        FIG4A_SCORES,
+        FIG4B_SCORES,
+        plot_rocs,
+        plot_score_distributions,
+        roc_curves,
+    )
+    from napari_anogan.figures import fig2b_tsne, fig3_panel
+
+    curves = roc_curves(patch_scores, labels)
+    plot_rocs({k: curves[k] for k in FIG4A_SCORES if k in curves}, outdir / "fig4a_roc_models.png")
+    plot_rocs({k: curves[k] for k in FIG4B_SCORES if k in curves}, outdir / "fig4b_roc_scores.png")
+    groups = np.concatenate(scored.groups)
+    for name, fname in (("residual_score", "fig4c"), ("discrimination_score", "fig4d")):
+        by_group = {}
+        if train_mapped is not None:
+            by_group["training healthy"] = np.asarray(getattr(train_mapped, name))
+        by_group["test healthy"] = patch_scores[name][groups == "test healthy"]
+        by_group["diseased"] = patch_scores[name][labels]
+        plot_score_distributions(by_group, outdir / f"{fname}_{name}.png", name)
+
+    images = np.concatenate(scored.images)
+    recons = np.concatenate(scored.recons)
+    masks = np.concatenate(scored.masks)
+    r, d = patch_scores["residual_score"], patch_scores["discrimination_score"]
+    healthy = np.flatnonzero(~labels)
+    # Operating thresholds of the bars: the 95th percentile of the healthy test patches.
+    thresholds = (float(np.percentile(r[healthy], 95)), float(np.percentile(d[healthy], 95)))
+    rng = np.random.default_rng(0)
+    pick_h = rng.choice(healthy, size=min(4, healthy.size), replace=False)
+    positive = np.flatnonzero(labels)
+    pick_a = positive[np.argsort(patch_scores["anomaly_score"][positive])[::-1][:4]]
+    cols_q, cols_r, cols_m, cols_rs, cols_ds, cols_g = [], [], [], [], [], []
+    if train_mapped is not None:
+        k = min(4, len(train_patches))
+        cols_q.append(train_patches[:k, 0])
+        cols_r.append(train_mapped.reconstruction[:k, 0])
+        cols_m.extend([None] * k)
+        cols_rs.append(train_mapped.residual_score[:k])
+        cols_ds.append(train_mapped.discrimination_score[:k])
+        cols_g.extend(["train healthy"] * k)
+    for pick, group in ((pick_h, "test healthy"), (pick_a, "diseased")):
+        cols_q.append(images[pick])
+        cols_r.append(recons[pick])
+        cols_m.extend(list(masks[pick]))
+        cols_rs.append(r[pick])
+        cols_ds.append(d[pick])
+        cols_g.extend([group] * len(pick))
+    fig3_panel(
+        np.concatenate(cols_q),
+        np.concatenate(cols_r),
+        np.concatenate(cols_rs),
+        np.concatenate(cols_ds),
+        thresholds,
+        cols_m,
+        cols_g,
+        outdir / "fig3_patches.png",
+    )
+    # Fig. 2b: discriminator features (last conv layer) of normal vs anomalous patches.
+    take = np.concatenate([healthy[:300], positive[:300]])
+    with torch.no_grad():
+        x = torch.from_numpy(images[take][:, None].astype(np.float32))
+        features = model.discriminator.features(x).reshape(len(take), -1).numpy()
+    if len(take) >= 3 and labels[take].any() and (~labels[take]).any():
+        fig2b_tsne(features, labels[take], outdir / "fig2b_tsne.png")
