@@ -201,6 +201,7 @@ def detect_boundaries(
     min_rpe_depth: int = 20,
     boundary_smooth_cols: float = 1.0,
     boundary_smooth_slices: float = 0.0,
+    row_scale: float = 1.0,
     debug: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the ILM and Bruch's membrane in every column of every B-scan.
@@ -244,6 +245,11 @@ def detect_boundaries(
         layer, however bright).
     boundary_smooth_cols, boundary_smooth_slices : float
         Gaussian smoothing (sigma) of the final boundaries along columns and B-scans.
+    row_scale : float
+        Rows of these B-scans per row of a reference Spectralis B-scan (3.87 um per
+        row), e.g. 0.5 for 7.7 um rows. Every length along the depth (the parameters
+        above and the internal windows) is multiplied by it; the defaults are tuned
+        for the reference.
     debug : dict, optional
         If given, filled with intermediate paths (``rpe``, ``bm_raw``, ``base``,
         ``lifted``; (S, W) arrays) for inspection.
@@ -270,7 +276,16 @@ def detect_boundaries(
     s, h, _ = x.shape
     x = fill_padding(x)
     x = ndi.median_filter(x, size=(1, 3, 3))
-    sig = (0, smooth_rows, smooth_cols)
+
+    def r(n: float) -> int:
+        """Convert a length of ``n`` reference rows to rows of these B-scans."""
+        return max(1, round(n * row_scale)) if n > 0 else min(-1, round(n * row_scale))
+
+    max_jump = max(1, int(np.ceil(max_jump * row_scale)))
+    jump_penalty = jump_penalty / row_scale
+    min_thickness, max_thickness = r(min_thickness), r(max_thickness)
+    min_rpe_depth, slice_band = r(min_rpe_depth), r(slice_band) if slice_band > 0 else 0
+    sig = (0, max(0.7, smooth_rows * row_scale), smooth_cols)
     inten = ndi.gaussian_filter(x, sig)
     gy = ndi.gaussian_filter(x, sig, order=(0, 1, 0))
     bg, tissue = _levels(inten, 20, 99)
@@ -278,19 +293,19 @@ def detect_boundaries(
     # brightness in units of (tissue - background); the RPE cost penalises a bright
     # layer by how much brighter the brightest layer 8-60 rows below it is
     bright_c = (inten - bg) / (tissue - bg)
-    deeper = _window(bright_c, 8, 60, "max")
+    deeper = _window(bright_c, r(8), r(60), "max")
     rpe_cost = np.clip(1.0 - bright_c, 0, None) + 1.5 * np.clip(deeper - bright_c, 0, None)
     gscale = _levels(np.abs(gy), 0, 99.5)[1]
     fall = np.clip(-gy / gscale, 0, 1)
     rise_bm = np.clip(gy / gscale, 0, 1)
-    above_max = _window(np.clip(bright_c, 0, 1), -8, 0, "max")
+    above_max = _window(np.clip(bright_c, 0, 1), r(-8), 0, "max")
     bm_edge_cost = 1.0 - fall * above_max
 
     # ILM score: edge x bright below x dark just above, cost + tissue far above
     rise = np.clip(gy / (0.5 * _levels(np.clip(gy, 0, None), 0, 99)[1]), 0, 1)
-    below = _unit(_window(inten, 2, 14), bg, tissue)
-    above = _unit(_window(inten, -14, -2), bg, tissue)
-    above_long = _unit(_window(inten, -50, -3), bg, tissue)
+    below = _unit(_window(inten, r(2), r(14)), bg, tissue)
+    above = _unit(_window(inten, r(-14), r(-2)), bg, tissue)
+    above_long = _unit(_window(inten, r(-50), r(-3)), bg, tissue)
     ilm_cost = 1.0 - rise * below * (1.0 - above) + above_long
 
     rows_idx = np.arange(h, dtype=np.float32)[None, :, None]
@@ -309,20 +324,26 @@ def detect_boundaries(
         lo = ilm0 + min_rpe_depth
         hi = ilm0 + max_thickness
         if bm_band is not None:
-            lo = np.maximum(lo, bm_band[0] - 12)
+            lo = np.maximum(lo, bm_band[0] - r(12))
             hi = np.minimum(hi, bm_band[1])
         rpe = min_cost_rows(rpe_cost, max_jump, jump_penalty, lo, hi)
         # drusen and PEDs lift the RPE above the smooth curve it follows elsewhere
-        base, lifted = _lower_envelope(rpe, lam=2e4, tol=3.0)
+        base, lifted = _lower_envelope(rpe, lam=2e4, tol=3.0 * row_scale)
         # bottom of the RPE: the first strong bright-to-dark edge under its centre
         below_rpe = rows_idx - rpe[:, None, :].astype(np.float32)
         bm_raw = min_cost_rows(
-            bm_edge_cost + 0.04 * np.abs(below_rpe), max_jump, jump_penalty, rpe - 1, rpe + 8
+            bm_edge_cost + (0.04 / row_scale) * np.abs(below_rpe),
+            max_jump,
+            jump_penalty,
+            rpe - r(1),
+            rpe + r(8),
         )
         # RPE centre to BM distance where the RPE is in place, per B-scan
         gap = np.array(
             [
-                np.median((bm_raw[i] - rpe[i])[~lifted[i]]) if (~lifted[i]).any() else 3.0
+                np.median((bm_raw[i] - rpe[i])[~lifted[i]])
+                if (~lifted[i]).any()
+                else 3.0 * row_scale
                 for i in range(s)
             ]
         )
@@ -330,8 +351,8 @@ def detect_boundaries(
         # where the RPE is lifted, BM is near the envelope: the floor of the detachment
         # (dark-to-bright) or the bottom of a visible Bruch's membrane line (bright-to-dark)
         cost = np.where(lifted[:, None, :], 1.0 - np.maximum(rise_bm, fall), bm_edge_cost)
-        bm_lo = np.where(lifted, floor - 3, bm_raw - 2)
-        bm_hi = np.where(lifted, floor + 4, bm_raw + 2)
+        bm_lo = np.where(lifted, floor - r(3), bm_raw - r(2))
+        bm_hi = np.where(lifted, floor + r(4), bm_raw + r(2))
         bm = min_cost_rows(cost, max_jump, jump_penalty, bm_lo, bm_hi)
         # the ILM again, now within the allowed thickness above BM
         top = bm - max_thickness
@@ -353,8 +374,9 @@ def detect_boundaries(
             (c_bm - slice_band, c_bm + slice_band), (c_ilm - slice_band, c_ilm + slice_band)
         )
 
-    ilm_f = _subpixel(gy, ilm)
-    bm_f = np.where(lifted, _subpixel(gy, bm), _subpixel(-gy, bm))
+    reach = r(2)
+    ilm_f = _subpixel(gy, ilm, reach)
+    bm_f = np.where(lifted, _subpixel(gy, bm, reach), _subpixel(-gy, bm, reach))
     if boundary_smooth_cols > 0:
         ilm_f = ndi.gaussian_filter1d(ilm_f, boundary_smooth_cols, axis=1, mode="nearest")
         bm_f = ndi.gaussian_filter1d(bm_f, boundary_smooth_cols, axis=1, mode="nearest")

@@ -6,7 +6,12 @@ import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
+
+#: Row spacing (um) the row-based settings refer to: a Spectralis B-scan, 496 rows over 1.9 mm.
+REFERENCE_ROW_UM = 3.87
 
 
 @dataclass
@@ -16,7 +21,9 @@ class PreprocessConfig:
     The defaults follow Schlegl et al. (2017), section 3: grey values to [-1, 1], width
     resampled to about 22 um per column (about 256 columns for a 6 mm Spectralis scan),
     retina flattened on Bruch's membrane, 64 x 64 patches. Row-based lengths are in raw
-    pixels, because depth is never resampled; column-based lengths are in resampled columns.
+    rows of a reference 3.87 um/row B-scan (depth is never resampled; when the volume's
+    depth spacing is known they are scaled to its rows); column-based lengths are in
+    resampled columns.
 
     Examples
     --------
@@ -89,9 +96,24 @@ class PreprocessConfig:
             values["band_height"] = int(values["band_height"])
         return cls(**values)
 
-    def detection_params(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`detect_boundaries` taken from this config."""
+    def detection_params(self, depth_spacing_um: float | None = None) -> dict[str, Any]:
+        """Keyword arguments of :func:`detect_boundaries` taken from this config.
+
+        Parameters
+        ----------
+        depth_spacing_um : float, optional
+            Row spacing of the volume; when known, row lengths are scaled from the
+            reference 3.87 um rows (``row_scale``).
+
+        Returns
+        -------
+        dict
+        """
+        scale = 1.0
+        if depth_spacing_um is not None and np.isfinite(depth_spacing_um) and depth_spacing_um > 0:
+            scale = REFERENCE_ROW_UM / float(depth_spacing_um)
         return {
+            "row_scale": scale,
             "smooth_rows": self.smooth_rows,
             "smooth_cols": self.smooth_cols,
             "max_jump": self.max_jump,

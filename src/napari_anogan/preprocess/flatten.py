@@ -87,7 +87,8 @@ def plan_band(
         ``raw_row = band_row + offsets``.
     band_height : int
         Rows of the band: ``margin_above`` + thickest retina + ``margin_below`` + 1, at
-        least ``patch_size`` (extra rows split above and below), or ``config.band_height``.
+        least ``patch_size`` (extra rows split above and below); or ``config.band_height``
+        with BM ``margin_below`` rows above the band's bottom.
     bm_row : int
         Band row of Bruch's membrane.
     """
@@ -97,9 +98,10 @@ def plan_band(
     bm_row = config.margin_above + thickness
     height = bm_row + config.margin_below + 1
     if config.band_height is not None:
+        # fixed layout: BM on the same band row for every volume, extra rows above
         height = int(config.band_height)
-        if bm_row + config.margin_below + 1 > height:
-            bm_row = max(0, height - config.margin_below - 1)
+        bm_row = max(0, height - config.margin_below - 1)
+        if bm_row < config.margin_above + thickness:
             logger.warning(
                 "band_height %d is less than the thickest retina (%d rows) + margins; "
                 "the top of the retina is cut",
@@ -168,7 +170,10 @@ def preprocess_volume(volume: Volume, config: PreprocessConfig | None = None) ->
     )
     resampled = resample_width(norm, wr)
     del norm
-    ilm_r, bm_r = detect_boundaries(resampled, **config.detection_params())
+    spacing_z = (
+        volume.spacing[1] if volume.spacing is not None and len(volume.spacing) > 1 else None
+    )
+    ilm_r, bm_r = detect_boundaries(resampled, **config.detection_params(spacing_z))
     offsets, band_height, bm_row = plan_band(ilm_r, bm_r, config)
     geometry = Geometry((s, h, w), wr, band_height, offsets, bm_row)
     flat = geometry.band_from_resampled(resampled, fill=-1.0)
