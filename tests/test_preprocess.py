@@ -71,7 +71,8 @@ def test_normalise_clips_to_percentiles():
     out, (lo, hi) = normalise_intensity(data, 10, 90)
     assert (lo, hi) == pytest.approx((1.0, 9.0))
     np.testing.assert_allclose(out[[0, 1, 5, 9, 10]], [-1, -1, 0, 1, 1], atol=1e-6)
-    assert out.min() == -1 and out.max() == 1
+    assert out.min() == -1
+    assert out.max() == 1
 
 
 def test_normalise_mostly_constant_falls_back_to_min_max():
@@ -154,7 +155,8 @@ def test_min_cost_rows_respects_band_and_penalty():
     lower = np.full((1, 10), 3)
     upper = np.full((1, 10), 12)
     rows = min_cost_rows(cost, max_jump=3, lower=lower, upper=upper)
-    assert rows.min() >= 3 and rows.max() <= 12
+    assert rows.min() >= 3
+    assert rows.max() <= 12
     assert np.all(rows[0, :5] == 5)
     # a large jump penalty keeps the path straight
     flat = min_cost_rows(cost, max_jump=3, jump_penalty=10.0)
@@ -171,7 +173,8 @@ def test_boundaries_on_hand_made_bscans(noise):
     assert ilm.shape == bm.shape == (3, 96)
     np.testing.assert_allclose(np.median(ilm), 39.5, atol=1.0)
     np.testing.assert_allclose(np.median(bm), 79.5, atol=1.0)
-    assert np.abs(ilm - 39.5).max() < 3 and np.abs(bm - 79.5).max() < 3
+    assert np.abs(ilm - 39.5).max() < 3
+    assert np.abs(bm - 79.5).max() < 3
 
 
 def test_ilm_ignores_a_thin_membrane_above_the_retina():
@@ -212,7 +215,8 @@ def test_flattening_puts_bm_on_one_row(healthy, pre_healthy):
     s, hb, wr = pre.flat.shape
     assert (s, wr) == (5, 268)
     assert pre.flat.dtype == np.float32
-    assert pre.flat.min() >= -1 and pre.flat.max() <= 1
+    assert pre.flat.min() >= -1
+    assert pre.flat.max() <= 1
     assert hb >= pre.config.patch_size
     np.testing.assert_array_equal(pre.bm_flat, g.bm_row)
     # the BM rows, resampled and shifted, lie within half a row of bm_row
@@ -259,7 +263,8 @@ def test_fixed_band_height():
 def test_two_dimensional_bscan_is_one_slice():
     img = _toy_bscans(1, 120, 96, noise=5.0)[0].astype(np.uint8)
     pre = preprocess_volume(Volume(img), PreprocessConfig(target_width=96))
-    assert pre.flat.shape[0] == 1 and pre.ilm.shape == (1, 96)
+    assert pre.flat.shape[0] == 1
+    assert pre.ilm.shape == (1, 96)
 
 
 @pytest.mark.parametrize(
@@ -299,16 +304,20 @@ def test_random_patches_inside_retina_and_seeded(pre_healthy):
     a = random_patches(pre, 20, seed=7)
     b = random_patches(pre, 20, seed=7)
     c = random_patches(pre, 20, seed=8)
-    assert isinstance(a, Patches) and len(a) == 5 * 20
-    assert a.images.shape == (100, 1, p, p) and a.images.dtype == np.float32
+    assert isinstance(a, Patches)
+    assert len(a) == 5 * 20
+    assert a.images.shape == (100, 1, p, p)
+    assert a.images.dtype == np.float32
     assert a.coords.dtype == np.int64
     np.testing.assert_array_equal(a.coords, b.coords)
     np.testing.assert_array_equal(a.images, b.images)
     assert not np.array_equal(a.coords, c.coords)
     np.testing.assert_array_equal(np.bincount(a.coords[:, 0]), [20] * 5)
     s, r, col = a.coords.T
-    assert r.min() >= 0 and r.max() <= pre.flat.shape[1] - p
-    assert col.min() >= 0 and col.max() <= pre.flat.shape[2] - p
+    assert r.min() >= 0
+    assert r.max() <= pre.flat.shape[1] - p
+    assert col.min() >= 0
+    assert col.max() <= pre.flat.shape[2] - p
     assert pre.retina_mask[s, r + p // 2, col + p // 2].all()  # centred in the retina
     for i in (0, 37, 99):
         si, ri, ci = a.coords[i]
