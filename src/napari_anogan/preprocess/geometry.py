@@ -118,7 +118,9 @@ class Geometry:
         return (np.asarray(x, dtype=np.float64) + 0.5) / self._scale - 0.5
 
     def _nearest_band_col(self, u: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(u), 0, self.resampled_width - 1).astype(np.int64)
+        # round half up, with a margin far above float error, so that a column computed
+        # from x = f(u) rounds like u itself (round trips stay exact at half columns)
+        return np.clip(np.floor(u + 0.5 + 1e-7), 0, self.resampled_width - 1).astype(np.int64)
 
     def valid_mask(self) -> np.ndarray:
         """Band pixels that come from inside the raw image.
