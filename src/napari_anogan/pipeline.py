@@ -438,6 +438,7 @@ def train_from_paths(
     resume: bool = False,
     preprocess_config=None,
     model_overrides: dict | None = None,
+    train_overrides: dict | None = None,
 ) -> Generator[ProgressEvent, None, object]:
     """Train a healthy model from files or folders of healthy scans.
 
@@ -457,6 +458,8 @@ def train_from_paths(
         Preprocessing; stored in the checkpoint and reused by scoring.
     model_overrides : dict, optional
         Custom widths etc. passed to the preset.
+    train_overrides : dict, optional
+        Other :class:`~napari_anogan.train.TrainConfig` fields (e.g. ``reference_steps``).
 
     Returns
     -------
@@ -475,7 +478,13 @@ def train_from_paths(
     patches, info = yield from collect_training_patches(
         paths, preprocess_config, patches_per_scan, seed=seed
     )
-    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+    train_config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        **(train_overrides or {}),
+    )
     extra = {
         "preprocess_config": preprocess_config.to_dict(),
         "data_fingerprint": info["data_fingerprint"],
