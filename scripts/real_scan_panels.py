@@ -35,7 +35,9 @@ def _scans(folder: Path) -> list[Path]:
 def _panel(files: list[Path], out: Path, *, ncols: int, crop: bool, title: str) -> None:
     nrows = int(np.ceil(len(files) / ncols))
     width_in = 6.5 * ncols
-    fig = Figure(figsize=(width_in, (3.2 if crop else 4.4) * nrows + 0.4), dpi=90)
+    fig = Figure(
+        figsize=(width_in, (3.2 if crop else 4.4) * nrows + 0.4), dpi=90, layout="constrained"
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, path in zip(axes, files, strict=False):
         vol = read_volume(path)
@@ -63,7 +65,6 @@ def _panel(files: list[Path], out: Path, *, ncols: int, crop: bool, title: str) 
     for ax in axes[len(files) :]:
         ax.set_axis_off()
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     logger.info("wrote %s", out)

@@ -195,6 +195,20 @@ def test_boundaries_with_vitreous_membrane_and_lesions():
     assert np.abs(pre.bm - syn.bm).mean() < 3.0
 
 
+def test_neighbouring_bscans_correct_a_corrupted_one():
+    syn = make_volume(5, 496, 512, seed=2)
+    data = syn.data.copy()
+    rows = np.arange(496)[:, None]
+    top = (syn.ilm[2] - 45)[None, :]
+    band = (rows >= top) & (rows < top + 18)  # thick bright artefact above the retina
+    data[2][band] = np.clip(data[2][band].astype(int) + 110, 0, 255)
+    vol = Volume(data, spacing=syn.spacing)
+    alone = preprocess_volume(vol, PreprocessConfig(slice_band=0))
+    assert np.abs(alone.ilm[2] - syn.ilm[2]).mean() > 20  # fooled without its neighbours
+    pre = preprocess_volume(vol)
+    assert np.abs(pre.ilm - syn.ilm).mean(axis=1).max() < 1.0
+
+
 def test_white_padding_wedge_is_not_taken_for_the_retina():
     img = _toy_bscans(1, noise=10.0, seed=2)
     rows = np.arange(img.shape[1])[:, None]

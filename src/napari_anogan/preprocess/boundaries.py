@@ -310,10 +310,13 @@ def detect_boundaries(
 
     rows_idx = np.arange(h, dtype=np.float32)[None, :, None]
 
-    def search(bm_band=None, ilm_band=None):
+    def search(idx, bm_band=None, ilm_band=None):
+        """Run the chain of searches on the B-scans ``idx`` (optionally within bands)."""
+        n = len(idx)
+        ilm_cost_i, rpe_cost_i, bm_edge_i = ilm_cost[idx], rpe_cost[idx], bm_edge_cost[idx]
         # ILM first: the most reliable boundary (dark vitreous above, tissue below)
         ilm0 = min_cost_rows(
-            ilm_cost,
+            ilm_cost_i,
             max_jump,
             jump_penalty,
             None if ilm_band is None else ilm_band[0],
@@ -326,13 +329,13 @@ def detect_boundaries(
         if bm_band is not None:
             lo = np.maximum(lo, bm_band[0] - r(12))
             hi = np.minimum(hi, bm_band[1])
-        rpe = min_cost_rows(rpe_cost, max_jump, jump_penalty, lo, hi)
+        rpe = min_cost_rows(rpe_cost_i, max_jump, jump_penalty, lo, hi)
         # drusen and PEDs lift the RPE above the smooth curve it follows elsewhere
         base, lifted = _lower_envelope(rpe, lam=2e4, tol=3.0 * row_scale)
         # bottom of the RPE: the first strong bright-to-dark edge under its centre
         below_rpe = rows_idx - rpe[:, None, :].astype(np.float32)
         bm_raw = min_cost_rows(
-            bm_edge_cost + (0.04 / row_scale) * np.abs(below_rpe),
+            bm_edge_i + (0.04 / row_scale) * np.abs(below_rpe),
             max_jump,
             jump_penalty,
             rpe - r(1),
@@ -344,13 +347,13 @@ def detect_boundaries(
                 np.median((bm_raw[i] - rpe[i])[~lifted[i]])
                 if (~lifted[i]).any()
                 else 3.0 * row_scale
-                for i in range(s)
+                for i in range(n)
             ]
         )
         floor = np.rint(base + gap[:, None]).astype(np.int64)
         # where the RPE is lifted, BM is near the envelope: the floor of the detachment
         # (dark-to-bright) or the bottom of a visible Bruch's membrane line (bright-to-dark)
-        cost = np.where(lifted[:, None, :], 1.0 - np.maximum(rise_bm, fall), bm_edge_cost)
+        cost = np.where(lifted[:, None, :], 1.0 - np.maximum(rise_bm[idx], fall[idx]), bm_edge_i)
         bm_lo = np.where(lifted, floor - r(3), bm_raw - r(2))
         bm_hi = np.where(lifted, floor + r(4), bm_raw + r(2))
         bm = min_cost_rows(cost, max_jump, jump_penalty, bm_lo, bm_hi)
@@ -361,18 +364,25 @@ def detect_boundaries(
             top = np.maximum(top, ilm_band[0])
             bottom = np.minimum(bottom, ilm_band[1])
         if np.any(ilm0 < top) or np.any(ilm0 > bottom):
-            ilm0 = min_cost_rows(ilm_cost, max_jump, jump_penalty, top, bottom)
-        if debug is not None:
+            ilm0 = min_cost_rows(ilm_cost_i, max_jump, jump_penalty, top, bottom)
+        if debug is not None and n == s:
             debug.update(rpe=rpe, bm_raw=bm_raw, base=base, lifted=lifted)
         return ilm0, bm, lifted
 
-    ilm, bm, lifted = search()
+    ilm, bm, lifted = search(np.arange(s))
     if s >= 3 and slice_band > 0:
+        # B-scans that disagree with their neighbours (median of three) over more than
+        # 5 % of the columns are searched again, each surface restricted to
+        # +- slice_band rows around that consensus
         c_bm = np.rint(_consensus(bm)).astype(np.int64)
         c_ilm = np.rint(_consensus(ilm)).astype(np.int64)
-        ilm, bm, lifted = search(
-            (c_bm - slice_band, c_bm + slice_band), (c_ilm - slice_band, c_ilm + slice_band)
-        )
+        off = (np.abs(bm - c_bm) > slice_band) | (np.abs(ilm - c_ilm) > slice_band)
+        redo = np.flatnonzero(off.mean(axis=1) > 0.05)
+        if redo.size:
+            logger.debug("re-searching B-scans %s within their neighbours' band", redo.tolist())
+            band_bm = (c_bm[redo] - slice_band, c_bm[redo] + slice_band)
+            band_ilm = (c_ilm[redo] - slice_band, c_ilm[redo] + slice_band)
+            ilm[redo], bm[redo], lifted[redo] = search(redo, band_bm, band_ilm)
 
     reach = r(2)
     ilm_f = _subpixel(gy, ilm, reach)
