@@ -206,24 +206,28 @@ def detect_boundaries(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the ILM and Bruch's membrane in every column of every B-scan.
 
-    Method (graph search in the spirit of Garvin et al. 2009, one surface at a time):
+    Method (graph search in the spirit of Garvin et al. 2009, one surface at a time;
+    every search is a minimum-cost left-to-right path with at most ``max_jump`` rows
+    between neighbouring columns, see :func:`min_cost_rows`):
 
-    1. Padding regions are neutralised (:func:`fill_padding`), speckle is reduced
-       (3x3 median, then Gaussian smoothing).
-    2. RPE: minimum-cost left-to-right path through the brightness, penalising bright
-       layers that have a brighter layer below them (the RPE is the deepest bright
-       layer, so the nerve fibre layer or bright inner layers are not taken).
-    3. Bruch's membrane: path along the strongest bright-to-dark edge just under the
-       RPE; a lower envelope of it finds columns where the RPE is lifted (drusen, PED),
-       and there BM is searched near the envelope on the dark-to-bright edge at the
-       floor of the detachment instead.
-    4. ILM: path along dark-to-bright edges between ``max_thickness`` and
-       ``min_thickness`` rows above BM that have bright tissue over the next rows (a
-       thin detached vitreous membrane does not), darkness just above, and little
-       tissue over a long stretch above (so the IS/OS line or a cyst floor lose).
-    5. Consistency between B-scans: a second pass restricts every B-scan's search to
-       +-``slice_band`` rows around the median of its neighbours' first-pass boundaries.
-    6. Sub-pixel placement on the edge, light smoothing along columns and B-scans.
+    1. Bright padding is neutralised (:func:`fill_padding`), speckle reduced (3x3
+       median, then Gaussian smoothing), vertical gradients taken.
+    2. ILM: dark-to-bright edges with bright tissue over the next rows (a thin detached
+       vitreous membrane has none), darkness just above, and little tissue over a long
+       stretch above (so the IS/OS line or the floor of a cyst lose to the surface).
+    3. RPE: the brightest layer at least ``min_rpe_depth`` rows under the ILM,
+       penalising a bright layer when a brighter one lies below it (the RPE is the
+       deepest bright layer).
+    4. Bruch's membrane: the first strong bright-to-dark edge under the RPE. Where the
+       RPE is lifted above its own stiff lower envelope (asymmetric Whittaker smoother:
+       drusen, PED), BM is searched near the envelope instead, on the floor of the
+       detachment or the bottom of a visible Bruch's membrane line.
+    5. The ILM again, if needed, between ``max_thickness`` and ``min_thickness`` rows
+       above BM.
+    6. Consistency between B-scans: a B-scan whose boundaries disagree with the median
+       of it and its two neighbours by more than ``slice_band`` rows (over > 5 % of the
+       columns) is searched again within +-``slice_band`` rows of that median.
+    7. Sub-pixel placement on the steepest point of the edge, light smoothing.
 
     Parameters
     ----------
@@ -239,7 +243,8 @@ def detect_boundaries(
     min_thickness, max_thickness : int
         Range of retina thickness (ILM to BM, rows) searched for the ILM.
     slice_band : int
-        Half height of the second-pass search band around the neighbours' consensus.
+        Disagreement with the neighbours that triggers a second search, and half height
+        of that search's band around the neighbours' median; 0 = no second pass.
     min_rpe_depth : int
         The RPE is searched at least this many rows under the ILM (not the nerve fibre
         layer, however bright).
