@@ -159,7 +159,11 @@ def test_score_candidates_export(make_napari_viewer, qtbot, data_dir, tiny_model
         layer = viewer.layers[f"sick {kind}"]
         np.testing.assert_allclose(layer.scale, image.scale)
     assert viewer.layers["sick residual"].data.shape == image.data.shape
-    assert "en face" in " ".join(viewer.layers[-1].name.split()[-2:])
+    en_face = viewer.layers["sick en face"]
+    assert en_face.data.shape == (image.data.shape[0], image.data.shape[2])
+    marker = viewer.layers["sick en face slice"]
+    viewer.dims.set_point(0, 2 * image.scale[0])
+    assert marker.data[0][:, 0].tolist() == [2.0, 2.0]  # the marker follows the B-scan
     bars = viewer.layers["sick score bars"]
     assert set(bars.features["component"]) == {"residual", "discrimination"}
 

@@ -189,7 +189,8 @@ def test_empty_result_gives_empty_layers():
     layers = _layers.result_layers(result, "scan", scale=(1, 1, 1))
     shapes = [d for d, _, kind in layers if kind == "shapes" and d]
     assert all(len(d) > 0 for d in shapes)  # only boundaries remain non-empty
-    assert {m["name"] for d, m, k in layers if k == "shapes" and d} == {"scan boundaries"}
+    names = {m["name"] for d, m, k in layers if k == "shapes" and d}
+    assert names == {"scan boundaries", "scan en face slice"}
 
 
 def test_two_d_image_drops_slice_axis():
@@ -215,3 +216,27 @@ def test_scale_from_spacing(ndim):
     assert scale_from_spacing((None, 3.9, 11.0), ndim=ndim) == (11.0, 3.9, 11.0)[-ndim:]
     assert scale_from_spacing((120.0, None, 11.0), ndim=ndim) == (1.0, 1.0, 1.0)[-ndim:]
     assert scale_from_spacing(None, ndim=ndim) == (1.0,) * ndim
+
+
+def test_en_face_map_sits_below_the_bscan_column_aligned():
+    result = fake_result()
+    scale = (120.0, 3.9, 11.0)
+    layers = {m["name"]: (d, m) for d, m, _ in _layers.result_layers(result, "s", scale=scale)}
+    data, meta = layers["s en face"]
+    assert data.shape == (S, W)
+    assert meta["scale"][1] == 11.0  # same column scale as the B-scan
+    assert meta["translate"][1] == 0.0  # columns line up
+    assert meta["translate"][0] > H * 3.9  # below the B-scan
+    assert S * meta["scale"][0] <= 0.6 * H * 3.9 + 1e-9
+    marker, marker_meta = layers["s en face slice"]
+    assert marker_meta["scale"] == meta["scale"]
+    assert marker[0].shape == (2, 2)
+
+
+def test_peak_slice_prefers_the_highest_patch():
+    from napari_anogan._widgets.candidates import peak_slice
+
+    result = fake_result(hot_slice=2)
+    (cand,) = result.candidates
+    assert peak_slice(cand, result) == 2
+    assert peak_slice({"slice_start": 1, "slice_end": 4}) == 2

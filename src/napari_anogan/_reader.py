@@ -70,6 +70,7 @@ def volume_layer(volume: Any, *, as_labels: bool = False) -> LayerData:
     meta: dict[str, Any] = {
         "name": volume.name,
         "scale": scale_from_spacing(volume.spacing, ndim=data.ndim),
+        "axis_labels": ("slice", "depth", "width")[-data.ndim :],
         "metadata": {
             SPACING_KEY: tuple(volume.spacing),
             "source": volume.source,

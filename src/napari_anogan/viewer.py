@@ -34,7 +34,10 @@ def dock_widgets(viewer: Any) -> dict[str, Any]:
         dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 0)
         widgets[name] = widget
         docks.append(dock)
-    docks[0].raise_()  # tabify shows the last one added; the first is where to start
+    # tabify shows the last one added; the first is where to start (once Qt has laid out)
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, docks[0].raise_)
     return widgets
 
 

@@ -374,12 +374,12 @@ def canvas_size(viewer: Any) -> np.ndarray:
 
 
 def zoom_to_box(viewer: Any, world_lo: Sequence[float], world_hi: Sequence[float]) -> None:
-    """Centre the 2-D view on a world box and zoom so it fills about a quarter of the canvas."""
+    """Centre the 2-D view on a world box and zoom so it fills about 60 % of the canvas."""
     lo = np.asarray(world_lo, dtype=float)[-2:]
     hi = np.asarray(world_hi, dtype=float)[-2:]
     camera = camera_of(viewer)
     camera.center = tuple((lo + hi) / 2.0)
-    extent = np.abs(hi - lo) * 4.0
+    extent = np.abs(hi - lo) * 1.6
     size = canvas_size(viewer)
     if np.all(extent > 0) and np.all(size > 0):
         camera.zoom = float(np.min(size / extent))

@@ -24,6 +24,7 @@ LAYER_KINDS = (
     "score bars",
     "candidates",
     "en face",
+    "en face slice",
 )
 
 RESIDUAL_COLOR = (0.95, 0.1, 0.1, 1.0)  # paper Fig. 3: red bar = residual score
@@ -347,6 +348,39 @@ def candidate_layer(
     return (candidate_rectangles(candidates, ndim), style, "shapes")
 
 
+def en_face_placement(
+    scale: Sequence[float], image_shape: Sequence[int], origin: Sequence[float] = (0.0, 0.0)
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Scale and translate of the en-face map: a mini-map below the B-scan.
+
+    A 2-D layer in a 3-D viewer is drawn on the displayed (depth, width) plane. The map
+    goes just below the B-scan with the same column scale, so a column of the map lines
+    up with the same column of the B-scan above it. Rows (one per B-scan) get the
+    physical slice spacing, squeezed if needed so the map is at most 60 % of the B-scan's
+    height.
+
+    Parameters
+    ----------
+    scale : sequence of float
+        The image layer's (slice, depth, width) scale.
+    image_shape : sequence of int
+        (S, H, W) of the scored volume.
+    origin : sequence of float
+        The image layer's (depth, width) translate.
+
+    Returns
+    -------
+    scale, translate : tuple of (float, float)
+        For the en-face layer (rows = slices, columns = raw columns).
+    """
+    n_slices, height, _ = (int(v) for v in image_shape[-3:])
+    slice_um, depth_um, width_um = (float(v) for v in scale[-3:])
+    bscan_height = height * depth_um
+    row = min(slice_um, 0.6 * bscan_height / max(n_slices, 1))
+    top = float(origin[0]) + bscan_height + 0.08 * bscan_height
+    return (row, width_um), (top, float(origin[1]))
+
+
 def en_face_layer(
     en_face: np.ndarray,
     name: str,
@@ -356,27 +390,54 @@ def en_face_layer(
     origin: Sequence[float] = (0.0, 0.0),
     **meta: Any,
 ) -> LayerData:
-    """Image layer of the en-face anomaly map (slice x column) beside the B-scan.
+    """Image layer of the en-face anomaly map (slice x column), below the B-scan.
 
-    A 2-D layer in a 3-D viewer is drawn on the displayed (depth, width) plane, so the
-    map sits to the left of the B-scan as a mini-map: one row per B-scan, one column per
-    raw column, scaled with the physical slice and width spacings.
+    See :func:`en_face_placement` for where it goes.
     """
-    sy, sx = float(scale[-3]) if len(scale) >= 3 else 1.0, float(scale[-1])
-    width = image_shape[-1] * sx
+    layer_scale, translate = en_face_placement(scale, image_shape, origin)
     finite = np.asarray(en_face, dtype=float)
     finite = finite[np.isfinite(finite)]
     high = float(np.percentile(finite, 99.5)) if finite.size else 1.0
     low = float(finite.min()) if finite.size else 0.0
     style: dict[str, Any] = {
         "name": name,
-        "scale": (sy, sx),
-        "translate": (float(origin[0]), float(origin[1]) - width * 1.04),
+        "scale": layer_scale,
+        "translate": translate,
         "colormap": "inferno",
         "contrast_limits": (low, high if high > low else low + 1.0),
     }
     style.update(meta)
     return (np.asarray(en_face, dtype=np.float32), style, "image")
+
+
+def en_face_marker(slice_index: float, width: int) -> list[np.ndarray]:
+    """Return a line across the en-face map at ``slice_index`` (the B-scan shown above)."""
+    return [np.array([[slice_index, -0.5], [slice_index, width - 0.5]], dtype=float)]
+
+
+def en_face_marker_layer(
+    name: str,
+    *,
+    scale: Sequence[float],
+    image_shape: Sequence[int],
+    origin: Sequence[float] = (0.0, 0.0),
+    slice_index: float = 0.0,
+    **meta: Any,
+) -> LayerData:
+    """Shapes layer with one line marking the current B-scan on the en-face map."""
+    layer_scale, translate = en_face_placement(scale, image_shape, origin)
+    style: dict[str, Any] = {
+        "name": name,
+        "ndim": 2,
+        "shape_type": "line",
+        "scale": layer_scale,
+        "translate": translate,
+        "edge_color": "cyan",
+        "edge_width": 0.4,
+        "opacity": 0.9,
+    }
+    style.update(meta)
+    return (en_face_marker(slice_index, int(image_shape[-1])), style, "shapes")
 
 
 def _robust_limits(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple:
@@ -494,6 +555,15 @@ def result_layers(
                 image_shape=result.shape,
                 origin=(translate[1], translate[2]),
                 metadata=common["metadata"],
+            )
+        )
+        layers.append(
+            en_face_marker_layer(
+                layer_name(image_name, "en face slice"),
+                scale=scale,
+                image_shape=result.shape,
+                origin=(translate[1], translate[2]),
+                metadata={**common["metadata"], "en_face_marker": True},
             )
         )
     return layers

@@ -23,7 +23,7 @@ class LossPlot(FigureCanvasQTAgg):
     ) -> None:
         figure = Figure(figsize=(3.2, 1.8), dpi=90, facecolor=_BACKGROUND, layout="tight")
         super().__init__(figure)
-        self.setMinimumHeight(150)
+        self.setFixedHeight(170)
         self.keys = keys
         self.axes = figure.add_subplot()
         self.axes.set_facecolor(_BACKGROUND)

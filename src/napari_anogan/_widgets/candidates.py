@@ -50,15 +50,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = (
-    "rank",
-    "slices",
-    "position (row, col)",
-    "size (h × w)",
-    "max",
-    "mean",
-    "healthy %",
-    "decision",
+COLUMNS = ("#", "slices", "row, col", "h × w", "max", "mean", "pct", "decision")
+TOOLTIPS = (
+    "rank by highest anomaly score",
+    "first–last B-scan of the region",
+    "top-left corner in raw pixels",
+    "height × width in raw pixels",
+    "highest patch anomaly score",
+    "mean patch anomaly score",
+    "healthy percentile of the highest score (100: above every healthy patch)",
+    "keep / reject (stored in the candidates layer's features)",
 )
 THRESHOLD_MODES = {"healthy percentile": "healthy_percentile", "anomaly score": "anomaly_score"}
 
@@ -104,6 +105,19 @@ def recompute_candidates(
     return candidates
 
 
+def peak_slice(candidate: Mapping[str, Any], result: Any | None = None) -> int:
+    """Return the B-scan of the candidate's highest-scoring patch (else its middle one).
+
+    Shapes are drawn on whole B-scans, so the viewer must go to an integer slice.
+    """
+    members = candidate.get("patch_index")
+    if result is not None and members:
+        members = np.asarray(members, dtype=int)
+        scores = np.asarray(result.patches["anomaly_score"], dtype=float)[members]
+        return int(np.asarray(result.patches["slice"])[members[np.nanargmax(scores)]])
+    return (int(candidate["slice_start"]) + int(candidate["slice_end"])) // 2
+
+
 class CandidatesWidget(QWidget):
     """Table of candidate regions of a scored image, with threshold and keep/reject.
 
@@ -128,6 +142,8 @@ class CandidatesWidget(QWidget):
         self.threshold.setValue(99.0)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        for column, tip in enumerate(TOOLTIPS):
+            self.table.horizontalHeaderItem(column).setToolTip(tip)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -271,11 +287,11 @@ class CandidatesWidget(QWidget):
             self.go_to(self.candidates[row])
 
     def go_to(self, candidate: Mapping[str, Any]) -> None:
-        """Move the viewer to the candidate's middle B-scan and zoom on its box."""
+        """Move the viewer to the candidate's peak B-scan and zoom on its box."""
         image = layer_by_name(self.viewer, self.image_name() or "")
         if image is None:
             return
-        s = (int(candidate["slice_start"]) + int(candidate["slice_end"])) / 2.0
+        s = peak_slice(candidate, self.result())
         r0, c0 = float(candidate["row"]), float(candidate["col"])
         r1, c1 = r0 + float(candidate["height"]), c0 + float(candidate["width"])
         lo = np.array([s, r0, c0][-image.ndim :])

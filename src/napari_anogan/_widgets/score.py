@@ -39,7 +39,7 @@ from napari_anogan._widgets._common import (
     notify_info,
     volume_from_layer,
 )
-from napari_anogan._widgets._layers import LAYER_KINDS, layer_name, result_layers
+from napari_anogan._widgets._layers import LAYER_KINDS, en_face_marker, layer_name, result_layers
 from napari_anogan.errors import InputError
 
 if TYPE_CHECKING:
@@ -143,6 +143,7 @@ class ScoreWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.job.cancel)
         self.region.currentIndexChanged.connect(self._update_enabled)
+        viewer.dims.events.current_step.connect(self._follow_slice)
         self._update_enabled()
 
     # ------------------------------------------------------------------ settings
@@ -264,6 +265,13 @@ class ScoreWidget(QWidget):
             ndim=layer.ndim,
         )
         add_result_layers(self.viewer, tuples, layer.name)
+        self._follow_slice()
+
+    def _follow_slice(self, event: Any = None) -> None:
+        try:
+            update_en_face_markers(self.viewer)
+        except RuntimeError:  # this widget was deleted while the viewer lives on
+            logger.debug("en-face marker update skipped", exc_info=True)
 
 
 def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
@@ -293,6 +301,22 @@ def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
     if image is not None:
         viewer.layers.selection.active = image
     return added
+
+
+def update_en_face_markers(viewer: Any) -> None:
+    """Move every en-face slice marker to the B-scan now shown of its image."""
+    for marker in list(viewer.layers):
+        if not (marker.metadata or {}).get("en_face_marker"):
+            continue
+        image = layer_by_name(viewer, marker.metadata.get("anogan_image", ""))
+        if image is None or image.ndim != 3:
+            continue
+        index = float(
+            np.clip(
+                round(float(image.world_to_data(viewer.dims.point)[0])), 0, image.data.shape[0] - 1
+            )
+        )
+        marker.data = en_face_marker(index, int(image.data.shape[-1]))
 
 
 def _user_shapes(layer: Any) -> bool:

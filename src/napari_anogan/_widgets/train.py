@@ -113,6 +113,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
+        layout.addStretch(1)
 
         self.job = Job("Training", self._on_event, self._on_result, self._on_finish)
         self.result: Any = None
