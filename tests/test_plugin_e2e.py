@@ -21,53 +21,19 @@ from napari_anogan._widgets.train import SAMPLES_LAYER, TrainWidget
 
 pytestmark = pytest.mark.qt
 
-SHAPE = (4, 128, 128)
 TIMEOUT_MS = 180_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_reference():
-    """Map the held-out reference patches with 5 steps instead of 500 (speed only)."""
-    from dataclasses import dataclass
-
-    from napari_anogan import train
-
-    @dataclass
-    class FastTrainConfig(train.TrainConfig):
-        reference_steps: int = 5
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "TrainConfig", FastTrainConfig)
-        yield
+@pytest.fixture
+def data_dir(synthetic_dir) -> Path:
+    """Tiny synthetic scans (``healthy_0/1``, ``diseased``; shared conftest fixture)."""
+    return synthetic_dir
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """A healthy and a diseased tiny synthetic volume, as OME-TIFF files."""
-    from napari_anogan.io import write_tiff
-    from napari_anogan.synthetic import make_volume
-
-    folder = tmp_path_factory.mktemp("oct")
-    healthy = make_volume(*SHAPE, seed=1)
-    write_tiff(folder / "healthy.ome.tif", healthy.data, spacing=healthy.spacing)
-    sick = make_volume(3, 128, 128, lesions=["irf", "ped"], seed=2)
-    write_tiff(folder / "sick.ome.tif", sick.data, spacing=sick.spacing)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_model(data_dir) -> Path:
-    """A tiny model trained for one epoch (headless, shared by the scoring tests)."""
-    from napari_anogan.events import drain
-    from napari_anogan.pipeline import train_from_paths
-
-    path = data_dir / "tiny.pt"
-    drain(
-        train_from_paths(
-            [data_dir / "healthy.ome.tif"], path, preset="tiny", epochs=1, patches_per_scan=16
-        )
-    )
-    return path
+@pytest.fixture
+def tiny_model(tiny_model_path) -> Path:
+    """A tiny model trained for one epoch (shared conftest fixture)."""
+    return tiny_model_path
 
 
 @pytest.fixture
@@ -86,16 +52,17 @@ def _score(qtbot, widget: ScoreWidget, *, steps: int = 3) -> str:
     return blocker.args[0]
 
 
-def test_train_widget_one_epoch(make_napari_viewer, qtbot, data_dir, notes):
+def test_train_widget_one_epoch(make_napari_viewer, qtbot, data_dir, notes, tmp_path):
     from napari_anogan.checkpoint import load_checkpoint
 
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
-    widget.set_paths([data_dir / "healthy.ome.tif"])
+    widget.set_paths([data_dir / "healthy_0.ome.tif"])
     widget.preset.setCurrentText("tiny")
     widget.epochs.setValue(1)
     widget.patches_per_scan.setValue(16)
-    output = data_dir / "gui.pt"
+    widget.reference_steps.setValue(5)
+    output = tmp_path / "gui.pt"
     widget.output.setText(str(output))
     with qtbot.waitSignal(widget.finished, timeout=TIMEOUT_MS) as blocker:
         widget.train_button.click()
@@ -111,15 +78,18 @@ def test_train_widget_one_epoch(make_napari_viewer, qtbot, data_dir, notes):
     assert "written" in notes["info"][-1]
 
 
-def test_train_cancel_keeps_checkpoint_and_resumes(make_napari_viewer, qtbot, data_dir, notes):
+def test_train_cancel_keeps_checkpoint_and_resumes(
+    make_napari_viewer, qtbot, data_dir, notes, tmp_path
+):
     from napari_anogan.checkpoint import load_checkpoint
 
     widget = TrainWidget(make_napari_viewer())
-    widget.set_paths([data_dir / "healthy.ome.tif"])
+    widget.set_paths([data_dir / "healthy_0.ome.tif"])
     widget.preset.setCurrentText("tiny")
     widget.epochs.setValue(200)
     widget.patches_per_scan.setValue(16)
-    output = data_dir / "cancelled.pt"
+    widget.reference_steps.setValue(5)
+    output = tmp_path / "cancelled.pt"
     widget.output.setText(str(output))
     checkpoints = []
 
@@ -149,26 +119,26 @@ def test_score_candidates_export(make_napari_viewer, qtbot, data_dir, tiny_model
     from napari_anogan.io import read_volume
 
     viewer = make_napari_viewer()
-    (image,) = viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
+    (image,) = viewer.open(str(data_dir / "diseased.ome.tif"), plugin="napari-anogan")
     score = ScoreWidget(viewer)
     score.model_path.setText(str(tiny_model))
     score.device.setCurrentIndex(score.device.findData("cpu"))
     assert _score(qtbot, score) == "done"
     assert not notes["error"]
     for kind in ("reconstruction", "residual", "patch scores", "score bars", "boundaries"):
-        layer = viewer.layers[f"sick {kind}"]
+        layer = viewer.layers[f"diseased {kind}"]
         np.testing.assert_allclose(layer.scale, image.scale)
-    assert viewer.layers["sick residual"].data.shape == image.data.shape
-    en_face = viewer.layers["sick en face"]
+    assert viewer.layers["diseased residual"].data.shape == image.data.shape
+    en_face = viewer.layers["diseased en face"]
     assert en_face.data.shape == (image.data.shape[0], image.data.shape[2])
-    marker = viewer.layers["sick en face slice"]
+    marker = viewer.layers["diseased en face slice"]
     viewer.dims.set_point(0, 2 * image.scale[0])
     assert marker.data[0][:, 0].tolist() == [2.0, 2.0]  # the marker follows the B-scan
-    bars = viewer.layers["sick score bars"]
+    bars = viewer.layers["diseased score bars"]
     assert set(bars.features["component"]) == {"residual", "discrimination"}
 
     candidates = CandidatesWidget(viewer)
-    assert candidates.source.currentText() == "sick patch scores"
+    assert candidates.source.currentText() == "diseased patch scores"
     candidates.threshold.setValue(0.0)  # everything is anomalous: at least one region
     assert candidates.table.rowCount() >= 1
     candidates.select(0)
@@ -183,7 +153,7 @@ def test_score_candidates_export(make_napari_viewer, qtbot, data_dir, tiny_model
     assert not notes["error"]
     heatmap = read_volume(written["heatmap"])
     assert heatmap.data.shape == image.data.shape
-    np.testing.assert_allclose(heatmap.spacing, read_volume(data_dir / "sick.ome.tif").spacing)
+    np.testing.assert_allclose(heatmap.spacing, read_volume(data_dir / "diseased.ome.tif").spacing)
     with open(written["candidates"], newline="") as handle:
         assert next(csv.DictReader(handle))["decision"] == "keep"
     summary = json.loads(Path(written["summary"]).read_text())
@@ -195,29 +165,29 @@ def test_score_candidates_export(make_napari_viewer, qtbot, data_dir, tiny_model
 
 def test_score_current_bscan_and_rectangles(make_napari_viewer, qtbot, data_dir, tiny_model):
     viewer = make_napari_viewer()
-    (image,) = viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
+    (image,) = viewer.open(str(data_dir / "diseased.ome.tif"), plugin="napari-anogan")
     score = ScoreWidget(viewer)
     score.model_path.setText(str(tiny_model))
     viewer.dims.set_point(0, 1 * image.scale[0])
     score.region.setCurrentIndex(1)
     assert _score(qtbot, score, steps=1) == "done"
-    slices = set(viewer.layers["sick patch scores"].features["slice"])
+    slices = set(viewer.layers["diseased patch scores"].features["slice"])
     assert slices == {1}
-    whole_bscan = len(viewer.layers["sick patch scores"].features)
+    whole_bscan = len(viewer.layers["diseased patch scores"].features)
 
-    rect = np.array([[2, 40, 30], [2, 40, 90], [2, 90, 90], [2, 90, 30]], float)
+    rect = np.array([[2, 90, 60], [2, 90, 140], [2, 150, 140], [2, 150, 60]], float)
     viewer.add_shapes([rect], shape_type="rectangle", scale=image.scale, name="roi")
     score.region.setCurrentIndex(2)
     assert score.shapes.currentText() == "roi"
     assert _score(qtbot, score, steps=1) == "done"
-    features = viewer.layers["sick patch scores"].features
+    features = viewer.layers["diseased patch scores"].features
     assert set(features["slice"]) == {2}
     assert 0 < len(features) < whole_bscan
 
 
 def test_score_cancel_mid_run(make_napari_viewer, qtbot, data_dir, tiny_model, notes):
     viewer = make_napari_viewer()
-    viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
+    viewer.open(str(data_dir / "diseased.ome.tif"), plugin="napari-anogan")
     score = ScoreWidget(viewer)
     score.model_path.setText(str(tiny_model))
     score.steps.setValue(5000)
@@ -233,22 +203,24 @@ def test_score_cancel_mid_run(make_napari_viewer, qtbot, data_dir, tiny_model, n
         score.job.worker.yielded.connect(on_event)
     assert blocker.args == ["cancelled"]
     assert len(events) < 100
-    assert [layer.name for layer in viewer.layers] == ["sick"]
+    assert [layer.name for layer in viewer.layers] == ["diseased"]
     assert score.run_button.isEnabled()
     assert not score.cancel_button.isEnabled()
     assert not notes["error"]
 
 
-def test_bad_model_file_notifies_and_adds_nothing(make_napari_viewer, qtbot, data_dir, notes):
+def test_bad_model_file_notifies_and_adds_nothing(
+    make_napari_viewer, qtbot, data_dir, notes, tmp_path
+):
     viewer = make_napari_viewer()
-    viewer.open(str(data_dir / "sick.ome.tif"), plugin="napari-anogan")
-    bad = data_dir / "broken.pt"
+    viewer.open(str(data_dir / "diseased.ome.tif"), plugin="napari-anogan")
+    bad = tmp_path / "broken.pt"
     bad.write_bytes(b"this is not a checkpoint")
     score = ScoreWidget(viewer)
     score.model_path.setText(str(bad))
     assert _score(qtbot, score) == "error"
     assert "broken.pt" in notes["error"][-1]
-    assert [layer.name for layer in viewer.layers] == ["sick"]
+    assert [layer.name for layer in viewer.layers] == ["diseased"]
     assert score.run_button.isEnabled()
 
 

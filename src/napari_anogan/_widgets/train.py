@@ -79,6 +79,11 @@ class TrainWidget(QWidget):
         self.preset.setCurrentText("small")
         self.epochs = _spin(1, 1000, 20)
         self.patches_per_scan = _spin(1, 10000, 64)
+        self.reference_steps = _spin(0, 5000, _default_reference_steps())
+        self.reference_steps.setToolTip(
+            "mapping steps used to score held-out healthy patches after training; "
+            "use the steps you will score with, so healthy percentiles are calibrated"
+        )
         self.device = QComboBox()
         for label, value in device_choices():
             self.device.addItem(label, value)
@@ -99,6 +104,7 @@ class TrainWidget(QWidget):
         form.addRow("preset", self.preset)
         form.addRow("epochs", self.epochs)
         form.addRow("patches per B-scan", self.patches_per_scan)
+        form.addRow("reference steps", self.reference_steps)
         form.addRow("device", self.device)
         form.addRow("output", browse_row(self.output, "…", self._browse_output))
         run_buttons = QHBoxLayout()
@@ -125,8 +131,8 @@ class TrainWidget(QWidget):
         self.cancel_button.clicked.connect(self.job.cancel)
         self._editors = (
             self.inputs, add_files, add_folder, remove, self.preset, self.epochs,
-            self.patches_per_scan, self.device, self.output, self.train_button,
-            self.resume_button,
+            self.patches_per_scan, self.reference_steps, self.device, self.output,
+            self.train_button, self.resume_button,
         )  # fmt: skip
         self._update_enabled()
 
@@ -198,6 +204,7 @@ class TrainWidget(QWidget):
             patches_per_scan=int(self.patches_per_scan.value()),
             device=str(self.device.currentData()),
             resume=resume,
+            train_overrides={"reference_steps": int(self.reference_steps.value())},
         )
         self._update_enabled()
 
@@ -252,6 +259,12 @@ class TrainWidget(QWidget):
             self.status.setText({"done": "done", "error": "failed"}[outcome])
         self._update_enabled()
         self.finished.emit(outcome)
+
+
+def _default_reference_steps() -> int:
+    from napari_anogan.train import TrainConfig
+
+    return int(TrainConfig().reference_steps)
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:
