@@ -91,7 +91,9 @@ def write_preprocess_outputs(
         "overview": outdir / f"{stem}_boundaries.png",
     }
     with atomic_path(paths["flat"]) as tmp:
-        tifffile.imwrite(tmp, pre.flat.astype(np.float32), metadata={"axes": "ZYX"})
+        tifffile.imwrite(
+            tmp, pre.flat.astype(np.float32), photometric="minisblack", metadata={"axes": "ZYX"}
+        )
     s, w = pre.ilm.shape
     with atomic_path(paths["boundaries"]) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
