@@ -1,0 +1,160 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_anogan.cli import build_parser, main
+from napari_anogan.pipeline import PATCH_COLUMNS
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("preprocess", "train", "score", "evaluate", "demo", "view"):
+        assert name in out
+
+
+def test_parser_defaults_follow_the_paper():
+    args = build_parser().parse_args(["train", "x.tif", "-o", "m.pt"])
+    assert (args.preset, args.epochs) == ("paper", 20)
+    args = build_parser().parse_args(["score", "x.tif", "-m", "m.pt", "-o", "out"])
+    assert args.lam == 0.1
+
+
+def test_preprocess_writes_outputs_in_raw_coordinates(synthetic_dir, tmp_path):
+    src = synthetic_dir / "normal.ome.tif"
+    assert main(["-q", "preprocess", str(src), "-o", str(tmp_path)]) == 0
+    flat = tifffile.imread(tmp_path / "normal_flat.tif")
+    assert flat.ndim == 3
+    assert flat.shape[0] == 3
+    assert flat.min() >= -1.0
+    assert flat.max() <= 1.0
+    with open(tmp_path / "normal_boundaries.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["slice", "column", "ilm_row", "bm_row"]
+    assert len(rows) == 3 * 256  # one row per raw column of each B-scan
+    ilm = np.array([float(r["ilm_row"]) for r in rows])
+    bm = np.array([float(r["bm_row"]) for r in rows])
+    assert np.all((ilm >= 0) & (bm < 200) & (ilm < bm))
+    assert (tmp_path / "normal_boundaries.png").stat().st_size > 10_000
+
+
+def test_score_writes_the_documented_outputs(synthetic_dir, tiny_model_path, tmp_path, capsys):
+    src = synthetic_dir / "diseased.ome.tif"
+    code = main(
+        ["-q", "score", str(src), "-m", str(tiny_model_path), "-o", str(tmp_path), "--steps", "2"]
+    )
+    assert code == 0
+    residual = tifffile.imread(tmp_path / "diseased_residual.tif")
+    assert residual.shape == (3, 200, 256)
+    assert residual.dtype == np.float32
+    with open(tmp_path / "diseased_scores.csv") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == PATCH_COLUMNS
+        rows = list(reader)
+    assert len(rows) > 0
+    summary = json.loads((tmp_path / "diseased_summary.json").read_text())
+    assert summary["n_patches"] == len(rows)
+    assert summary["settings"]["steps"] == 2
+    assert len(summary["bscan_scores"]) == 3
+    assert "diseased: volume score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty"),
+        (b"not an image at all", ""),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_path, capsys, content, expected):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(content)
+    code = main(["-q", "score", str(bad), "-m", str(tiny_model_path), "-o", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "broken.tif" in err
+    assert expected in err.lower()
+    assert "Traceback" not in err
+
+
+def test_missing_model_is_a_clear_error(synthetic_dir, tmp_path, capsys):
+    code = main(
+        [
+            "-q",
+            "score",
+            str(synthetic_dir / "normal.ome.tif"),
+            "-m",
+            str(tmp_path / "no.pt"),
+            "-o",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no.pt" in err
+
+
+def test_model_that_needs_pickle_is_refused(synthetic_dir, tmp_path, capsys):
+    import argparse
+
+    import torch
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": argparse.Namespace(a=1)}, path)  # a class outside the weights-only allowlist
+    code = main(
+        ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(path), "-o", str(tmp_path)]
+    )
+    assert code == 2
+    assert "pickle" in capsys.readouterr().err.lower()
+
+
+def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path, tmp_path):
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "-q",
+            "evaluate",
+            "-m",
+            str(tiny_model_path),
+            "--normal",
+            str(synthetic_dir / "normal.ome.tif"),
+            "--anomalous",
+            str(synthetic_dir / "diseased.ome.tif"),
+            "-o",
+            str(out),
+            "--steps",
+            "2",
+            "--acae-epochs",
+            "1",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in (
+        "anomaly_score",
+        "residual_score",
+        "discrimination_score",
+        "reference_anomaly_score",
+        "discriminator_output",
+        "acae",
+    ):
+        entry = metrics[name]
+        assert 0.0 <= entry["patch_auc"] <= 1.0
+        assert 0.0 <= entry["bscan_auc"] <= 1.0
+        assert set(entry["youden"]) == {
+            "threshold",
+            "sensitivity",
+            "specificity",
+            "precision",
+            "recall",
+        }
+    assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    assert "AnoGAN" in (out / "table1.md").read_text()
+    for fig in ("fig3_patches.png", "fig4a_roc_models.png", "fig4c_residual_score.png"):
+        assert (out / fig).stat().st_size > 5_000

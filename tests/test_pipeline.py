@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+
+from napari_anogan.checkpoint import load_checkpoint
+from napari_anogan.errors import InputError
+from napari_anogan.events import drain
+from napari_anogan.io import read_volume
+from napari_anogan.pipeline import (
+    PATCH_COLUMNS,
+    ScoreSettings,
+    en_face_projection,
+    score_volume,
+    summary_dict,
+)
+
+FAST = ScoreSettings(steps=3, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def scored(synthetic_dir, tiny_model_path):
+    volume = read_volume(synthetic_dir / "diseased.ome.tif")
+    return volume, drain(score_volume(volume, tiny_model_path, FAST))
+
+
+def test_score_volume_outputs_are_in_the_raw_grid(scored):
+    volume, result = scored
+    assert result.residual.shape == volume.shape
+    assert result.reconstruction.shape == volume.shape
+    assert result.residual.dtype == np.float32
+    assert np.all(result.residual >= 0)
+    assert np.all(result.residual <= 2.0)
+    assert result.ilm.shape == result.bm.shape == (volume.shape[0], volume.shape[2])
+    assert np.all(result.ilm < result.bm)
+    assert result.en_face.shape == (volume.shape[0], volume.shape[2])
+    table = result.patches
+    assert set(PATCH_COLUMNS) <= set(table)
+    n = len(table["slice"])
+    assert n > 0
+    assert all(len(v) == n for v in table.values())
+    assert np.all(table["row"] >= 0)
+    assert np.all(table["col"] >= 0)
+    assert np.all(table["row"] + table["height"] <= volume.shape[1])
+    assert np.all(table["col"] + table["width"] <= volume.shape[2])
+    pct = table["healthy_percentile"]
+    assert np.all((pct >= 0) & (pct <= 100))
+    np.testing.assert_allclose(
+        table["anomaly_score"],
+        0.9 * table["residual_score"] + 0.1 * table["discrimination_score"],
+        rtol=1e-9,
+    )
+    assert result.bscan_scores.shape == (volume.shape[0],)
+    assert result.volume_score == pytest.approx(np.nanmax(result.bscan_scores))
+
+
+def test_scored_pixels_lie_inside_the_patch_boxes(scored):
+    volume, result = scored
+    covered = np.zeros(volume.shape, dtype=bool)
+    t = result.patches
+    for s, r, c, h, w in zip(t["slice"], t["row"], t["col"], t["height"], t["width"], strict=True):
+        covered[s, r : r + h, c : c + w] = True
+    assert not np.any((result.residual > 0) & ~covered)
+
+
+def test_same_seed_same_scores(synthetic_dir, tiny_model_path, scored):
+    volume, first = scored
+    again = drain(score_volume(volume, load_checkpoint(tiny_model_path), FAST))
+    np.testing.assert_array_equal(first.patches["anomaly_score"], again.patches["anomaly_score"])
+
+
+def test_slices_and_boxes_restrict_scoring(synthetic_dir, tiny_model_path, scored):
+    volume, full = scored
+    one = drain(score_volume(volume, tiny_model_path, FAST, slices=[1]))
+    assert set(one.patches["slice"].tolist()) == {1}
+    assert np.all(one.residual[0] == 0)
+    assert np.all(one.residual[2] == 0)
+    box = (1, 0, 0, volume.shape[1], 100)
+    boxed = drain(score_volume(volume, tiny_model_path, FAST, boxes=[box]))
+    assert 0 < len(boxed.patches["slice"]) < len(full.patches["slice"])
+    assert set(boxed.patches["slice"].tolist()) == {1}
+    assert np.all(boxed.patches["col"] < 100)
+
+
+def test_region_without_retina_is_an_input_error(synthetic_dir, tiny_model_path):
+    volume = read_volume(synthetic_dir / "diseased.ome.tif")
+    with pytest.raises(InputError, match="no patch"):
+        drain(score_volume(volume, tiny_model_path, FAST, boxes=[(0, 0, 0, 2, 2)]))
+
+
+def test_summary_is_json_ready(scored):
+    import json
+
+    _, result = scored
+    text = json.dumps(summary_dict(result))
+    back = json.loads(text)
+    assert back["volume_score"] == pytest.approx(result.volume_score)
+    assert len(back["bscan_scores"]) == result.shape[0]
+
+
+def test_en_face_projection_means_the_band():
+    residual = np.zeros((1, 4, 2), dtype=np.float32)
+    residual[0, :, 0] = [9, 1, 3, 9]
+    residual[0, :, 1] = [2, 2, 2, 2]
+    ilm = np.array([[1.0, 0.0]])
+    bm = np.array([[2.0, 3.0]])
+    np.testing.assert_allclose(en_face_projection(residual, ilm, bm), [[2.0, 2.0]])
