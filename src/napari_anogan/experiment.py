@@ -363,4 +363,4 @@ def _draw_figures(model, scored, labels, patch_scores, train_patches, train_mapp
         x = torch.from_numpy(images[take][:, None].astype(np.float32))
         features = model.discriminator.features(x).reshape(len(take), -1).numpy()
     if len(take) >= 3 and labels[take].any() and (~labels[take]).any():
-        fig2b_tsne(features, labels[take], outdir / "fig2b_tsne.png")
+        fig2b_tsne(features, labels[take], outdir / "fig2b_tsne.png", max_iter=500)
