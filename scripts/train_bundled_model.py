@@ -1,0 +1,88 @@
+"""Rebuild the bundled healthy model ``sample_data/anogan_small.pt``.
+
+1. writes the synthetic data set (``scripts/make_synthetic_dataset.py``) if missing;
+2. trains the ``small`` preset on its healthy training eyes (``napari-anogan train``);
+3. copies the checkpoint without optimiser states (they are only needed to resume
+   training) into ``sample_data/``, so the bundled file stays a few MB.
+
+Usage::
+
+    python scripts/train_bundled_model.py            # ~10-20 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from napari_anogan.checkpoint import read_checkpoint, save_checkpoint
+
+logger = logging.getLogger("train_bundled_model")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def release_copy(src: Path, dst: Path) -> None:
+    """Copy a checkpoint without its optimiser states (loads and scores the same)."""
+    ckpt = read_checkpoint(src)
+    ckpt.pop("optimizers", None)
+    save_checkpoint(dst, ckpt)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # Paths relative to the repository root, which is also the working directory of the
+    # training run: the checkpoint records its training inputs, portably.
+    parser.add_argument("--data", type=Path, default=Path("data/synthetic"))
+    parser.add_argument("--work", type=Path, default=Path("results/anogan_small_full.pt"))
+    parser.add_argument("--out", type=Path, default=Path("sample_data/anogan_small.pt"))
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--patches-per-scan", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    os.chdir(ROOT)
+    if not (args.data / "train").is_dir():
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "make_synthetic_dataset.py"),
+                "-o",
+                str(args.data),
+            ],
+            check=True,
+        )
+    args.work.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "napari_anogan.cli",
+        "train",
+        *sorted(str(p) for p in (args.data / "train").glob("*.ome.tif")),
+        "-o",
+        str(args.work),
+        "--preset",
+        "small",
+        "--epochs",
+        str(args.epochs),
+        "--patches-per-scan",
+        str(args.patches_per_scan),
+        "--seed",
+        str(args.seed),
+    ]
+    if args.resume:
+        command.append("--resume")
+    logger.info("running: %s", " ".join(command))
+    subprocess.run(command, check=True)
+    release_copy(args.work, args.out)
+    logger.info("bundled model written to %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
+
+
+if __name__ == "__main__":
+    main()
