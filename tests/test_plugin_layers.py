@@ -203,9 +203,11 @@ def test_two_d_image_drops_slice_axis():
     result.patches = {k: v[keep] for k, v in result.patches.items()}
     result.candidates = []
     layers = _layers.result_layers(result, "b", scale=(1.0, 1.0), ndim=2)
-    assert [m["name"] for _, m, _ in layers][-1] == "b candidates"  # no en face for one B-scan
-    assert layers[1][0].shape == (H, W)
-    assert all(np.asarray(v).shape[1] == 2 for v in layers[3][0])
+    by_name = {m["name"]: d for d, m, _ in layers}
+    assert not any("en face" in name for name in by_name)  # no en face for one B-scan
+    assert by_name["b residual"].shape == (H, W)
+    assert all(np.asarray(v).shape[1] == 2 for v in by_name["b patch scores"])
+    assert all(np.asarray(v).shape[1] == 2 for v in by_name["b boundaries"])
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

@@ -219,3 +219,48 @@ def test_dock_widgets(make_napari_viewer):
     widgets = dock_widgets(viewer)
     assert list(widgets) == list(WIDGETS)
     assert isinstance(widgets["Score volume"], ScoreWidget)
+
+
+def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, monkeypatch):
+    """Heatmaps of partial results appear before the job ends (core yields ``partial``)."""
+    from dataclasses import dataclass
+    from typing import Any
+
+    from napari_anogan import pipeline
+
+    @dataclass
+    class Event:
+        kind: str
+        step: int
+        total: int
+        message: str = ""
+        partial: Any = None
+
+    seen_during_run: list[bool] = []
+
+    def fake_score_volume(volume, model, settings, **region):
+        first = fake_result()
+        first.residual = first.residual * 0.5
+        yield Event("mapping_batch", 1, 2, "batch 1/2", partial=first)
+        yield Event("mapping_batch", 2, 2, "batch 2/2")
+        return fake_result()
+
+    monkeypatch.setattr(pipeline, "score_volume", fake_score_volume)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((S, H, W), np.float32), name="scan")
+    widget = ScoreWidget(viewer)
+    original = widget._show_partial
+
+    def show_partial(result):
+        original(result)
+        seen_during_run.append(widget.job.running and "scan residual" in viewer.layers)
+
+    monkeypatch.setattr(widget, "_show_partial", show_partial)
+    widget.model_path.setText(__file__)  # any existing file: the fake ignores it
+    with qtbot.waitSignal(widget.finished, timeout=30_000) as blocker:
+        widget.run_button.click()
+    assert blocker.args == ["done"]
+    assert not errors
+    assert seen_during_run == [True]
+    assert viewer.layers["scan residual"].data.max() == 1.0  # the final result replaced it
+    assert "scan candidates" in viewer.layers

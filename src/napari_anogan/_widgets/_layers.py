@@ -20,11 +20,11 @@ LAYER_KINDS = (
     "reconstruction",
     "residual",
     "boundaries",
-    "patch scores",
     "score bars",
     "candidates",
     "en face",
     "en face slice",
+    "patch scores",
 )
 
 RESIDUAL_COLOR = (0.95, 0.1, 0.1, 1.0)  # paper Fig. 3: red bar = residual score
@@ -486,7 +486,9 @@ def result_layers(
     if candidates is None:
         candidates = list(getattr(result, "candidates", []) or [])
     scale = tuple(float(s) for s in scale)[-ndim:]
-    translate = tuple(float(t) for t in (translate or (0.0,) * ndim))[-ndim:]
+    translate = tuple(float(t) for t in (translate if translate is not None else (0.0,) * ndim))[
+        -ndim:
+    ]
     common = {"scale": scale, "translate": translate, "metadata": {"anogan_image": image_name}}
 
     def squeeze(volume: np.ndarray) -> np.ndarray:
@@ -522,12 +524,6 @@ def result_layers(
         ),
         boundary_layer(
             result.ilm, result.bm, layer_name(image_name, "boundaries"), ndim=ndim, **common
-        ),
-        patch_score_layer(
-            result.patches,
-            layer_name(image_name, "patch scores"),
-            ndim=ndim,
-            **{**common, "metadata": {**common["metadata"], "anogan_result": result}},
         ),
         score_bar_layer(
             result.patches,
@@ -566,4 +562,13 @@ def result_layers(
                 metadata={**common["metadata"], "en_face_marker": True},
             )
         )
+    # Last, because it carries the result: widgets that follow it find the rest in place.
+    layers.append(
+        patch_score_layer(
+            result.patches,
+            layer_name(image_name, "patch scores"),
+            ndim=ndim,
+            **{**common, "metadata": {**common["metadata"], "anogan_result": result}},
+        )
+    )
     return layers

@@ -209,6 +209,21 @@ class CandidatesWidget(QWidget):
         threshold = (layer.metadata.get("threshold") if layer is not None else None) or float(
             (result.settings or {}).get("percentile_threshold", 99.0)
         )
+        if not np.isfinite(np.asarray(result.patches.get("healthy_percentile", []), float)).any():
+            # a model without a healthy reference: only raw scores can be thresholded
+            self.mode.blockSignals(True)
+            self.mode.setCurrentText("anomaly score")
+            self.mode.blockSignals(False)
+            self._set_score_range(result)
+            self.candidates = []
+            self._decisions = {}
+            self.apply_threshold()
+            return
+        if self.mode.currentText() != "healthy percentile":
+            self.mode.blockSignals(True)
+            self.mode.setCurrentText("healthy percentile")
+            self.threshold.setRange(0.0, 100.0)
+            self.mode.blockSignals(False)
         self.threshold.blockSignals(True)
         self.threshold.setValue(float(threshold))
         self.threshold.blockSignals(False)
@@ -228,12 +243,18 @@ class CandidatesWidget(QWidget):
             self.threshold.setRange(0.0, 100.0)
             self.threshold.setValue(99.0)
         else:
-            scores = np.asarray(result.patches["anomaly_score"]) if result is not None else []
-            high = float(np.nanmax(scores)) * 2 if len(scores) else 1e6
-            self.threshold.setRange(0.0, max(high, 1.0))
-            self.threshold.setValue(float(np.nanpercentile(scores, 99)) if len(scores) else 0.0)
+            self._set_score_range(result)
         self.threshold.blockSignals(False)
         self.apply_threshold()
+
+    def _set_score_range(self, result: Any | None) -> None:
+        """Threshold range and default (99th percentile of this scan) for raw scores."""
+        scores = np.asarray(result.patches["anomaly_score"]) if result is not None else []
+        high = float(np.nanmax(scores)) * 2 if len(scores) else 1e6
+        self.threshold.blockSignals(True)
+        self.threshold.setRange(0.0, max(high, 1.0))
+        self.threshold.setValue(float(np.nanpercentile(scores, 99)) if len(scores) else 0.0)
+        self.threshold.blockSignals(False)
 
     # ------------------------------------------------------------------ actions
     def apply_threshold(self, *_: Any) -> None:

@@ -9,6 +9,7 @@ candidates, en face) with :func:`._layers.result_layers`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,7 +205,6 @@ class ScoreWidget(QWidget):
     def run(self) -> None:
         """Start scoring the chosen image layer (errors become notifications)."""
         from napari_anogan._widgets._common import notify_error
-        from napari_anogan.pipeline import score_volume
 
         try:
             layer = self.image.layer()
@@ -224,7 +224,13 @@ class ScoreWidget(QWidget):
         self._image_layer = layer
         self.progress.setRange(0, 0)
         self.status.setText(f"scoring {layer.name}…")
-        self.job.start(score_volume, volume, model, settings, **region)
+        geometry = {
+            "image_name": layer.name,
+            "scale": tuple(layer.scale),
+            "translate": tuple(layer.translate),
+            "ndim": layer.ndim,
+        }
+        self.job.start(score_job, volume, model, settings, region, geometry)
         self._update_enabled()
 
     def _on_event(self, event: Any) -> None:
@@ -235,10 +241,11 @@ class ScoreWidget(QWidget):
             self.status.setText(event.message)
         partial = getattr(event, "partial", None)
         if partial is not None:
-            self._show(partial)
+            self._show_partial(partial)
 
-    def _on_result(self, result: Any) -> None:
-        self._show(result)
+    def _on_result(self, outcome: tuple[Any, list]) -> None:
+        result, layers = outcome
+        self._show(result, layers)
         n = len(result.candidates)
         notify_info(
             f"{result.name}: volume score {result.volume_score:.3g}, "
@@ -252,8 +259,12 @@ class ScoreWidget(QWidget):
         self._update_enabled()
         self.finished.emit(outcome)
 
-    def _show(self, result: Any) -> None:
-        """Add (or replace) the result layers, all or none."""
+    def _show_partial(self, result: Any) -> None:
+        """Show the heatmaps of a partial result (batches done so far) while scoring runs.
+
+        Only the two image layers are added or updated in place (cheap); the shapes
+        layers follow with the final result.
+        """
         layer = self._image_layer
         if layer is None:
             return
@@ -263,8 +274,36 @@ class ScoreWidget(QWidget):
             scale=tuple(layer.scale),
             translate=tuple(layer.translate),
             ndim=layer.ndim,
-        )
-        add_result_layers(self.viewer, tuples, layer.name)
+        )[:2]  # reconstruction, residual
+        for data, meta, _ in tuples:
+            existing = layer_by_name(self.viewer, meta["name"])
+            if existing is not None and existing.data.shape == data.shape:
+                existing.data = data
+                existing.contrast_limits = meta["contrast_limits"]
+            else:
+                if existing is not None:
+                    self.viewer.layers.remove(existing)
+                self.viewer.add_image(data, **meta)
+        self.viewer.layers.selection.active = layer
+
+    def _show(self, result: Any, layers: list | None = None) -> None:
+        """Add (or replace) the result layers, all or none.
+
+        ``layers`` are the layers already built in the worker (see :func:`score_job`);
+        without them they are built here from ``result``.
+        """
+        layer = self._image_layer
+        if layer is None:
+            return
+        if layers is None:
+            layers = result_layers(
+                result,
+                layer.name,
+                scale=tuple(layer.scale),
+                translate=tuple(layer.translate),
+                ndim=layer.ndim,
+            )
+        add_result_layers(self.viewer, layers, layer.name)
         self._follow_slice()
 
     def _follow_slice(self, event: Any = None) -> None:
@@ -274,8 +313,46 @@ class ScoreWidget(QWidget):
             logger.debug("en-face marker update skipped", exc_info=True)
 
 
+def score_job(
+    volume: Any, model: Any, settings: Any, region: dict, geometry: dict
+) -> Generator[Any, None, tuple[Any, list]]:
+    """Score in the worker, then build the result layers there too.
+
+    Building napari layer objects (features tables, shape meshes) takes about a second
+    for a small volume; doing it in the worker leaves the GUI thread only the drawing.
+
+    Parameters
+    ----------
+    volume, model, settings, region
+        Arguments of :func:`napari_anogan.pipeline.score_volume` (``region`` holds
+        ``slices`` or ``boxes``).
+    geometry : dict
+        ``image_name``, ``scale``, ``translate`` and ``ndim`` of the scored image layer.
+
+    Returns
+    -------
+    tuple
+        (VolumeResult, list of napari layers not yet in a viewer).
+    """
+    from napari.layers import Layer
+
+    from napari_anogan import pipeline
+
+    result = yield from pipeline.score_volume(volume, model, settings, **region)
+    tuples = result_layers(
+        result,
+        geometry["image_name"],
+        scale=geometry["scale"],
+        translate=geometry["translate"],
+        ndim=geometry["ndim"],
+    )
+    return result, [Layer.create(*data_tuple) for data_tuple in tuples]
+
+
 def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
     """Replace the derived layers of ``image_name`` by ``tuples``, all or none.
+
+    ``tuples`` may hold layer data tuples or ready napari layers.
 
     Layers of an earlier run are removed first; if adding fails half-way the new layers
     are removed again before the error propagates, so no half-made result remains.
@@ -288,8 +365,8 @@ def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
             viewer.layers.remove(name)
     added = []
     try:
-        for data_tuple in tuples:
-            new = Layer.create(*data_tuple)
+        for item in tuples:
+            new = item if isinstance(item, Layer) else Layer.create(*item)
             viewer.add_layer(new)
             added.append(new)
     except Exception:
