@@ -212,6 +212,20 @@ def test_train_widget_input_errors(make_napari_viewer, errors, tmp_path):
     assert not widget.job.running
 
 
+def test_open_viewer_docks_widgets_and_opens_path(make_napari_viewer, monkeypatch, tmp_path):
+    import napari
+
+    from napari_anogan.io import write_tiff
+    from napari_anogan.viewer import WIDGETS, open_viewer
+
+    path = tmp_path / "scan.ome.tif"
+    write_tiff(path, np.zeros((2, 16, 24), np.uint8), spacing=(100.0, 4.0, 10.0))
+    monkeypatch.setattr(napari, "Viewer", lambda **kwargs: make_napari_viewer(**kwargs))
+    viewer = open_viewer(path, block=False)
+    assert [layer.name for layer in viewer.layers] == ["scan"]
+    assert set(WIDGETS) <= {name.split(" (")[0] for name in viewer.window.dock_widgets}
+
+
 def test_dock_widgets(make_napari_viewer):
     from napari_anogan.viewer import WIDGETS, dock_widgets
 
@@ -264,3 +278,24 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
     assert seen_during_run == [True]
     assert viewer.layers["scan residual"].data.max() == 1.0  # the final result replaced it
     assert "scan candidates" in viewer.layers
+
+
+def test_napari_save_uses_plugin_writers(make_napari_viewer, tmp_path):
+    from napari_anogan.io import read_volume
+
+    viewer = make_napari_viewer()
+    data = np.arange(S * H * W, dtype=np.uint16).reshape(S, H, W)
+    viewer.add_image(data, name="scan", scale=SCALE)
+    rect = np.array([[1, 2, 3], [1, 2, 9], [1, 8, 9], [1, 8, 3]], float)
+    viewer.add_shapes([rect], shape_type="rectangle", features={"score": [4.5]}, name="roi")
+    image_path = tmp_path / "scan.ome.tif"
+    viewer.layers["scan"].save(str(image_path), plugin="napari-anogan")
+    back = read_volume(image_path)
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.spacing, SCALE)
+    shapes_path = tmp_path / "roi.csv"
+    viewer.layers["roi"].save(str(shapes_path), plugin="napari-anogan")
+    with open(shapes_path, newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["shape_type"] == "rectangle"
+    assert float(row["score"]) == 4.5

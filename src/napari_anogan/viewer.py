@@ -61,7 +61,6 @@ def open_viewer(path: str | Path | None = None, *, block: bool = True) -> Any:
     dock_widgets(viewer)
     if path is not None:
         viewer.open(str(path), plugin=PLUGIN)
-    viewer.scale_bar.unit = "um"
     if block:
         napari.run()
     return viewer
