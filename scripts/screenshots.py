@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in wanted:
         train = widgets["Train healthy model"]
         show_dock(viewer, "Train healthy model")
-        viewer.reset_view()
+        for layer in viewer.layers:  # only the scan and, soon, the samples
+            layer.visible = layer is image
         with tempfile.TemporaryDirectory() as folder:
             from napari_anogan.resources import SAMPLE_VOLUME, sample_path
 

@@ -232,15 +232,14 @@ class TrainWidget(QWidget):
             layer = self.viewer.layers[SAMPLES_LAYER]
             layer.data = grid
             return
-        extent = self.viewer.layers.extent.world
-        right = float(extent[1][-1]) if len(self.viewer.layers) else -1.0
-        gap = 0.05 * max(float(extent[1][-1] - extent[0][-1]), grid.shape[-1])
+        scale, translate = samples_placement(self.viewer, grid.shape)
         self.viewer.add_image(
             grid,
             name=SAMPLES_LAYER,
             colormap="gray",
             contrast_limits=(-1.0, 1.0),
-            translate=(0.0, right + gap if len(self.viewer.layers) else 0.0),
+            scale=scale,
+            translate=translate,
         )
 
     def _on_result(self, result: Any) -> None:
@@ -259,6 +258,24 @@ class TrainWidget(QWidget):
             self.status.setText({"done": "done", "error": "failed"}[outcome])
         self._update_enabled()
         self.finished.emit(outcome)
+
+
+def samples_placement(
+    viewer: Any, grid_shape: tuple[int, ...]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Scale and translate that show the sample grid to the right of the data.
+
+    The grid is sized to the height of what the viewer shows (it would be a speck beside
+    a scan scaled in micrometres otherwise) and placed just right of it.
+    """
+    height = grid_shape[-2]
+    if len(viewer.layers) == 0:
+        return (1.0, 1.0), (0.0, 0.0)
+    low, high = np.asarray(viewer.layers.extent.world, dtype=float)[:, -2:]
+    span = high - low
+    size = float(span[0]) if span[0] > 0 else float(height)
+    step = size / max(height, 1)
+    return (step, step), (float(low[0]), float(high[1] + 0.05 * max(span[1], size)))
 
 
 def _default_reference_steps() -> int:
