@@ -299,3 +299,17 @@ def test_napari_save_uses_plugin_writers(make_napari_viewer, tmp_path):
         (row,) = list(csv.DictReader(handle))
     assert row["shape_type"] == "rectangle"
     assert float(row["score"]) == 4.5
+
+
+def test_youden_threshold_from_evaluation(scored_viewer, tmp_path, errors):
+    widget = CandidatesWidget(scored_viewer)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"anomaly_score": {"youden": {"threshold": 4.0}}}))
+    widget.load_youden(metrics)
+    assert widget.mode.currentText() == "anomaly score"
+    assert widget.threshold.value() == pytest.approx(4.0)
+    assert len(widget.candidates) == 1  # only the planted hot patches score ~5
+    metrics.write_text(json.dumps({"residual_score": {}}))
+    widget.load_youden(metrics)
+    assert "no Youden threshold" in errors[-1]
+    assert widget.threshold.value() == pytest.approx(4.0)

@@ -9,8 +9,10 @@ threshold changes.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -105,6 +108,44 @@ def recompute_candidates(
     return candidates
 
 
+def youden_threshold(path: str | Path) -> float:
+    """Read the Youden threshold on the anomaly score from an evaluation's ``metrics.json``.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``metrics.json`` written by ``napari-anogan evaluate`` (same model and mapping
+        settings as the scored image, or the threshold means little).
+
+    Returns
+    -------
+    float
+        ``metrics["anomaly_score"]["youden"]["threshold"]`` (patch level when the
+        evaluation had masks, else B-scan level).
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read or holds no anomaly-score Youden threshold.
+    """
+    from napari_anogan.errors import InputError
+
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = float(metrics["anomaly_score"]["youden"]["threshold"])
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the evaluation metrics ({exc})", path) from exc
+    except (KeyError, TypeError) as exc:
+        raise InputError(
+            "no Youden threshold of the anomaly score in this file; expected the "
+            "metrics.json of 'napari-anogan evaluate'",
+            path,
+        ) from exc
+    if not np.isfinite(value):
+        raise InputError("the Youden threshold is not a finite number", path)
+    return value
+
+
 def peak_slice(candidate: Mapping[str, Any], result: Any | None = None) -> int:
     """Return the B-scan of the candidate's highest-scoring patch (else its middle one).
 
@@ -137,7 +178,7 @@ class CandidatesWidget(QWidget):
         self.mode.addItems(list(THRESHOLD_MODES))
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 100.0)
-        self.threshold.setDecimals(2)
+        self.threshold.setDecimals(4)
         self.threshold.setSingleStep(0.5)
         self.threshold.setValue(99.0)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -152,6 +193,10 @@ class CandidatesWidget(QWidget):
         self.keep_button = QPushButton("Keep")
         self.reject_button = QPushButton("Reject")
         self.clear_button = QPushButton("Undecided")
+        self.youden_button = QPushButton("Youden threshold from evaluation…")
+        self.youden_button.setToolTip(
+            "use the Youden operating point of a metrics.json from 'napari-anogan evaluate'"
+        )
         self.summary = QLabel("no scored image yet: use Score volume")
         self.summary.setWordWrap(True)
 
@@ -159,6 +204,7 @@ class CandidatesWidget(QWidget):
         form.addRow("results of", self.source)
         form.addRow("threshold on", self.mode)
         form.addRow("threshold", self.threshold)
+        form.addRow("", self.youden_button)
         buttons = QHBoxLayout()
         for button in (self.keep_button, self.reject_button, self.clear_button):
             buttons.addWidget(button)
@@ -178,6 +224,7 @@ class CandidatesWidget(QWidget):
         self.keep_button.clicked.connect(lambda: self.decide("keep"))
         self.reject_button.clicked.connect(lambda: self.decide("reject"))
         self.clear_button.clicked.connect(lambda: self.decide(""))
+        self.youden_button.clicked.connect(self._browse_youden)
         self._load()
 
     # ------------------------------------------------------------------ state
@@ -274,6 +321,27 @@ class CandidatesWidget(QWidget):
             notify_error(exc, "Updating candidates")
             return
         self._fill_table()
+
+    def _browse_youden(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Evaluation metrics", "", "JSON (*.json)")
+        if path:
+            self.load_youden(path)
+
+    def load_youden(self, path: str | Path) -> None:
+        """Set the threshold to the anomaly score's Youden point of an evaluation."""
+        try:
+            value = youden_threshold(path)
+        except Exception as exc:
+            notify_error(exc, "Loading the Youden threshold")
+            return
+        self.mode.blockSignals(True)
+        self.mode.setCurrentText("anomaly score")
+        self.mode.blockSignals(False)
+        self.threshold.blockSignals(True)
+        self.threshold.setRange(0.0, max(self.threshold.maximum(), value * 2, 1.0))
+        self.threshold.setValue(value)
+        self.threshold.blockSignals(False)
+        self.apply_threshold()
 
     def decide(self, decision: str) -> None:
         """Store ``keep``/``reject`` (or undecided ``""``) for the selected candidate."""
