@@ -273,3 +273,21 @@ def test_gui_stays_responsive_while_scoring(
     )
     assert gaps.size > 10
     assert gaps.max() < 1.0
+
+
+def test_score_real_bscan_sample_2d(make_napari_viewer, qtbot, tiny_model, notes):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-anogan", "real_bscan")
+    (image,) = viewer.layers
+    assert image.ndim == 2
+    score = ScoreWidget(viewer)
+    score.model_path.setText(str(tiny_model))
+    score.region.setCurrentIndex(1)  # current B-scan of a single B-scan: the whole image
+    assert _score(qtbot, score, steps=1) == "done"
+    assert not notes["error"]
+    residual = viewer.layers[f"{image.name} residual"]
+    assert residual.data.shape == image.data.shape
+    assert f"{image.name} en face" not in viewer.layers
+    patches = viewer.layers[f"{image.name} patch scores"]
+    assert patches.ndim == 2
+    assert len(patches.data) > 0
