@@ -134,6 +134,8 @@ def test_score_candidates_export(make_napari_viewer, qtbot, data_dir, tiny_model
     marker = viewer.layers["diseased en face slice"]
     viewer.dims.set_point(0, 2 * image.scale[0])
     assert marker.data[0][:, 0].tolist() == [2.0, 2.0]  # the marker follows the B-scan
+    features = viewer.layers["diseased patch scores"].features
+    assert {"residual_percentile", "discrimination_percentile"} <= set(features.columns)
     bars = viewer.layers["diseased score bars"]
     assert set(bars.features["component"]) == {"residual", "discrimination"}
 

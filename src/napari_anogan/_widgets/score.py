@@ -338,7 +338,12 @@ def score_job(
 
     from napari_anogan import pipeline
 
+    if isinstance(model, (str, Path)):
+        from napari_anogan.checkpoint import load_checkpoint
+
+        model = load_checkpoint(model)
     result = yield from pipeline.score_volume(volume, model, settings, **region)
+    add_component_percentiles(result.patches, getattr(model, "reference", None))
     tuples = result_layers(
         result,
         geometry["image_name"],
@@ -347,6 +352,27 @@ def score_job(
         ndim=geometry["ndim"],
     )
     return result, [Layer.create(*data_tuple) for data_tuple in tuples]
+
+
+def add_component_percentiles(patches: dict, reference: dict | None) -> None:
+    """Add ``residual_percentile`` / ``discrimination_percentile`` columns to a patch table.
+
+    Each score is ranked in the model's healthy reference distribution of that score
+    (the score bars light up per component). Columns the core already provides, or that
+    the reference cannot give, are left alone.
+    """
+    from napari_anogan.scoring import percentile_of
+
+    if not reference or "levels" not in reference:
+        return
+    for score, column in (
+        ("residual_score", "residual_percentile"),
+        ("discrimination_score", "discrimination_percentile"),
+    ):
+        if column not in patches and score in reference and score in patches:
+            patches[column] = percentile_of(
+                np.asarray(patches[score], dtype=float), reference[score], reference["levels"]
+            )
 
 
 def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
