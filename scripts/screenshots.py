@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             from napari_anogan.resources import SAMPLE_VOLUME, sample_path
 
             train.set_paths([sample_path(SAMPLE_VOLUME)])
-            train.preset.setCurrentText("tiny")
-            train.epochs.setValue(50)
+            train.preset.setCurrentText("small")
+            train.epochs.setValue(20)
             train.patches_per_scan.setValue(32)
             train.output.setText(str(Path(folder) / "model.pt"))
             ended: list[str] = []

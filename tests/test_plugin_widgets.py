@@ -191,11 +191,10 @@ def test_score_widget_defaults_and_input_errors(make_napari_viewer, errors, tmp_
     assert [layer.name for layer in viewer.layers] == ["scan"]
 
 
-def test_score_widget_rgb_layer_not_offered(make_napari_viewer):
-    viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((10, 10, 3), np.uint8), name="photo", rgb=True)
-    widget = ScoreWidget(viewer)
-    assert widget.image.count() == 0
+def test_score_widget_offers_only_scans(scored_viewer):
+    scored_viewer.add_image(np.zeros((10, 10, 3), np.uint8), name="photo", rgb=True)
+    widget = ScoreWidget(scored_viewer)
+    assert [widget.image.itemText(i) for i in range(widget.image.count())] == ["scan"]
 
 
 def test_train_widget_input_errors(make_napari_viewer, errors, tmp_path):
@@ -260,6 +259,7 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
         return fake_result()
 
     monkeypatch.setattr(pipeline, "score_volume", fake_score_volume)
+    monkeypatch.setattr("napari_anogan.checkpoint.load_checkpoint", lambda path: object())
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((S, H, W), np.float32), name="scan")
     widget = ScoreWidget(viewer)

@@ -98,7 +98,7 @@ class ScoreWidget(QWidget):
 
         self.viewer = viewer
         defaults = ScoreSettings()
-        self.image = LayerCombo(viewer, (napari.layers.Image,), accept=lambda la: not la.rgb)
+        self.image = LayerCombo(viewer, (napari.layers.Image,), accept=_scan_image)
         bundled = bundled_model_path()
         self.model_path = QLineEdit(str(bundled) if bundled else "")
         self.model_path.setPlaceholderText("healthy model checkpoint (.pt)")
@@ -420,6 +420,12 @@ def update_en_face_markers(viewer: Any) -> None:
             )
         )
         marker.data = en_face_marker(index, int(image.data.shape[-1]))
+
+
+def _scan_image(layer: Any) -> bool:
+    """Grey images the user opened (not RGB, not the plugin's result or sample layers)."""
+    metadata = layer.metadata or {}
+    return not layer.rgb and "anogan_image" not in metadata and "anogan_samples" not in metadata
 
 
 def _user_shapes(layer: Any) -> bool:

@@ -240,6 +240,7 @@ class TrainWidget(QWidget):
             contrast_limits=(-1.0, 1.0),
             scale=scale,
             translate=translate,
+            metadata={"anogan_samples": True},
         )
 
     def _on_result(self, result: Any) -> None:
