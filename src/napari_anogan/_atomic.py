@@ -45,6 +45,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise OutputError(f"cannot write in this folder ({exc.strerror})", folder) from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates the file private (0600); give the output the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
