@@ -7,8 +7,9 @@ import torch
 from napari_anogan.device import resolve_device
 from napari_anogan.errors import AnoganError, InputError
 from napari_anogan.events import EventKind, drain
-from napari_anogan.mapping import MappingConfig, map_to_latent
+from napari_anogan.mapping import MappingConfig, fold_batch_norm, map_to_latent
 from napari_anogan.models import Discriminator, Generator, get_preset, sample_prior
+from napari_anogan.models.encoder import Encoder
 
 CFG = get_preset("tiny", patch_size=32)
 
@@ -39,10 +40,26 @@ def targets(models):
     return z_true.numpy(), x
 
 
-def run(models, x, z_init=None, **kw):
+@pytest.fixture(scope="module")
+def encoder(models):
+    """A tiny encoder with warmed-up batch norm (untrained: any E works for these tests)."""
+    torch.manual_seed(2)
+    e = Encoder(CFG)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(10):
+            e(torch.rand(32, 1, 32, 32, generator=gen) * 2 - 1)
+    return e.eval()
+
+
+def run(models, x, z_init=None, encoder=None, **kw):
     g, d = models
     kw.setdefault("device", "cpu")
-    return drain(map_to_latent(g, d, x, MappingConfig(**kw), z_init=z_init))
+    return drain(map_to_latent(g, d, x, MappingConfig(**kw), z_init=z_init, encoder=encoder))
+
+
+def loss_of(res):
+    return (1 - res.lam) * res.residual_score + res.lam * res.discrimination_score
 
 
 def test_only_z_changes(models, targets):
@@ -171,8 +188,10 @@ def test_mapping_input_errors(models):
         run(models, np.zeros((2, 1, 16, 16), np.float32), steps=1)
     with pytest.raises(InputError, match="NaN"):
         run(models, np.full((1, 1, 32, 32), np.nan, np.float32), steps=1)
-    with pytest.raises(AnoganError, match="not available"):
+    with pytest.raises(AnoganError, match="needs a trained encoder"):
         run(models, np.zeros((1, 1, 32, 32), np.float32), mode="encoder")
+    with pytest.raises(AnoganError, match="mode"):
+        MappingConfig(mode="magic")
     with pytest.raises(AnoganError, match="lam"):
         MappingConfig(lam=2.0)
     empty = run(models, np.zeros((0, 1, 32, 32), np.float32), steps=2)
@@ -205,3 +224,140 @@ def test_mapping_on_cuda_matches_cpu(models, targets):
     gpu = run(models, x, steps=10, device="cuda")
     np.testing.assert_allclose(cpu.z, gpu.z, atol=1e-3)
     assert next(models[0].parameters()).device.type == "cpu"
+
+
+def naive_per_patch_map(g, d, x, z0, steps, lr, lam):
+    """How public re-implementations map: one patch at a time, torch.optim.Adam."""
+    out = []
+    g.requires_grad_(False)
+    d.requires_grad_(False)
+    for i in range(len(x)):
+        xi = torch.from_numpy(x[i : i + 1])
+        with torch.no_grad():
+            fx = d.features(xi)
+        z = z0[i : i + 1].clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            gz = g(z)
+            loss = (1 - lam) * (xi - gz).abs().sum() + lam * (fx - d.features(gz)).abs().sum()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                z.clamp_(-1, 1)
+        out.append(z.detach())
+    g.requires_grad_(True)
+    d.requires_grad_(True)
+    return torch.cat(out).numpy()
+
+
+def test_batched_search_equals_per_patch_adam(models, targets):
+    """The pool's element-wise Adam (on BN-folded copies) follows torch.optim.Adam per patch."""
+    _, x = targets
+    g, d = models
+    res = run(models, x, steps=8, early_stop=False, keep_best=False, batch_size=3)
+    z0 = torch.rand(len(x), CFG.z_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ref = naive_per_patch_map(g, d, x, z0, steps=8, lr=0.05, lam=0.1)
+    np.testing.assert_allclose(res.z, ref, atol=1e-4)
+    assert (res.steps_taken == 8).all()
+
+
+def test_fold_batch_norm_same_function(models):
+    g, d = models
+    gf, df = fold_batch_norm(g), fold_batch_norm(d)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [*gf.modules(), *df.modules()])
+    assert all(not p.requires_grad for p in [*gf.parameters(), *df.parameters()])
+    z = sample_prior(6, CFG, torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        torch.testing.assert_close(gf(z), g(z), atol=1e-5, rtol=1e-4)
+        x = g(z)
+        torch.testing.assert_close(df.features(x), d.features(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(df(x), d(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["iterative", "encoder", "hybrid"])
+def test_each_mode_scores_exactly_at_its_z(models, targets, encoder, mode):
+    _, x = targets
+    g, d = models
+    lam = 0.3
+    res = run(models, x, encoder=encoder, mode=mode, steps=4, hybrid_steps=3, lam=lam)
+    assert res.config.mode == mode
+    np.testing.assert_array_equal(
+        res.anomaly_score, (1 - lam) * res.residual_score + lam * res.discrimination_score
+    )
+    with torch.no_grad():
+        gz = g(torch.from_numpy(res.z))
+        fx, fg = d.features(torch.from_numpy(x)), d.features(gz)
+    np.testing.assert_allclose(res.reconstruction, gz.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        res.residual_score, (torch.from_numpy(x) - gz).abs().flatten(1).sum(1), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        res.discrimination_score, (fx - fg).abs().flatten(1).sum(1), rtol=1e-5
+    )
+    assert np.abs(res.z).max() <= 1.0
+    expected_steps = {"iterative": 4, "hybrid": 3, "encoder": 0}[mode]
+    assert res.steps_taken.max() == expected_steps
+
+
+def test_encoder_mode_is_e_of_x_and_hybrid_zero_steps_equals_it(models, targets, encoder):
+    _, x = targets
+    enc = run(models, x, encoder=encoder, mode="encoder")
+    with torch.no_grad():
+        np.testing.assert_allclose(enc.z, encoder(torch.from_numpy(x)).numpy(), atol=1e-6)
+    hyb0 = run(models, x, encoder=encoder, mode="hybrid", hybrid_steps=0)
+    np.testing.assert_array_equal(hyb0.z, enc.z)
+    np.testing.assert_array_equal(hyb0.anomaly_score, enc.anomaly_score)
+    # keep_best: refining from E(x) never ends at a higher loss than E(x) itself.
+    hyb = run(models, x, encoder=encoder, mode="hybrid", hybrid_steps=15, hybrid_lr=0.05)
+    assert np.all(loss_of(hyb) <= loss_of(enc))
+    assert loss_of(hyb).mean() < loss_of(enc).mean()
+
+
+def test_no_grad_reaches_any_parameter(models, targets, encoder):
+    g, d = models
+    _, x = targets
+    nets = (g, d, encoder)
+    before = [copy.deepcopy(m.state_dict()) for m in nets]
+    encoder.requires_grad_(True)
+    for mode in ("iterative", "encoder", "hybrid"):
+        run(models, x, encoder=encoder, mode=mode, steps=3, hybrid_steps=3)
+    for m, state in zip(nets, before, strict=True):
+        assert all(p.grad is None for p in m.parameters())
+        for k, v in state.items():
+            assert torch.equal(m.state_dict()[k], v), k
+    assert all(p.requires_grad for p in encoder.parameters())  # restored
+    assert not encoder.training
+    encoder.requires_grad_(False)
+
+
+def test_early_stopping_freezes_converged_patches(models, targets):
+    """Early stopping takes fewer steps and lands where the full search lands."""
+    _, x = targets
+    noise = np.random.default_rng(1).uniform(-0.3, 0.3, x.shape)
+    x = np.clip(x + noise, -1, 1).astype(np.float32)  # near, not on, G's manifold
+    full = run(models, x, steps=100, early_stop=False)
+    early = run(models, x, steps=100, early_stop=True, tolerance=1e-3, patience=10)
+    assert (full.steps_taken == 100).all()
+    assert early.steps_taken.sum() < 0.6 * full.steps_taken.sum()
+    np.testing.assert_allclose(loss_of(early), loss_of(full), rtol=0.01)
+
+
+def test_early_stopping_does_not_depend_on_batching(models, targets):
+    _, x = targets
+    kw = {"steps": 60, "early_stop": True, "tolerance": 1e-2, "patience": 3}
+    a = run(models, x, batch_size=5, **kw)
+    b = run(models, x, batch_size=2, **kw)  # patches enter the pool as others freeze
+    np.testing.assert_array_equal(a.steps_taken, b.steps_taken)
+    np.testing.assert_allclose(a.z, b.z, atol=1e-5)
+
+
+def test_hybrid_without_encoder_falls_back_to_iterative(models, targets, caplog):
+    _, x = targets
+    with caplog.at_level("WARNING", logger="napari_anogan.mapping"):
+        res = run(models, x, mode="hybrid", steps=2)
+    assert res.config.mode == "iterative"
+    assert "falling back" in caplog.text
+    np.testing.assert_array_equal(res.z, run(models, x, steps=2).z)
+    with pytest.raises(InputError, match="z_init"):
+        run(models, x, encoder=None, mode="iterative", steps=1, z_init=np.zeros((4, 16)))

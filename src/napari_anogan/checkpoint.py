@@ -13,7 +13,8 @@ Layout (``format_version`` 1)::
     train_config       JSON str   (TrainConfig.to_dict)
     generator          state_dict
     discriminator      state_dict
-    encoder            state_dict or None
+    encoder            state_dict or None (f-AnoGAN encoder E, see napari_anogan.models.encoder;
+                          its training summary is training["encoder"])
     optimizers         {"generator": state_dict, "discriminator": state_dict} (for resume)
     training           JSON str   (epochs done, seed, data fingerprint, losses, ...)
     reference          {} or {"levels": (Q,) f64 tensor, "quantiles": {score: (Q,) f64 tensor},
@@ -74,8 +75,9 @@ class LoadedModel:
     ----------
     generator : Generator
     discriminator : Discriminator
-    encoder : nn.Module or None
-        Not built yet by this version (reserved for encoder mapping modes).
+    encoder : Encoder or None
+        The f-AnoGAN encoder E (eval mode) if the model has one (``train --encoder``);
+        needed by the ``encoder`` and ``hybrid`` mapping modes.
     model_config : ModelConfig
     preprocess_config : dict
         Preprocessing settings used for the training data; scoring must reuse them.
@@ -305,8 +307,18 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise ModelError(f"{name} weights do not match the model config ({exc})", path) from exc
         module.eval()
+    encoder = None
     if data.get("encoder") is not None:
-        logger.warning("%s: has encoder weights, not used by this version", path)
+        from napari_anogan.models.encoder import Encoder
+
+        encoder = Encoder(model_config)
+        try:
+            encoder.load_state_dict(data["encoder"])
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelError(
+                f"encoder weights do not match the model config ({exc})", path
+            ) from exc
+        encoder.eval()
     try:
         reference = reference_from_checkpoint(data["reference"])
     except (KeyError, AttributeError, TypeError, json.JSONDecodeError) as exc:
@@ -314,7 +326,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(
         generator=generator,
         discriminator=discriminator,
-        encoder=None,
+        encoder=encoder,
         model_config=model_config,
         preprocess_config=_json(data, "preprocess_config", path),
         train_config=_json(data, "train_config", path),

@@ -84,6 +84,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         resume=args.resume,
+        encoder=args.encoder,
+        encoder_epochs=args.encoder_epochs,
     )
     result = _drain(job, "train", quiet=args.quiet)
     print(f"model written to {args.output} ({result.epochs} epochs)")
@@ -182,8 +184,10 @@ def _add_score_options(p: argparse.ArgumentParser, *, default_steps: int | None 
     p.add_argument(
         "--mapping",
         choices=("iterative", "encoder", "hybrid"),
-        default="iterative",
-        help="latent mapping mode (iterative = the paper's 500-step search)",
+        default="hybrid",
+        help="latent mapping: hybrid = encoder start + a few steps (default; falls back to "
+        "iterative for a model without an encoder), encoder = encoder only, iterative = "
+        "the paper's 500-step search",
     )
     p.add_argument("--steps", type=int, default=default_steps, help="mapping steps (paper: 500)")
     p.add_argument("--lam", type=float, default=0.1, help="lambda of eq. (5)/(6) (paper: 0.1)")
@@ -221,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument(
+        "--encoder",
+        action="store_true",
+        help="also train the f-AnoGAN encoder (fast hybrid/encoder scoring); with --resume "
+        "on a finished model (same inputs and options), adds one to it",
+    )
+    p.add_argument("--encoder-epochs", type=int, default=None, help="encoder epochs")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("score", help="score volumes with a healthy model")

@@ -14,6 +14,13 @@ are in the checkpoint).
 After the last epoch the held-out healthy patches are mapped to the latent space and
 the quantiles of their scores are stored: the healthy reference distribution used to
 express a score as a percentile of healthy.
+
+Encoder (f-AnoGAN izi_f): :func:`train_encoder` trains E for a finished G and D (both
+frozen); :func:`add_encoder` does it for a checkpoint file, on the GAN's own training
+split, stores E in the checkpoint and rebuilds the healthy reference with the ``hybrid``
+mapping, the scoring default for a model with an encoder. ``napari-anogan train
+--encoder`` runs both in one go; ``train --encoder --resume`` (same inputs and settings)
+adds an encoder to an existing model.
 """
 
 from __future__ import annotations
@@ -47,7 +54,16 @@ from napari_anogan.models import Discriminator, ModelConfig, sample_prior
 from napari_anogan.models import Generator as GeneratorNet
 from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
 
-__all__ = ["TrainConfig", "TrainResult", "holdout_split", "train_gan"]
+__all__ = [
+    "EncoderConfig",
+    "EncoderResult",
+    "TrainConfig",
+    "TrainResult",
+    "add_encoder",
+    "holdout_split",
+    "train_encoder",
+    "train_gan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +160,19 @@ class TrainConfig:
             raise AnoganError(f"unknown training config keys: {sorted(unknown)}")
         return cls(**data)
 
-    def reference_mapping(self, device: str | None = None) -> MappingConfig:
-        """Return the mapping settings used for the healthy reference distribution."""
+    def reference_mapping(
+        self, device: str | None = None, mode: str = "iterative"
+    ) -> MappingConfig:
+        """Return the mapping settings used for the healthy reference distribution.
+
+        ``mode`` is the mapping mode the model will be scored with by default:
+        ``iterative`` for a GAN alone (``reference_steps`` steps), ``hybrid`` once it has
+        an encoder (the mapping defaults' ``hybrid_steps``). Early stopping and the other
+        search settings are the :class:`~napari_anogan.mapping.MappingConfig` defaults,
+        the same as scoring's, so percentiles compare like with like.
+        """
         return MappingConfig(
+            mode=mode,
             steps=self.reference_steps,
             lam=self.reference_lam,
             batch_size=self.reference_batch_size,
@@ -174,6 +200,8 @@ class TrainResult:
     reference : dict
         Healthy reference distribution as in
         :attr:`napari_anogan.checkpoint.LoadedModel.reference` (empty if not computed).
+    encoder : nn.Module or None
+        The f-AnoGAN encoder, when :func:`add_encoder` trained one.
     """
 
     generator: nn.Module
@@ -183,6 +211,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint_path: Path | None = None
     reference: dict[str, Any] = field(default_factory=dict)
+    encoder: nn.Module | None = None
 
 
 def _derived_seed(*keys: int) -> int:
@@ -273,6 +302,7 @@ def _build_checkpoint(
     training: dict[str, Any],
     extra: dict[str, Any],
     reference: dict[str, Any],
+    encoder: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -281,7 +311,7 @@ def _build_checkpoint(
         "train_config": json.dumps(train_config.to_dict(), sort_keys=True),
         "generator": g.state_dict(),
         "discriminator": d.state_dict(),
-        "encoder": None,
+        "encoder": encoder,
         "optimizers": {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()},
         "training": json.dumps(training, sort_keys=True),
         "reference": reference,
@@ -315,7 +345,9 @@ def _resume_state(
             f"now given {n_patches}",
             path,
         )
-    if "optimizers" not in data:
+    if "optimizers" not in data and int(training.get("epochs_done", 0)) < train_config.epochs:
+        # Only needed to train further; a finished model (e.g. a release copy without
+        # optimiser states) can still be "resumed" to add an encoder.
         raise ModelError("cannot resume: checkpoint has no optimiser states", path)
     return data
 
@@ -328,6 +360,7 @@ def train_gan(
     *,
     resume: bool = False,
     extra: dict[str, Any] | None = None,
+    build_reference: bool = True,
 ) -> Generator[ProgressEvent, None, TrainResult]:
     """Train the DCGAN on healthy patches; checkpoint every epoch; build the reference.
 
@@ -351,6 +384,10 @@ def train_gan(
         JSON-serialisable caller data: ``extra["preprocess_config"]`` becomes the
         checkpoint's preprocessing config, ``extra["data_fingerprint"]`` is recorded in
         the training summary; everything else is kept under ``training["extra"]``.
+    build_reference : bool
+        Map the held-out patches (iterative mode) for the healthy reference after the last
+        epoch. False when an encoder follows (:func:`add_encoder` then builds the
+        reference with the encoder's mapping mode, so it is not computed twice).
 
     Yields
     ------
@@ -409,18 +446,25 @@ def train_gan(
     start_epoch = 0
     history: list[dict[str, float]] = []
     reference: dict[str, Any] = {}
+    encoder_state: dict[str, torch.Tensor] | None = None
+    encoder_summary: dict[str, Any] | None = None
     if resume:
         assert ckpt_path is not None
         data = _resume_state(ckpt_path, model_config, train_config, n)
         g.load_state_dict(data["generator"])
         d.load_state_dict(data["discriminator"])
-        opt_g.load_state_dict(data["optimizers"]["generator"])
-        opt_d.load_state_dict(data["optimizers"]["discriminator"])
+        if "optimizers" in data:
+            opt_g.load_state_dict(data["optimizers"]["generator"])
+            opt_d.load_state_dict(data["optimizers"]["discriminator"])
         saved = json.loads(data["training"])
         start_epoch = int(saved["epochs_done"])
         history = list(saved.get("history", []))
         if start_epoch >= train_config.epochs:
+            # Nothing left to train: G and D stay as they are, and so do the reference
+            # and any encoder trained for them (training further would make E stale).
             reference = data["reference"] or {}
+            encoder_state = data.get("encoder")
+            encoder_summary = saved.get("encoder")
         logger.info("resuming %s after epoch %d", ckpt_path, start_epoch)
 
     fixed_z = sample_prior(
@@ -444,6 +488,8 @@ def train_gan(
         "device": str(device),
         "torch_version": torch.__version__,
     }
+    if encoder_summary is not None:
+        training["encoder"] = encoder_summary
     ckpt_extra = {"preprocess_config": preprocess}
 
     def save(ref: dict[str, Any]) -> None:
@@ -451,7 +497,16 @@ def train_gan(
             save_checkpoint(
                 ckpt_path,
                 _build_checkpoint(
-                    g, d, opt_g, opt_d, model_config, train_config, training, ckpt_extra, ref
+                    g,
+                    d,
+                    opt_g,
+                    opt_d,
+                    model_config,
+                    train_config,
+                    training,
+                    ckpt_extra,
+                    ref,
+                    encoder_state,
                 ),
             )
 
@@ -557,25 +612,10 @@ def train_gan(
 
     g.eval()
     d.eval()
-    if not reference:
-        n_ref = min(hold_idx.size, train_config.reference_max_patches)
-        if n_ref == 0:
-            logger.warning("no held-out patches: the healthy reference distribution is empty")
-        else:
-            yield ProgressEvent(
-                EventKind.REFERENCE,
-                0,
-                n_ref,
-                message=f"scoring {n_ref} held-out healthy patches for the reference",
-            )
-            mcfg = train_config.reference_mapping(device=str(device))
-            sel = np.sort(hold_idx[:n_ref])
-            held = np.asarray(patches[sel], np.float32)
-            result = yield from map_to_latent(g, d, held, mcfg)
-            quantiles = score_quantiles(result.scores(), QUANTILE_LEVELS)
-            reference = reference_to_checkpoint(
-                QUANTILE_LEVELS, quantiles, mcfg.to_dict(), n_patches=n_ref
-            )
+    if not reference and build_reference:
+        mcfg = train_config.reference_mapping(device=str(device))
+        reference = yield from _healthy_reference(g, d, None, patches, hold_idx, train_config, mcfg)
+        if reference:
             save(reference)
             if ckpt_path is not None:
                 yield ProgressEvent(
@@ -600,4 +640,366 @@ def train_gan(
         history=list(history),
         checkpoint_path=ckpt_path,
         reference=reference_from_checkpoint(reference),
+    )
+
+
+def _healthy_reference(
+    g: nn.Module,
+    d: nn.Module,
+    encoder: nn.Module | None,
+    patches: np.ndarray,
+    hold_idx: np.ndarray,
+    train_config: TrainConfig,
+    mcfg: MappingConfig,
+) -> Generator[ProgressEvent, None, dict[str, Any]]:
+    """Map the held-out healthy patches with ``mcfg``; return the checkpoint's reference."""
+    n_ref = min(hold_idx.size, train_config.reference_max_patches)
+    if n_ref == 0:
+        logger.warning("no held-out patches: the healthy reference distribution is empty")
+        return {}
+    yield ProgressEvent(
+        EventKind.REFERENCE,
+        0,
+        n_ref,
+        message=f"scoring {n_ref} held-out healthy patches for the reference ({mcfg.mode})",
+    )
+    sel = np.sort(hold_idx[:n_ref])
+    held = np.asarray(patches[sel], np.float32)
+    result = yield from map_to_latent(g, d, held, mcfg, encoder=encoder)
+    quantiles = score_quantiles(result.scores(), QUANTILE_LEVELS)
+    return reference_to_checkpoint(
+        QUANTILE_LEVELS, quantiles, result.config.to_dict(), n_patches=n_ref
+    )
+
+
+@dataclass
+class EncoderConfig:
+    """Settings of the f-AnoGAN encoder training (izi_f, G and D frozen).
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training patches (those not held out for the reference).
+    batch_size : int
+        Patches per step.
+    lr : float
+        Adam learning rate (betas 0.9, 0.999).
+    kappa : float
+        Weight of the discriminator-feature residual in the loss (f-AnoGAN: 1).
+    seed : int
+        Seed of E's initialisation and of the shuffling.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    kappa: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1 or self.batch_size < 2:
+            problems.append(
+                f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}"
+            )
+        if self.lr <= 0 or self.kappa < 0:
+            problems.append(f"lr must be > 0 and kappa >= 0, got {self.lr}, {self.kappa}")
+        if problems:
+            raise AnoganError("invalid encoder config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+
+@dataclass
+class EncoderResult:
+    """Outcome of :func:`train_encoder`.
+
+    Attributes
+    ----------
+    encoder : Encoder
+        Trained E, eval mode, on the training device.
+    history : list of dict
+        Mean losses (``loss``, ``image``, ``feature``) of every epoch.
+    final_losses : dict of str to float
+        Those of the last epoch.
+    """
+
+    encoder: nn.Module
+    history: list[dict[str, float]]
+    final_losses: dict[str, float]
+
+
+def train_encoder(
+    patches: np.ndarray,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    config: EncoderConfig | None = None,
+    *,
+    indices: np.ndarray | None = None,
+) -> Generator[ProgressEvent, None, EncoderResult]:
+    """Train an f-AnoGAN encoder E for a trained, frozen G and D (izi_f).
+
+    Minimises ``mean (x - G(E(x)))**2 + kappa * mean (f(x) - f(G(E(x))))**2`` over the
+    patches (:func:`napari_anogan.models.encoder.encoder_loss`) with Adam. G and D are in
+    eval mode with frozen parameters throughout (restored afterwards); only E learns.
+    Deterministic for a given seed on the CPU; the global torch RNG is left unchanged.
+
+    Parameters
+    ----------
+    patches : (N, C, P, P) float ndarray
+        Healthy patches in [-1, 1] (a memory-mapped array works).
+    generator, discriminator : nn.Module
+        The trained GAN.
+    config : EncoderConfig, optional
+        Settings.
+    indices : (M,) int ndarray, optional
+        Train on these patches only (e.g. those not held out for the reference).
+
+    Yields
+    ------
+    ProgressEvent
+        EPOCH_START, BATCH (losses ``loss``, ``image``, ``feature``), EPOCH_END and
+        SAMPLES (inputs over their reconstructions G(E(x))).
+
+    Returns
+    -------
+    EncoderResult
+
+    Raises
+    ------
+    InputError
+        Patches of the wrong shape, or fewer than 2 to train on.
+
+    Examples
+    --------
+    >>> from napari_anogan.events import drain
+    >>> from napari_anogan.models import Discriminator, get_preset
+    >>> from napari_anogan.models import Generator as G
+    >>> cfg = get_preset("tiny", patch_size=32)
+    >>> x = np.random.default_rng(0).uniform(-1, 1, (8, 1, 32, 32)).astype(np.float32)
+    >>> res = drain(train_encoder(x, G(cfg), Discriminator(cfg),
+    ...                           EncoderConfig(epochs=1, batch_size=4, device="cpu")))
+    >>> sorted(res.final_losses)
+    ['feature', 'image', 'loss']
+    """
+    from napari_anogan.models.encoder import Encoder, encoder_loss
+
+    config = config or EncoderConfig()
+    model_config = generator.config
+    _check_patches(patches, model_config)
+    idx_all = np.arange(patches.shape[0]) if indices is None else np.sort(np.asarray(indices))
+    if idx_all.size < 2:
+        raise InputError(f"encoder training needs at least 2 patches, got {idx_all.size}")
+    device = resolve_device(config.device)
+    bs = min(config.batch_size, idx_all.size)
+    n_batches = max(1, idx_all.size // bs)  # incomplete last batch dropped (batch norm)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_derived_seed(config.seed, 5))
+        encoder = Encoder(model_config)
+    encoder.to(device).train()
+    opt = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    frozen = (generator, discriminator)
+    saved = [
+        (m.training, [p.requires_grad for p in m.parameters()], next(m.parameters()).device)
+        for m in frozen
+    ]
+    history: list[dict[str, float]] = []
+    logger.info(
+        "training the encoder on %d patches: %d epochs, batch %d, lr %g, kappa %g, %s",
+        idx_all.size,
+        config.epochs,
+        bs,
+        config.lr,
+        config.kappa,
+        device,
+    )
+    try:
+        for m in frozen:
+            m.eval().requires_grad_(False).to(device)
+        for epoch in range(config.epochs):
+            yield ProgressEvent(
+                EventKind.EPOCH_START,
+                epoch,
+                config.epochs,
+                message=f"encoder epoch {epoch + 1}/{config.epochs}",
+                epoch=epoch,
+            )
+            order = np.random.default_rng([config.seed, 6, epoch]).permutation(idx_all)
+            sums = dict.fromkeys(("loss", "image", "feature"), 0.0)
+            for b in range(n_batches):
+                batch = np.sort(order[b * bs : (b + 1) * bs])
+                x = torch.from_numpy(np.asarray(patches[batch], np.float32)).to(device)
+                loss, image, feature = encoder_loss(
+                    x, generator, discriminator, encoder, config.kappa
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                values = torch.stack([loss.detach(), image.detach(), feature.detach()]).tolist()
+                losses = dict(zip(("loss", "image", "feature"), values, strict=True))
+                for k, v in losses.items():
+                    sums[k] += v
+                yield ProgressEvent(
+                    EventKind.BATCH,
+                    b + 1,
+                    n_batches,
+                    message=f"encoder epoch {epoch + 1}, batch {b + 1}/{n_batches}",
+                    epoch=epoch,
+                    losses=losses,
+                )
+            means = {k: v / n_batches for k, v in sums.items()}
+            history.append(means)
+            yield ProgressEvent(
+                EventKind.EPOCH_END,
+                epoch + 1,
+                config.epochs,
+                message=f"encoder epoch {epoch + 1}/{config.epochs}: loss {means['loss']:.4g}",
+                epoch=epoch,
+                losses=means,
+            )
+            encoder.eval()
+            with torch.no_grad():
+                shown = x[:8]
+                pair = np.concatenate(
+                    [shown.cpu().numpy(), generator(encoder(shown)).cpu().numpy()]
+                )
+            encoder.train()
+            yield ProgressEvent(
+                EventKind.SAMPLES,
+                epoch + 1,
+                config.epochs,
+                message="inputs and their reconstructions G(E(x))",
+                epoch=epoch,
+                samples=_grid(pair),
+            )
+    finally:
+        for m, (was_training, flags, dev) in zip(frozen, saved, strict=True):
+            m.to(dev)
+            m.train(was_training)
+            for p, flag in zip(m.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+    encoder.eval()
+    return EncoderResult(encoder=encoder, history=history, final_losses=dict(history[-1]))
+
+
+def add_encoder(
+    checkpoint_path: str | os.PathLike,
+    patches: np.ndarray,
+    config: EncoderConfig | None = None,
+    *,
+    data_fingerprint: str | None = None,
+    reference_mode: str = "hybrid",
+) -> Generator[ProgressEvent, None, TrainResult]:
+    """Train an f-AnoGAN encoder for a trained model and store it in its checkpoint.
+
+    Works on any finished checkpoint (also one without optimiser states). E is trained
+    on the same training split as the GAN (the checkpoint's seed and hold-out fraction),
+    so the held-out healthy patches stay unseen; they are then mapped again with
+    ``reference_mode`` and the checkpoint's healthy reference distribution is replaced by
+    theirs, because the scoring default with an encoder is that mode (a percentile must
+    compare scores of the same mapping). The previous reference (of the GAN alone) is
+    dropped; its settings stay readable in ``training["encoder"]["replaced_reference"]``.
+    The checkpoint is rewritten atomically, twice: with E, then with the new reference.
+
+    Parameters
+    ----------
+    checkpoint_path : str or PathLike
+        A checkpoint written by :func:`train_gan`.
+    patches : (N, C, P, P) float ndarray
+        The very patches the GAN was trained on (same N; checked against the recorded
+        data fingerprint when ``data_fingerprint`` is given).
+    config : EncoderConfig, optional
+        Settings of the encoder training.
+    data_fingerprint : str, optional
+        Fingerprint of ``patches`` as recorded by the training pipeline.
+    reference_mode : str
+        Mapping mode of the new healthy reference (``hybrid`` or ``encoder``).
+
+    Yields
+    ------
+    ProgressEvent
+        The encoder training's events, CHECKPOINT, REFERENCE and the reference
+        mapping's events, DONE.
+
+    Returns
+    -------
+    TrainResult
+        With ``encoder`` set and the new ``reference``.
+
+    Raises
+    ------
+    ModelError
+        Missing/unreadable checkpoint, or patches that are not the model's training data.
+    """
+    config = config or EncoderConfig()
+    path = Path(checkpoint_path)
+    data = read_checkpoint(path)
+    model_config = ModelConfig.from_json(data["model_config"])
+    train_config = TrainConfig.from_dict(json.loads(data["train_config"]))
+    training = json.loads(data["training"])
+    _check_patches(patches, model_config)
+    n = patches.shape[0]
+    if training.get("n_patches") not in (None, n):
+        raise ModelError(
+            f"the model was trained on {training.get('n_patches')} patches, got {n}: pass "
+            "the model's own training patches (same inputs, seed and patches per scan)",
+            path,
+        )
+    recorded = training.get("data_fingerprint")
+    if data_fingerprint is not None and recorded and recorded != data_fingerprint:
+        raise ModelError(
+            "these patches are not the model's training data (data fingerprint "
+            f"{data_fingerprint}, model {recorded})",
+            path,
+        )
+    g = GeneratorNet(model_config)
+    d = Discriminator(model_config)
+    g.load_state_dict(data["generator"])
+    d.load_state_dict(data["discriminator"])
+    g.eval()
+    d.eval()
+    train_idx, hold_idx = holdout_split(n, train_config.holdout_fraction, train_config.seed)
+    result = yield from train_encoder(patches, g, d, config, indices=train_idx)
+    encoder = result.encoder
+    old_settings = json.loads(data["reference"]["settings"]) if data["reference"] else None
+    training["encoder"] = {
+        "config": config.to_dict(),
+        "n_train": int(train_idx.size),
+        "final_losses": result.final_losses,
+        "history": result.history,
+        "replaced_reference": old_settings,
+    }
+    data["encoder"] = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    data["training"] = json.dumps(training, sort_keys=True)
+    save_checkpoint(path, data)
+    yield ProgressEvent(EventKind.CHECKPOINT, 1, 2, message=str(path))
+
+    device = resolve_device(config.device)
+    mcfg = train_config.reference_mapping(device=str(device), mode=reference_mode)
+    reference = yield from _healthy_reference(g, d, encoder, patches, hold_idx, train_config, mcfg)
+    data["reference"] = reference
+    save_checkpoint(path, data)
+    yield ProgressEvent(EventKind.CHECKPOINT, 2, 2, message=str(path))
+    yield ProgressEvent(
+        EventKind.DONE,
+        config.epochs,
+        config.epochs,
+        message=f"encoder trained ({config.epochs} epochs) and stored in {path.name}",
+        losses=dict(result.final_losses),
+    )
+    return TrainResult(
+        generator=g,
+        discriminator=d,
+        epochs=int(training.get("epochs_done", 0)),
+        final_losses=dict(training.get("final_losses", {})),
+        history=list(training.get("history", [])),
+        checkpoint_path=path,
+        reference=reference_from_checkpoint(reference),
+        encoder=encoder,
     )
