@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("screenshots")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 600.0) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = 3600.0) -> None:
     """Run the Qt event loop until ``condition()`` is true."""
     from qtpy.QtWidgets import QApplication
 
@@ -56,7 +56,7 @@ def show_dock(viewer, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="healthy model (default: the bundled one)")
-    parser.add_argument("--steps", type=int, default=100, help="mapping steps for scoring")
+    parser.add_argument("--steps", type=int, default=500, help="mapping steps for scoring")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--only", nargs="*", help="screenshot names to take (default: all)")
     args = parser.parse_args(argv)
@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
     export = widgets["Export"]
     show_dock(viewer, "Export")
-    with tempfile.TemporaryDirectory() as folder:
-        export.folder.setText(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "sample_volume_results"
+        folder.mkdir()
+        export.folder.setText(str(folder))
         export.export()
         if "export" in wanted:
             shoot(viewer, "export", args.out)

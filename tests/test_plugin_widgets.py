@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from napari_anogan._widgets import _common
-from napari_anogan._widgets.candidates import CandidatesWidget
+from napari_anogan._widgets.candidates import DECISION_COLUMN, CandidatesWidget
 from napari_anogan._widgets.export import ExportWidget
 from napari_anogan._widgets.score import ScoreWidget, add_result_layers, boxes_from_shapes
 from napari_anogan._widgets.train import TrainWidget
@@ -103,7 +103,7 @@ def test_candidates_table_click_threshold_and_decisions(scored_viewer, errors):
     widget.threshold.setValue(99.0)  # back: the region and its decision return
     assert widget.table.rowCount() == len(widget.candidates) >= 1
     assert widget.candidates[0]["decision"] == "keep"
-    assert widget.table.item(0, widget.table.columnCount() - 1).text() == "keep"
+    assert widget.table.item(0, DECISION_COLUMN).text() == "keep"
     assert not errors
 
 

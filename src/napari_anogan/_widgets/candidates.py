@@ -53,17 +53,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("#", "slices", "row, col", "h × w", "max", "mean", "pct", "decision")
+# Most telling first (the dock is narrow): rank, where, how anomalous, the decision.
+COLUMNS = ("#", "slices", "max", "pct", "decision", "row, col", "h × w", "mean")
 TOOLTIPS = (
     "rank by highest anomaly score",
     "first–last B-scan of the region",
-    "top-left corner in raw pixels",
-    "height × width in raw pixels",
     "highest patch anomaly score",
-    "mean patch anomaly score",
     "healthy percentile of the highest score (100: above every healthy patch)",
     "keep / reject (stored in the candidates layer's features)",
+    "top-left corner in raw pixels",
+    "height × width in raw pixels",
+    "mean patch anomaly score",
 )
+DECISION_COLUMN = COLUMNS.index("decision")
 THRESHOLD_MODES = {"healthy percentile": "healthy_percentile", "anomaly score": "anomaly_score"}
 
 
@@ -357,7 +359,7 @@ class CandidatesWidget(QWidget):
             features.loc[features["rank"] == rank, "decision"] = decision
             layer.features = features
             layer.edge_color = decision_colors(features["decision"])
-        item = self.table.item(row, len(COLUMNS) - 1)
+        item = self.table.item(row, DECISION_COLUMN)
         if item is not None:
             item.setText(decision)
 
@@ -417,12 +419,12 @@ class CandidatesWidget(QWidget):
             cells = (
                 str(cand["rank"]),
                 slices,
-                f"{cand['row']}, {cand['col']}",
-                f"{cand['height']} × {cand['width']}",
-                f"{cand['max_score']:.3g}",
-                f"{cand['mean_score']:.3g}",
+                f"{cand['max_score']:.4g}",
                 _percent(cand.get("healthy_percentile")),
                 str(cand.get("decision", "")),
+                f"{cand['row']}, {cand['col']}",
+                f"{cand['height']} × {cand['width']}",
+                f"{cand['mean_score']:.4g}",
             )
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
