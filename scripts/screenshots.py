@@ -79,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open_sample("napari-anogan", "synthetic_volume")
     image = viewer.layers[0]
     viewer.dims.set_point(0, 8 * image.scale[0])
+    viewer.layers.selection.active = image
     viewer.reset_view()
     if "sample" in wanted:
         shoot(viewer, "sample", args.out)
+    if not wanted - {"sample"}:
+        viewer.close()
+        return 0
 
     score = widgets["Score volume"]
     score.model_path.setText(str(model))

@@ -245,7 +245,7 @@ def test_peak_slice_prefers_the_highest_patch():
 
 
 def test_component_percentiles_from_reference():
-    from napari_anogan._widgets.score import add_component_percentiles
+    from napari_anogan._widgets._results import add_component_percentiles
 
     patches = {"residual_score": np.array([0.5, 2.0]), "discrimination_score": np.array([1.0, 9])}
     reference = {

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from napari_anogan._widgets import _common
+from napari_anogan._widgets._results import add_result_layers, boxes_from_shapes
 from napari_anogan._widgets.candidates import DECISION_COLUMN, CandidatesWidget
 from napari_anogan._widgets.export import ExportWidget
-from napari_anogan._widgets.score import ScoreWidget, add_result_layers, boxes_from_shapes
+from napari_anogan._widgets.score import ScoreWidget
 from napari_anogan._widgets.train import TrainWidget
 from test_plugin_layers import H, S, W, fake_result
 
