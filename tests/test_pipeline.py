@@ -41,8 +41,12 @@ def test_score_volume_outputs_are_in_the_raw_grid(scored):
     assert np.all(table["col"] >= 0)
     assert np.all(table["row"] + table["height"] <= volume.shape[1])
     assert np.all(table["col"] + table["width"] <= volume.shape[2])
-    pct = table["healthy_percentile"]
-    assert np.all((pct >= 0) & (pct <= 100))
+    for column in ("healthy_percentile", "residual_percentile", "discrimination_percentile"):
+        pct = table[column]
+        assert np.all((pct >= 0) & (pct <= 100)), column
+    assert len(result.model["reference"]["levels"]) == len(
+        result.model["reference"]["anomaly_score"]
+    )
     np.testing.assert_allclose(
         table["anomaly_score"],
         0.9 * table["residual_score"] + 0.1 * table["discrimination_score"],

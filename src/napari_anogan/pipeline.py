@@ -106,7 +106,9 @@ class VolumeResult:
     residual : (S, H, W) ndarray of float32
         Residual heatmap |x - G(z)| (in normalised [-1, 1] units, so 0..2); 0 where no patch.
     patches : dict of str to (N,) ndarray
-        Patch table: :data:`PATCH_COLUMNS` (raw boxes) plus ``flat_row``, ``flat_col``.
+        Patch table: :data:`PATCH_COLUMNS` (raw boxes) plus ``flat_row``, ``flat_col``,
+        ``residual_percentile`` and ``discrimination_percentile`` (each component ranked
+        in the model's healthy reference; NaN without one).
     bscan_scores : (S,) ndarray
         B-scan anomaly score (mean of its top-3 patch anomaly scores); NaN if not scored.
     volume_score : float
@@ -118,7 +120,8 @@ class VolumeResult:
     candidates : list of dict
         Ranked candidate regions (:func:`~napari_anogan.candidates.find_candidates`).
     settings, model : dict
-        Settings and model description, for the summary.
+        Settings and model description (with the healthy reference quantiles under
+        ``model["reference"]``), for the summary.
     """
 
     name: str
@@ -284,12 +287,15 @@ def score_volume(
         [geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in patches.coords],
         dtype=np.int64,
     ).reshape(-1, 4)
-    reference = model.reference.get("anomaly_score") if model.reference else None
-    percentile = (
-        percentile_of(mapped.anomaly_score, reference, model.reference["levels"])
-        if reference is not None
-        else np.full(len(patches.coords), np.nan)
-    )
+    ref = model.reference or {}
+    reference = ref.get("anomaly_score")
+
+    def healthy_percentile(name: str) -> np.ndarray:
+        if ref.get(name) is None:
+            return np.full(len(patches.coords), np.nan)
+        return percentile_of(getattr(mapped, name), ref[name], ref["levels"])
+
+    percentile = healthy_percentile("anomaly_score")
     table = {
         "slice": patches.coords[:, 0].astype(np.int64),
         "row": boxes_raw[:, 0],
@@ -304,6 +310,8 @@ def score_volume(
         ),
         "discriminator_output": np.asarray(mapped.discriminator_output, dtype=np.float64),
         "healthy_percentile": np.asarray(percentile, dtype=np.float64),
+        "residual_percentile": healthy_percentile("residual_score"),
+        "discrimination_percentile": healthy_percentile("discrimination_score"),
         "flat_row": patches.coords[:, 1].astype(np.int64),
         "flat_col": patches.coords[:, 2].astype(np.int64),
     }
@@ -355,11 +363,17 @@ def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) ->
 
 
 def _model_description(model) -> dict:
+    reference = {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v)
+        for k, v in (model.reference or {}).items()
+    }
     return {
         "path": str(getattr(model, "path", "") or ""),
         "model_config": model.model_config.to_dict(),
         "preprocess_config": model.preprocess_config,
         "training": getattr(model, "training", {}) or {},
+        "has_encoder": getattr(model, "encoder", None) is not None,
+        "reference": reference,
     }
 
 
