@@ -107,3 +107,26 @@ def test_en_face_projection_means_the_band():
     ilm = np.array([[1.0, 0.0]])
     bm = np.array([[2.0, 3.0]])
     np.testing.assert_allclose(en_face_projection(residual, ilm, bm), [[2.0, 2.0]])
+
+
+def test_partial_heatmaps_arrive_as_batches_finish(synthetic_dir, tiny_model_path):
+    from napari_anogan.events import EventKind
+    from napari_anogan.pipeline import VolumeResult
+
+    volume = read_volume(synthetic_dir / "diseased.ome.tif")
+    settings = ScoreSettings(steps=2, batch_size=16, mode="iterative")
+    job = score_volume(volume, tiny_model_path, settings)
+    partials = []
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            final = stop.value
+            break
+        if event.kind == EventKind.MAPPING_BATCH and event.partial is not None:
+            partials.append(event.partial)
+    assert len(partials) >= 1
+    assert all(isinstance(p, VolumeResult) for p in partials)
+    covered = [int((p.residual > 0).sum()) for p in partials]
+    assert covered == sorted(covered)  # coverage only grows
+    np.testing.assert_allclose(partials[-1].residual, final.residual, atol=1e-5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -65,6 +65,9 @@ class ProgressEvent:
         Named scalar losses/metrics (e.g. ``d_loss``, ``g_loss``, ``d_real``).
     samples : ndarray or None
         Small float32 image (a grid of generated patches in [-1, 1]) for display.
+    partial : object or None
+        A partial result while a job runs (e.g. the patches mapped so far, or a
+        :class:`~napari_anogan.pipeline.VolumeResult` with the heatmaps so far).
     """
 
     kind: EventKind
@@ -74,6 +77,7 @@ class ProgressEvent:
     epoch: int | None = None
     losses: dict[str, float] = field(default_factory=dict)
     samples: np.ndarray | None = None
+    partial: Any = None
 
     @property
     def fraction(self) -> float:

@@ -699,6 +699,10 @@ def _scored_event(out: _Outputs, lam: float, n: int, idx: np.ndarray) -> Progres
         n,
         message=f"mapped {out.n_scored}/{n} patches",
         losses={"anomaly_score": float(a.mean())} if len(idx) else {},
+        # The patches just scored, so callers can show results as batches finish.
+        partial=None
+        if out.resid is None
+        else {"index": idx, "residual_image": out.resid[idx], "reconstruction": out.recon[idx]},
     )
 
 

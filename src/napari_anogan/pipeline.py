@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -188,11 +189,14 @@ def map_volume(
     *,
     slices: Sequence[int] | None = None,
     boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
+    partial_results: bool = False,
 ) -> Generator[ProgressEvent, None, tuple]:
     """Preprocess a volume with the model's settings and map its grid patches to z.
 
     The first half of :func:`score_volume`, for callers (evaluation) that need the
     patches themselves. Returns ``(preprocessed, patches, mapping_result, model)``.
+    With ``partial_results``, ``MAPPING_BATCH`` events carry a partial
+    :class:`VolumeResult` (heatmaps of the patches mapped so far) in ``event.partial``.
     """
     from napari_anogan.checkpoint import check_compatible
     from napari_anogan.mapping import map_to_latent
@@ -212,14 +216,75 @@ def map_volume(
     if len(patches.coords) == 0:
         raise InputError("no patch of the requested region overlaps the retina", volume.source)
     logger.info("%s: mapping %d patches", volume.name, len(patches.coords))
-    mapped = yield from map_to_latent(
+    job = map_to_latent(
         model.generator,
         model.discriminator,
         patches.images,
         _mapping_config(settings),
         encoder=getattr(model, "encoder", None),
     )
+    if partial_results:
+        job = _with_partial_heatmaps(job, volume, pre, patches)
+    mapped = yield from job
     return pre, patches, mapped, model
+
+
+PARTIAL_EVERY_S = 1.0
+"""Partial heatmaps are rebuilt at most this often while a volume is being mapped."""
+
+
+def _with_partial_heatmaps(job, volume: Volume, pre, patches) -> Generator:
+    """Pass a mapping job's events on, adding the heatmaps so far to ``MAPPING_BATCH``.
+
+    The partial result is a :class:`VolumeResult` whose residual and reconstruction hold
+    the patches mapped so far (the patch table stays empty until the end).
+    """
+    shape = pre.flat.shape
+    total = np.zeros(shape, np.float64)
+    recon = np.zeros(shape, np.float64)
+    count = np.zeros(shape, np.int32)
+    size = patches.images.shape[-1]
+    last = 0.0
+    lo, hi = pre.intensity_range
+    empty = {name: np.zeros(0) for name in (*PATCH_COLUMNS, "flat_row", "flat_col")}
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        part = event.partial
+        if event.kind == EventKind.MAPPING_BATCH and isinstance(part, dict):
+            for i, k in enumerate(part["index"]):
+                s, r, c = patches.coords[k]
+                window = (s, slice(r, r + size), slice(c, c + size))
+                total[window] += part["residual_image"][i, 0]
+                recon[window] += part["reconstruction"][i, 0]
+                count[window] += 1
+            now = time.monotonic()
+            if now - last >= PARTIAL_EVERY_S or event.step >= event.total:
+                last = now
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = np.where(count > 0, total / count, np.nan)
+                    mean_recon = np.where(count > 0, recon / count, np.nan)
+                residual = np.nan_to_num(pre.geometry.flat_to_raw_image(mean), nan=0.0)
+                reconstruction = lo + (pre.geometry.flat_to_raw_image(mean_recon) + 1) * 0.5 * (
+                    hi - lo
+                )
+                event.partial = VolumeResult(
+                    name=volume.name,
+                    shape=tuple(volume.shape),
+                    reconstruction=reconstruction.astype(np.float32),
+                    residual=residual.astype(np.float32),
+                    patches=empty,
+                    bscan_scores=np.full(volume.shape[0], np.nan),
+                    volume_score=float("nan"),
+                    ilm=pre.ilm,
+                    bm=pre.bm,
+                    en_face=en_face_projection(residual, pre.ilm, pre.bm),
+                )
+            else:
+                event.partial = None
+        yield event
 
 
 def score_volume(
@@ -229,6 +294,7 @@ def score_volume(
     *,
     slices: Sequence[int] | None = None,
     boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
+    partial_results: bool = True,
 ) -> Generator[ProgressEvent, None, VolumeResult]:
     """Score a volume with a healthy model.
 
@@ -244,6 +310,10 @@ def score_volume(
         Score only these B-scans.
     boxes : sequence of (slice, row0, col0, row1, col1), optional
         Score only patches overlapping these raw-pixel rectangles (end-exclusive).
+    partial_results : bool
+        Attach the heatmaps so far to ``MAPPING_BATCH`` events (``event.partial``, a
+        :class:`VolumeResult` with an empty patch table), at most every
+        :data:`PARTIAL_EVERY_S` seconds, so a viewer can show results as batches finish.
 
     Yields
     ------
@@ -271,7 +341,7 @@ def score_volume(
 
     settings = settings or ScoreSettings()
     pre, patches, mapped, model = yield from map_volume(
-        volume, model, settings, slices=slices, boxes=boxes
+        volume, model, settings, slices=slices, boxes=boxes, partial_results=partial_results
     )
     geometry = pre.geometry
     pre_config = pre.config
