@@ -109,6 +109,8 @@ def _score_settings(args: argparse.Namespace):
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    if args.workers is not None or args.scheduler is not None:
+        return _cmd_score_dask(args)
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.io import read_volume
     from napari_anogan.pipeline import score_volume, write_score_outputs
@@ -124,6 +126,24 @@ def _cmd_score(args: argparse.Namespace) -> int:
         write_score_outputs(result, outdir)
         print(_summary_line(result))
     return 0
+
+
+def _cmd_score_dask(args: argparse.Namespace) -> int:
+    from napari_anogan.distributed import score_paths
+
+    def report(status, done, total):
+        print(f"[{done}/{total}] {status.line()}", flush=True)
+
+    statuses = score_paths(
+        args.inputs,
+        args.model,
+        _score_settings(args),
+        args.output,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        on_result=report,
+    )
+    return 2 if any(s.status == "failed" for s in statuses) else 0
 
 
 def _summary_line(result) -> str:
@@ -239,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", required=True, help="model checkpoint")
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_score_options(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="score volumes as Dask tasks on a local cluster of N processes (re-runs skip "
+        "volumes already scored with the same model and settings)",
+    )
+    p.add_argument("--scheduler", default=None, help="score on a running Dask cluster at ADDRESS")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("evaluate", help="ROC/AUC of a model on labelled test data")
