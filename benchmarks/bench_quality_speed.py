@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--slice-step", type=int, default=4, help="use every n-th B-scan")
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--hybrid-steps", type=int, nargs="*", default=[5, 10, 20, 50])
-    parser.add_argument("--hybrid-lr", type=float, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="hybrid Adam lr")
     parser.add_argument("--skip-paper", action="store_true", help="skip iterative-500 (slow)")
     parser.add_argument("--volume", action="store_true", help="also time a 49-B-scan volume")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -141,7 +141,7 @@ def main() -> None:
         model, args.data, args.slice_step, args.stride
     )
     base = {"batch_size": args.batch_size, "device": "cpu", "keep_images": False}
-    hyb = {} if args.hybrid_lr is None else {"hybrid_lr": args.hybrid_lr}
+    hyb = {} if args.lr is None else {"lr": args.lr}
     methods = []
     if not args.skip_paper:
         methods.append(

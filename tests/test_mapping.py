@@ -309,7 +309,7 @@ def test_encoder_mode_is_e_of_x_and_hybrid_zero_steps_equals_it(models, targets,
     np.testing.assert_array_equal(hyb0.z, enc.z)
     np.testing.assert_array_equal(hyb0.anomaly_score, enc.anomaly_score)
     # keep_best: refining from E(x) never ends at a higher loss than E(x) itself.
-    hyb = run(models, x, encoder=encoder, mode="hybrid", hybrid_steps=15, hybrid_lr=0.05)
+    hyb = run(models, x, encoder=encoder, mode="hybrid", hybrid_steps=15)
     assert np.all(loss_of(hyb) <= loss_of(enc))
     assert loss_of(hyb).mean() < loss_of(enc).mean()
 

@@ -24,8 +24,9 @@ exactly those of z whatever shortcuts the search took.
 Early stopping (``early_stop``, iterative and hybrid modes): a patch whose loss has not
 dropped below ``(1 - tolerance)`` times its best loss so far for ``patience``
 consecutive steps is frozen; the search ends when every patch is frozen or has taken its
-steps. With the defaults (``tolerance=1e-3``, ``patience=10``) a patch stops once ten
-steps in a row gained less than 0.1 % of its loss.
+steps. With the defaults (``tolerance=1e-3``; ``patience`` 10 % of the steps, at least 3)
+a patch of the paper's 500-step search stops once 50 steps in a row gained less than
+0.1 % of its loss, and a patch of the 10-step hybrid search after 3 such steps.
 
 Speed: patches are optimised together in a pool of ``batch_size`` latent vectors (one
 tensor; no per-patch Python loop). Adam is implemented element-wise with a per-patch
@@ -88,7 +89,8 @@ class MappingConfig:
     lam : float
         Weight lambda of the discrimination loss in eq. (5) and (6) (paper: 0.1).
     lr : float
-        Adam learning rate for z in the ``iterative`` mode.
+        Adam learning rate for z (both searching modes; 0.05 also measured best for the
+        hybrid mode's refinement, against 0.01, 0.02 and 0.1).
     discrimination : str
         ``"feature"``: feature-matching loss on D's last conv layer (eq. 4, AnoGAN);
         ``"reference"``: sigmoid cross-entropy of D(G(z)) with target 1 (Yeh et al.,
@@ -99,16 +101,18 @@ class MappingConfig:
         one falls back to ``iterative`` with a warning.
     hybrid_steps : int
         Optimisation steps K after the encoder start in the ``hybrid`` mode.
-    hybrid_lr : float
-        Adam learning rate in the ``hybrid`` mode (smaller than ``lr``: the start is
-        already close, and Adam's first steps move every coordinate by about ``lr``).
     early_stop : bool
         Freeze a patch when its loss stops improving (see ``tolerance``, ``patience``).
     tolerance : float
         Relative improvement that counts: a step improves a patch if its loss drops below
         ``(1 - tolerance) * best loss so far``.
-    patience : int
-        Steps without such an improvement after which a patch is frozen.
+    patience : int or None
+        Steps without such an improvement after which a patch is frozen. None (default):
+        10 % of the mode's steps, at least 3 (iterative-500: 50, hybrid-10: 3). Measured
+        on the synthetic test set: a random-start search has long plateaus, and 5 or 10
+        steps froze patches far too early (patch AUC 0.60-0.62 against 0.69); 50 costs
+        under 0.3 % in loss. The hybrid search starts close: 3 steps saved 35 % of its
+        steps at unchanged AUC.
     keep_best : bool
         Return the iterate with the lowest loss (the last one included) instead of the
         last iterate. The paper returns the last iterate z_Gamma (False); True never
@@ -139,10 +143,9 @@ class MappingConfig:
     discrimination: str = "feature"
     mode: str = "iterative"
     hybrid_steps: int = 10
-    hybrid_lr: float = 0.01
     early_stop: bool = True
     tolerance: float = 1e-3
-    patience: int = 10
+    patience: int | None = None
     keep_best: bool = True
     batch_size: int = 256
     seed: int = 0
@@ -162,8 +165,8 @@ class MappingConfig:
             )
         if not 0.0 <= self.lam <= 1.0:
             problems.append(f"lam must be in [0, 1], got {self.lam}")
-        if self.lr <= 0 or self.hybrid_lr <= 0:
-            problems.append(f"lr and hybrid_lr must be > 0, got {self.lr}, {self.hybrid_lr}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
         if self.discrimination not in DISCRIMINATION_LOSSES:
             problems.append(
                 f"discrimination must be one of {DISCRIMINATION_LOSSES}, "
@@ -171,7 +174,7 @@ class MappingConfig:
             )
         if not 0.0 <= self.tolerance < 1.0:
             problems.append(f"tolerance must be in [0, 1), got {self.tolerance}")
-        if self.patience < 1:
+        if self.patience is not None and self.patience < 1:
             problems.append(f"patience must be >= 1, got {self.patience}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
@@ -186,9 +189,11 @@ class MappingConfig:
         return {"iterative": self.steps, "hybrid": self.hybrid_steps}.get(self.mode, 0)
 
     @property
-    def step_lr(self) -> float:
-        """Adam learning rate of the chosen mode."""
-        return self.hybrid_lr if self.mode == "hybrid" else self.lr
+    def patience_steps(self) -> int:
+        """Early-stopping patience in steps (see ``patience``)."""
+        if self.patience is not None:
+            return self.patience
+        return max(3, -(-self.n_steps // 10))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -535,7 +540,7 @@ def map_to_latent(
     device = resolve_device(config.device)
     lam = float(config.lam)
     n_steps = config.n_steps
-    lr = config.step_lr
+    lr = config.lr
 
     z_start: torch.Tensor | None = None
     if config.mode == "iterative":
@@ -741,6 +746,7 @@ def _search(
         forward = torch.compile(forward, dynamic=True)
 
     b1, b2 = ADAM_BETAS
+    patience = config.patience_steps
     bs = config.batch_size
     refill_at = max(1, bs // 4)  # refill when a quarter of the pool is free (amortised)
     total = n * n_steps
@@ -836,7 +842,7 @@ def _search(
                 improved = loss < pool.ref_loss * (1.0 - config.tolerance)
                 pool.ref_loss = torch.where(improved, loss, pool.ref_loss)
                 pool.stall = torch.where(improved, torch.zeros_like(pool.stall), pool.stall + 1)
-                done |= pool.stall >= config.patience
+                done |= pool.stall >= patience
         iteration += 1
         credited += len(pool)
         losses: dict[str, float] = {}

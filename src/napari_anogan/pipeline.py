@@ -70,8 +70,9 @@ class ScoreSettings:
     tolerance : float
         Early stopping: a step counts as an improvement if it lowers the patch's best
         loss by more than this fraction.
-    patience : int
-        Early stopping: steps without improvement after which a patch is frozen.
+    patience : int or None
+        Early stopping: steps without improvement after which a patch is frozen; None:
+        10 % of the mode's steps, at least 3 (iterative-500: 50, hybrid-10: 3).
     """
 
     mode: str = "hybrid"
@@ -85,7 +86,7 @@ class ScoreSettings:
     hybrid_steps: int = 10
     early_stop: bool = True
     tolerance: float = 1e-3
-    patience: int = 10
+    patience: int | None = None
 
     def to_dict(self) -> dict:
         """Return the settings as a JSON-ready dict."""
