@@ -259,7 +259,12 @@ def score_paths(
 def _run_on_cluster(
     inputs, indices, model_path, settings, outdir, fingerprint, results, total, **kw
 ) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise InputError(
+            "--workers/--scheduler need Dask's scheduler: pip install distributed"
+        ) from exc
 
     cluster = None
     if kw["scheduler"]:
