@@ -268,7 +268,12 @@ def _run_on_cluster(
 
     cluster = None
     if kw["scheduler"]:
-        client = Client(kw["scheduler"], timeout="30s")
+        try:
+            client = Client(kw["scheduler"], timeout="30s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(
+                f"cannot connect to the Dask scheduler at {kw['scheduler']} ({exc})"
+            ) from exc
     else:
         import dask
 
