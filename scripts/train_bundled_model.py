@@ -1,7 +1,8 @@
 """Rebuild the bundled healthy model ``sample_data/anogan_small.pt``.
 
 1. writes the synthetic data set (``scripts/make_synthetic_dataset.py``) if missing;
-2. trains the ``small`` preset on its healthy training eyes (``napari-anogan train``);
+2. trains the ``small`` preset on its healthy training eyes, then its f-AnoGAN encoder
+   (``napari-anogan train --encoder``);
 3. copies the checkpoint without optimiser states (they are only needed to resume
    training) into ``sample_data/``, so the bundled file stays a few MB.
 
@@ -75,6 +76,7 @@ def main() -> None:
         str(args.patches_per_scan),
         "--seed",
         str(args.seed),
+        "--encoder",  # f-AnoGAN encoder for the fast hybrid/encoder scoring
     ]
     if args.resume:
         command.append("--resume")
