@@ -4,20 +4,28 @@ Same model and the same patches for every variant. Prints ONE JSON object:
 
 ``per_patch_loop_pps``
     How public AnoGAN re-implementations map: one patch at a time (batch size 1),
-    ``torch.optim.Adam`` on z, G and D frozen. Patches per second at the paper's 500
-    steps (extrapolated from ``--loop-steps`` timed steps per patch).
+    ``torch.optim.Adam`` on z, float32, ``loss.backward()`` with G's and D's parameters
+    left trainable as in their code (``per_patch_loop_frozen_pps``: the same loop with
+    the parameters frozen, its best case). Patches per second at the paper's 500 steps
+    (extrapolated from ``--loop-steps`` timed steps per patch).
 ``batched_iterative_pps``
-    :func:`~napari_anogan.mapping.map_to_latent`, iterative mode, one pool of
+    :func:`~napari_anogan.mapping.map_to_latent`, iterative mode with the library's
+    defaults (mixed precision where it pays, see ``amp_default``), one pool of
     ``--batch-size`` patches, early stopping off (pure throughput); patches per second at
-    500 steps (extrapolated from ``--steps`` timed steps, the final scoring pass included).
+    500 steps: the search is timed at ``--steps`` and twice as many steps, the difference
+    gives the cost of a step and the rest the fixed cost per patch (entry, final scoring
+    pass), and ``1 / (fixed + 500 * step)`` is reported.
+    ``batched_iterative_fp32_pps``: the same in float32.
 ``hybrid_pps``, ``encoder_pps``
     The ``hybrid`` (default settings: K steps after E(x), early stopping) and ``encoder``
     modes, end to end on ``--n-patches`` patches.
 ``mapping_gflops``
     Matmul/conv FLOPs of one search step (forward G and D, backward to z; counted with
-    ``torch.utils.flop_counter``) times the batched search's patch-steps per second.
+    ``torch.utils.flop_counter``) times the float32 batched search's patch-steps per
+    second (``mapping_amp_gflops``: the same for the mixed-precision search).
 ``matmul_gflops``
-    Best of several 2048 x 2048 float32 matrix products: the machine's practical peak.
+    Best of several 2048 x 2048 float32 matrix products: the machine's practical peak
+    (``matmul_bf16_gflops``: bf16, the peak the mixed-precision search compares with).
 
 The machine may be shared: the 1-minute load average is recorded before and after, and
 every timing is the best of ``--repeat`` runs.
@@ -38,7 +46,7 @@ import numpy as np
 import torch
 
 from napari_anogan.events import drain
-from napari_anogan.mapping import MappingConfig, fold_batch_norm, map_to_latent
+from napari_anogan.mapping import MappingConfig, amp_by_default, fold_batch_norm, map_to_latent
 from napari_anogan.models import Discriminator, Generator, get_preset
 from napari_anogan.models.encoder import Encoder
 
@@ -83,10 +91,12 @@ def best_time(fn, repeat: int) -> float:
     return best
 
 
-def per_patch_loop(g, d, x: np.ndarray, steps: int, lam: float = 0.1, lr: float = 0.05) -> None:
+def per_patch_loop(
+    g, d, x: np.ndarray, steps: int, frozen: bool, lam: float = 0.1, lr: float = 0.05
+) -> None:
     """One patch at a time with torch.optim.Adam (the public re-implementations' way)."""
-    g.eval().requires_grad_(False)
-    d.eval().requires_grad_(False)
+    g.eval().requires_grad_(not frozen)
+    d.eval().requires_grad_(not frozen)
     gen = torch.Generator().manual_seed(0)
     for i in range(len(x)):
         xi = torch.from_numpy(x[i : i + 1])
@@ -102,6 +112,9 @@ def per_patch_loop(g, d, x: np.ndarray, steps: int, lam: float = 0.1, lr: float 
             opt.step()
             with torch.no_grad():
                 z.clamp_(-1, 1)
+    for m in (g, d):
+        m.requires_grad_(False)
+        m.zero_grad(set_to_none=True)
 
 
 def step_flops(g, d, batch: int) -> int:
@@ -120,9 +133,9 @@ def step_flops(g, d, batch: int) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_gflops(size: int = 2048, repeat: int = 10) -> float:
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+def matmul_gflops(size: int = 2048, repeat: int = 10, dtype=torch.float32) -> float:
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
     a @ b
     t = best_time(lambda: a @ b, repeat)
     return 2 * size**3 / t / 1e9
@@ -148,24 +161,44 @@ def main() -> None:
     x = test_patches(pre, max(args.batch_size, args.n_patches), seed=7)
     xb = x[: args.batch_size]
 
-    loop_t = best_time(
-        lambda: per_patch_loop(g, d, x[: args.loop_patches], args.loop_steps), args.repeat
-    )
-    loop_step_s = loop_t / (args.loop_patches * args.loop_steps)
+    def loop(frozen: bool) -> float:
+        t = best_time(
+            lambda: per_patch_loop(g, d, x[: args.loop_patches], args.loop_steps, frozen),
+            args.repeat,
+        )
+        return t / (args.loop_patches * args.loop_steps)
 
-    def batched(compile_: bool = False) -> None:
+    loop_step_s = loop(frozen=False)
+    loop_frozen_step_s = loop(frozen=True)
+
+    def batched(amp: bool | None = None, compile_: bool = False, steps: int = args.steps) -> None:
         cfg = MappingConfig(
-            steps=args.steps,
+            steps=steps,
             early_stop=False,
             batch_size=args.batch_size,
             device="cpu",
             keep_images=False,
+            amp=amp,
             compile=compile_,
         )
         drain(map_to_latent(g, d, xb, cfg))
 
-    batched_t = best_time(batched, args.repeat)
-    batched_step_s = batched_t / (len(xb) * args.steps)
+    def per_patch_step(amp: bool | None) -> tuple[float, float]:
+        """Seconds per patch-step and fixed seconds per patch (entry, final scoring pass).
+
+        Timed at ``steps`` and ``2 * steps``: the difference is the search alone.
+        """
+        t1 = best_time(lambda: batched(amp=amp), args.repeat)
+        t2 = best_time(lambda: batched(amp=amp, steps=2 * args.steps), args.repeat)
+        step = (t2 - t1) / (len(xb) * args.steps)
+        return step, max(0.0, t1 / len(xb) - args.steps * step)
+
+    def pps_500(step: float, fixed: float) -> float:
+        return 1.0 / (fixed + PAPER_STEPS * step)
+
+    default_step_s, default_fixed_s = per_patch_step(None)
+    fp32_step_s, fp32_fixed_s = per_patch_step(False)
+    amp_default = amp_by_default(torch.device("cpu"))
     flops = step_flops(g, d, args.batch_size) / args.batch_size
 
     def mode_run(mode: str) -> None:
@@ -174,25 +207,32 @@ def main() -> None:
 
     hybrid_t = best_time(lambda: mode_run("hybrid"), args.repeat)
     encoder_t = best_time(lambda: mode_run("encoder"), args.repeat)
-    matmul = matmul_gflops()
     result = {
         "per_patch_loop_pps": 1.0 / (loop_step_s * PAPER_STEPS),
-        "batched_iterative_pps": 1.0 / (batched_step_s * PAPER_STEPS),
+        "per_patch_loop_frozen_pps": 1.0 / (loop_frozen_step_s * PAPER_STEPS),
+        "batched_iterative_pps": pps_500(default_step_s, default_fixed_s),
+        "batched_iterative_fp32_pps": pps_500(fp32_step_s, fp32_fixed_s),
         "hybrid_pps": args.n_patches / hybrid_t,
         "encoder_pps": args.n_patches / encoder_t,
-        "mapping_gflops": flops / batched_step_s / 1e9,
-        "matmul_gflops": matmul,
+        "mapping_gflops": flops / fp32_step_s / 1e9,
+        "matmul_gflops": matmul_gflops(),
+        "amp_default": amp_default,
     }
+    if amp_default:
+        result["mapping_amp_gflops"] = flops / default_step_s / 1e9
+        result["matmul_bf16_gflops"] = matmul_gflops(dtype=torch.bfloat16)
     result["batched_vs_loop"] = result["batched_iterative_pps"] / result["per_patch_loop_pps"]
+    result["batched_fp32_vs_frozen_loop"] = (
+        result["batched_iterative_fp32_pps"] / result["per_patch_loop_frozen_pps"]
+    )
     result["mapping_vs_matmul"] = result["mapping_gflops"] / result["matmul_gflops"]
     result["hybrid_vs_iterative500"] = result["hybrid_pps"] / result["batched_iterative_pps"]
     if args.compile:
         start = time.perf_counter()
         batched(compile_=True)  # includes compilation
-        first = time.perf_counter() - start
+        result["compile_first_run_s"] = time.perf_counter() - start
         compiled_t = best_time(lambda: batched(compile_=True), args.repeat)
-        result["compiled_iterative_pps"] = len(xb) / (compiled_t / args.steps * PAPER_STEPS)
-        result["compile_first_run_s"] = first
+        result["compiled_iterative_pps"] = len(xb) / compiled_t * args.steps / PAPER_STEPS
     hybrid_default = MappingConfig(mode="hybrid")
     result.update(
         {
@@ -206,6 +246,10 @@ def main() -> None:
             "n_patches_modes": args.n_patches,
             "hybrid_steps": hybrid_default.hybrid_steps,
             "mflop_per_patch_step": flops / 1e6,
+            "ms_per_patch_step": default_step_s * 1e3,
+            "ms_per_patch_step_fp32": fp32_step_s * 1e3,
+            "ms_fixed_per_patch": default_fixed_s * 1e3,
+            "ms_per_patch_step_loop": loop_step_s * 1e3,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),

@@ -39,7 +39,7 @@ from napari_anogan.evaluate import patch_labels_from_mask, roc
 from napari_anogan.events import drain
 from napari_anogan.experiment import find_mask
 from napari_anogan.io import read_volume
-from napari_anogan.mapping import MappingConfig, map_to_latent
+from napari_anogan.mapping import MappingConfig, amp_by_default, map_to_latent
 from napari_anogan.preprocess import PreprocessConfig, grid_patches, preprocess_volume
 from napari_anogan.scoring import aggregate_bscans
 
@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--volume", action="store_true", help="also time a 49-B-scan volume")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--amp", choices=("auto", "on", "off"), default="auto", help="mixed-precision search"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +143,8 @@ def main() -> None:
     x, labels, bscan_id, bscan_labels, files = test_set(
         model, args.data, args.slice_step, args.stride
     )
-    base = {"batch_size": args.batch_size, "device": "cpu", "keep_images": False}
+    amp = {"auto": None, "on": True, "off": False}[args.amp]
+    base = {"batch_size": args.batch_size, "device": "cpu", "keep_images": False, "amp": amp}
     hyb = {} if args.lr is None else {"lr": args.lr}
     methods = []
     if not args.skip_paper:
@@ -166,6 +170,7 @@ def main() -> None:
         "n_bscans": len(bscan_labels),
         "n_positive_bscans": int(bscan_labels.sum()),
         "threads": torch.get_num_threads(),
+        "amp": amp_by_default(torch.device("cpu")) if amp is None else amp,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "load_1min_before": load_before,

@@ -55,6 +55,7 @@ def encoder(models):
 def run(models, x, z_init=None, encoder=None, **kw):
     g, d = models
     kw.setdefault("device", "cpu")
+    kw.setdefault("amp", False)  # float32 search: exact comparisons (AMX CPUs default to bf16)
     return drain(map_to_latent(g, d, x, MappingConfig(**kw), z_init=z_init, encoder=encoder))
 
 
@@ -361,3 +362,20 @@ def test_hybrid_without_encoder_falls_back_to_iterative(models, targets, caplog)
     np.testing.assert_array_equal(res.z, run(models, x, steps=2).z)
     with pytest.raises(InputError, match="z_init"):
         run(models, x, encoder=None, mode="iterative", steps=1, z_init=np.zeros((4, 16)))
+
+
+def test_mixed_precision_search_on_cpu(models, targets, encoder):
+    """bf16 autocast only changes the search; scores stay exact float32 at the final z."""
+    _, x = targets
+    g, _ = models
+    for mode in ("iterative", "hybrid"):
+        fp32 = run(models, x, encoder=encoder, mode=mode, steps=30, hybrid_steps=10)
+        bf16 = run(models, x, encoder=encoder, mode=mode, steps=30, hybrid_steps=10, amp=True)
+        lam = bf16.lam
+        np.testing.assert_array_equal(
+            bf16.anomaly_score, (1 - lam) * bf16.residual_score + lam * bf16.discrimination_score
+        )
+        with torch.no_grad():
+            gz = g(torch.from_numpy(bf16.z))
+        np.testing.assert_allclose(bf16.reconstruction, gz.numpy(), atol=1e-6)
+        np.testing.assert_allclose(loss_of(bf16), loss_of(fp32), rtol=0.1, atol=1.0)

@@ -37,7 +37,9 @@ so the pool stays full and device memory stays bounded by ``batch_size``. G and 
 batch norms are folded into their convolutions for the search (eval-mode batch norm is
 an affine map; fewer kernels per step) and the search runs in channels-last layout. On
 CUDA the search runs under autocast (bf16 where supported, else fp16) with pinned,
-non-blocking transfers; on the CPU everything stays float32 (bf16 is ~20x slower there).
+non-blocking transfers. On CPUs with AMX (bf16 matrix units) the search also runs under
+bf16 autocast (measured 2.6-3x faster per step, same patch AUC); on other CPUs it stays
+float32 (bf16 is ~20x slower on AVX2-only CPUs).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ __all__ = [
     "MAPPING_MODES",
     "MappingConfig",
     "MappingResult",
+    "amp_by_default",
     "fold_batch_norm",
     "map_to_latent",
 ]
@@ -125,8 +128,10 @@ class MappingConfig:
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     amp : bool or None
-        Mixed precision for the search (the final scores are always float32). None:
-        on CUDA only (on the CPU bf16 is far slower).
+        Mixed precision for the search (the final scores are always float32): bf16
+        autocast (fp16 on GPUs without bf16). None: on CUDA, and on CPUs with AMX
+        (Intel Sapphire Rapids and later), where bf16 measured 2.6-3x faster per step at
+        unchanged patch AUC; off on other CPUs (on AVX2-only CPUs bf16 is ~20x slower).
     compile : bool
         ``torch.compile`` the search's forward pass (pays a compile time per run; only
         worth it for long runs, measure with ``benchmarks/bench_mapping.py --compile``).
@@ -422,11 +427,35 @@ class _Pool:
         )
 
 
+def amp_by_default(device: torch.device) -> bool:
+    """Whether the search uses mixed precision on ``device`` when ``amp`` is None.
+
+    True on CUDA and on CPUs with AMX tiles (bf16 matrix units), where it pays.
+
+    Parameters
+    ----------
+    device : torch.device
+
+    Returns
+    -------
+    bool
+    """
+    if device.type == "cuda":
+        return True
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(is_amx()) if is_amx is not None else False
+    except RuntimeError:  # pragma: no cover - old or unusual builds
+        return False
+
+
 def _amp_context(device: torch.device, enabled: bool) -> Callable[[], Any]:
-    if not enabled or device.type != "cuda":
+    if not enabled:
         return contextlib.nullcontext
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+    return lambda: torch.autocast(device_type="cpu", dtype=torch.bfloat16)
 
 
 @contextlib.contextmanager
@@ -559,7 +588,7 @@ def map_to_latent(
 
     out = _Outputs(n, mcfg.z_dim, x_all.shape, config.keep_images)
     models = [generator, discriminator] + ([encoder] if encoder is not None else [])
-    use_amp = device.type == "cuda" if config.amp is None else bool(config.amp)
+    use_amp = amp_by_default(device) if config.amp is None else bool(config.amp)
     amp = _amp_context(device, use_amp)
     pin = device.type == "cuda"
 
