@@ -396,7 +396,8 @@ class _Pool:
 
     idx: torch.Tensor  # (k,) int64 on the CPU: patch indices
     x: torch.Tensor
-    fx: torch.Tensor
+    fx: torch.Tensor  # float32 f(x), also used by the final scoring pass
+    logits_x: torch.Tensor  # float32 D(x) logits, for the final scoring pass
     z: torch.Tensor
     m: torch.Tensor  # Adam first moment
     v: torch.Tensor  # Adam second moment
@@ -689,13 +690,26 @@ class _Scorer:
         self.lam, self.device, self.pin = lam, device, pin
 
     @torch.inference_mode()
-    def score(self, idx: np.ndarray, z: torch.Tensor) -> None:
-        """Score patches ``idx`` at their final codes ``z`` (float32, no autocast)."""
-        x_cpu = torch.from_numpy(self.x_all[idx])
-        if self.pin:
-            x_cpu = x_cpu.pin_memory()
-        x = x_cpu.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        logits_x, fx = self.d.forward_with_features(x)
+    def score(
+        self,
+        idx: np.ndarray,
+        z: torch.Tensor,
+        *,
+        x: torch.Tensor | None = None,
+        fx: torch.Tensor | None = None,
+        logits_x: torch.Tensor | None = None,
+    ) -> None:
+        """Score patches ``idx`` at their final codes ``z`` (float32, no autocast).
+
+        ``x`` and its float32 ``fx``, ``logits_x`` are reused when the search has them.
+        """
+        if x is None or fx is None or logits_x is None:
+            x_cpu = torch.from_numpy(self.x_all[idx])
+            if self.pin:
+                x_cpu = x_cpu.pin_memory()
+            x = x_cpu.to(self.device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            logits_x, fx = self.d.forward_with_features(x)
         z = z.to(self.device, torch.float32)
         gz = self.g(z)
         logits_gz, fgz = self.d.forward_with_features(gz)
@@ -768,14 +782,16 @@ def _search(
     iteration = 0
     queue = 0
     pool: _Pool | None = None
-    pending: list[tuple[np.ndarray, torch.Tensor]] = []
+    pending: list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     n_pending = 0
     n_finished = 0
 
     def enter(lo: int, hi: int) -> _Pool:
         x = to_device(lo, hi).contiguous(memory_format=cl)
+        with torch.no_grad():
+            # float32 (no autocast): these are also the final scores' D(x) and f(x).
+            logits_x, fx = d_loop.forward_with_features(x)
         with torch.no_grad(), amp():
-            fx = d_loop.features(x).float()
             if z_start is not None:
                 z = z_start[lo:hi].to(device, non_blocking=True)
             else:
@@ -788,6 +804,7 @@ def _search(
             idx=torch.arange(lo, hi),
             x=x,
             fx=fx,
+            logits_x=logits_x,
             z=z,
             m=torch.zeros_like(z),
             v=torch.zeros_like(z),
@@ -801,19 +818,19 @@ def _search(
     def flush(force: bool) -> Iterator[ProgressEvent]:
         nonlocal pending, n_pending
         while pending and (force or n_pending >= bs):
-            idx_parts, z_parts = [], []
+            parts: list[tuple] = []
             count = 0
             while pending and count < bs:
-                idx, z = pending.pop(0)
-                take = min(len(idx), bs - count)
-                if take < len(idx):
-                    pending.insert(0, (idx[take:], z[take:]))
-                idx_parts.append(idx[:take])
-                z_parts.append(z[:take])
+                entry = pending.pop(0)
+                take = min(len(entry[0]), bs - count)
+                if take < len(entry[0]):
+                    pending.insert(0, tuple(a[take:] for a in entry))
+                parts.append(tuple(a[:take] for a in entry))
                 count += take
             n_pending -= count
-            idx = np.concatenate(idx_parts)
-            scorer.score(idx, torch.cat(z_parts))
+            idx = np.concatenate([p[0] for p in parts])
+            z, x, fx, logits_x = (torch.cat([p[i] for p in parts]) for i in range(1, 5))
+            scorer.score(idx, z, x=x, fx=fx, logits_x=logits_x)
             yield _scored_event(out, lam, n, idx)
 
     def losses_at(
@@ -882,7 +899,7 @@ def _search(
                 with torch.no_grad():
                     last_loss = losses_at(fin.z, fin.x, fin.fx)[0]
                 z_final = torch.where((last_loss <= fin.best_loss)[:, None], fin.z, fin.best_z)
-            pending.append((idx, z_final))
+            pending.append((idx, z_final, fin.x, fin.fx, fin.logits_x))
             n_pending += len(idx)
             n_finished += len(idx)
             pool = pool.select(~done)
