@@ -8,7 +8,12 @@ step so that results map back to the raw pixel grid.
 
 from napari_anogan.preprocess.boundaries import detect_boundaries
 from napari_anogan.preprocess.config import PreprocessConfig
-from napari_anogan.preprocess.flatten import PreprocessedVolume, preprocess_volume
+from napari_anogan.preprocess.flatten import (
+    PreprocessedVolume,
+    PreprocessPlan,
+    plan_preprocessing,
+    preprocess_volume,
+)
 from napari_anogan.preprocess.geometry import Geometry
 from napari_anogan.preprocess.normalise import normalise_intensity, resample_width
 from napari_anogan.preprocess.outputs import write_preprocess_outputs
@@ -18,10 +23,12 @@ __all__ = [
     "Geometry",
     "Patches",
     "PreprocessConfig",
+    "PreprocessPlan",
     "PreprocessedVolume",
     "detect_boundaries",
     "grid_patches",
     "normalise_intensity",
+    "plan_preprocessing",
     "preprocess_volume",
     "random_patches",
     "resample_width",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -188,6 +190,170 @@ def _consensus(rows: np.ndarray, size: int = 3) -> np.ndarray:
     return ndi.median_filter(rows.astype(np.float64), size=(size, 1), mode="nearest")
 
 
+#: Bytes of one float32 chunk of B-scans processed at a time (about 20 arrays of this
+#: size are alive at once), when no chunk size is given.
+CHUNK_BYTES = 8 * 2**20
+
+
+def default_chunk_slices(height: int, width: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """B-scans per chunk so that one float32 chunk of them is about ``chunk_bytes``."""
+    return max(1, int(chunk_bytes // max(1, 4 * int(height) * int(width))))
+
+
+@dataclass(frozen=True)
+class _Params:
+    """Detection settings with every depth length converted to rows of these B-scans."""
+
+    height: int
+    smooth_rows: float
+    smooth_cols: float
+    max_jump: int
+    jump_penalty: float
+    min_thickness: int
+    max_thickness: int
+    slice_band: int
+    min_rpe_depth: int
+    row_scale: float
+
+    def r(self, n: float) -> int:
+        """Convert a length of ``n`` reference rows to rows of these B-scans."""
+        return _rows(n, self.row_scale)
+
+
+def _rows(n: float, row_scale: float) -> int:
+    return max(1, round(n * row_scale)) if n > 0 else min(-1, round(n * row_scale))
+
+
+@dataclass
+class _Features:
+    """Per-pixel costs of the searches for some B-scans (each B-scan on its own)."""
+
+    ilm_cost: np.ndarray
+    rpe_cost: np.ndarray
+    bm_edge_cost: np.ndarray
+    rise_bm: np.ndarray
+    fall: np.ndarray
+    gy: np.ndarray
+
+
+def _features(x: np.ndarray, p: _Params) -> _Features:
+    """Costs of the boundary searches; every step works within one B-scan."""
+    r = p.r
+    x = fill_padding(x)
+    x = ndi.median_filter(x, size=(1, 3, 3))
+    sig = (0, max(0.7, p.smooth_rows * p.row_scale), p.smooth_cols)
+    inten = ndi.gaussian_filter(x, sig)
+    gy = ndi.gaussian_filter(x, sig, order=(0, 1, 0))
+    del x
+    bg, tissue = _levels(inten, 20, 99)
+
+    # brightness in units of (tissue - background); the RPE cost penalises a bright
+    # layer by how much brighter the brightest layer 8-60 rows below it is
+    bright_c = (inten - bg) / (tissue - bg)
+    deeper = _window(bright_c, r(8), r(60), "max")
+    rpe_cost = np.clip(1.0 - bright_c, 0, None) + 1.5 * np.clip(deeper - bright_c, 0, None)
+    del deeper
+    gscale = _levels(np.abs(gy), 0, 99.5)[1]
+    fall = np.clip(-gy / gscale, 0, 1)
+    rise_bm = np.clip(gy / gscale, 0, 1)
+    above_max = _window(np.clip(bright_c, 0, 1), r(-8), 0, "max")
+    del bright_c
+    bm_edge_cost = 1.0 - fall * above_max
+    del above_max
+
+    # ILM score: edge x bright below x dark just above, cost + tissue far above
+    rise = np.clip(gy / (0.5 * _levels(np.clip(gy, 0, None), 0, 99)[1]), 0, 1)
+    below = _unit(_window(inten, r(2), r(14)), bg, tissue)
+    above = _unit(_window(inten, r(-14), r(-2)), bg, tissue)
+    above_long = _unit(_window(inten, r(-50), r(-3)), bg, tissue)
+    ilm_cost = 1.0 - rise * below * (1.0 - above) + above_long
+    return _Features(ilm_cost, rpe_cost, bm_edge_cost, rise_bm, fall, gy)
+
+
+def _search(
+    f: _Features,
+    p: _Params,
+    bm_band: tuple[np.ndarray, np.ndarray] | None = None,
+    ilm_band: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Run the chain of searches on every B-scan of ``f`` (optionally within bands).
+
+    Every B-scan is searched independently of the others in ``f``, so the result of a
+    B-scan does not depend on which chunk it was processed in.
+    """
+    r, h = p.r, p.height
+    max_jump, jump_penalty = p.max_jump, p.jump_penalty
+    rows_idx = np.arange(h, dtype=np.float32)[None, :, None]
+    n = f.ilm_cost.shape[0]
+    # ILM first: the most reliable boundary (dark vitreous above, tissue below)
+    ilm0 = min_cost_rows(
+        f.ilm_cost,
+        max_jump,
+        jump_penalty,
+        None if ilm_band is None else ilm_band[0],
+        h - 1 - p.min_thickness if ilm_band is None else ilm_band[1],
+    )
+    # RPE: brightest deep layer at least `min_rpe_depth` under the ILM (so not the
+    # nerve fibre layer)
+    lo = ilm0 + p.min_rpe_depth
+    hi = ilm0 + p.max_thickness
+    if bm_band is not None:
+        lo = np.maximum(lo, bm_band[0] - r(12))
+        hi = np.minimum(hi, bm_band[1])
+    rpe = min_cost_rows(f.rpe_cost, max_jump, jump_penalty, lo, hi)
+    # drusen and PEDs lift the RPE above the smooth curve it follows elsewhere
+    base, lifted = _lower_envelope(rpe, lam=2e4, tol=3.0 * p.row_scale)
+    # bottom of the RPE: the first strong bright-to-dark edge under its centre
+    below_rpe = rows_idx - rpe[:, None, :].astype(np.float32)
+    bm_raw = min_cost_rows(
+        f.bm_edge_cost + (0.04 / p.row_scale) * np.abs(below_rpe),
+        max_jump,
+        jump_penalty,
+        rpe - r(1),
+        rpe + r(8),
+    )
+    del below_rpe
+    # RPE centre to BM distance where the RPE is in place, per B-scan
+    gap = np.array(
+        [
+            np.median((bm_raw[i] - rpe[i])[~lifted[i]]) if (~lifted[i]).any() else 3.0 * p.row_scale
+            for i in range(n)
+        ]
+    )
+    floor = np.rint(base + gap[:, None]).astype(np.int64)
+    # where the RPE is lifted, BM is near the envelope: the floor of the detachment
+    # (dark-to-bright) or the bottom of a visible Bruch's membrane line (bright-to-dark)
+    cost = np.where(lifted[:, None, :], 1.0 - np.maximum(f.rise_bm, f.fall), f.bm_edge_cost)
+    bm_lo = np.where(lifted, floor - r(3), bm_raw - r(2))
+    bm_hi = np.where(lifted, floor + r(4), bm_raw + r(2))
+    bm = min_cost_rows(cost, max_jump, jump_penalty, bm_lo, bm_hi)
+    del cost
+    # the ILM again, now within the allowed thickness above BM
+    top = bm - p.max_thickness
+    bottom = bm - p.min_thickness
+    if ilm_band is not None:
+        top = np.maximum(top, ilm_band[0])
+        bottom = np.minimum(bottom, ilm_band[1])
+    # per B-scan (the original searched the whole volume again if any B-scan needed
+    # it; a B-scan already inside its band gets the same path either way)
+    redo = np.flatnonzero(np.any(ilm0 < top, axis=1) | np.any(ilm0 > bottom, axis=1))
+    if redo.size:
+        ilm0[redo] = min_cost_rows(
+            f.ilm_cost[redo], max_jump, jump_penalty, top[redo], bottom[redo]
+        )
+    debug = {"rpe": rpe, "bm_raw": bm_raw, "base": base, "lifted": lifted}
+    return ilm0, bm, lifted, debug
+
+
+def _place(
+    f: _Features, ilm: np.ndarray, bm: np.ndarray, lifted: np.ndarray, reach: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel placement of the paths on their edges (per B-scan)."""
+    ilm_f = _subpixel(f.gy, ilm, reach)
+    bm_f = np.where(lifted, _subpixel(f.gy, bm, reach), _subpixel(-f.gy, bm, reach))
+    return ilm_f, bm_f
+
+
 def detect_boundaries(
     bscans: np.ndarray,
     *,
@@ -202,6 +368,7 @@ def detect_boundaries(
     boundary_smooth_cols: float = 1.0,
     boundary_smooth_slices: float = 0.0,
     row_scale: float = 1.0,
+    chunk_slices: int | None = None,
     debug: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the ILM and Bruch's membrane in every column of every B-scan.
@@ -255,6 +422,9 @@ def detect_boundaries(
         row), e.g. 0.5 for 7.7 um rows. Every length along the depth (the parameters
         above and the internal windows) is multiplied by it; the defaults are tuned
         for the reference.
+    chunk_slices : int, optional
+        B-scans processed at a time (memory bound); the result does not depend on it.
+        Default: about 8 MiB of float32 per chunk (:func:`default_chunk_slices`).
     debug : dict, optional
         If given, filled with intermediate paths (``rpe``, ``bm_raw``, ``base``,
         ``lifted``; (S, W) arrays) for inspection.
@@ -273,125 +443,148 @@ def detect_boundaries(
     >>> round(float(ilm.mean())), round(float(bm.mean()))
     (30, 50)
     """
-    x = np.asarray(bscans, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"expected (S, H, W) B-scans, got shape {x.shape}")
-    s, h, _ = x.shape
-    x = fill_padding(x)
-    x = ndi.median_filter(x, size=(1, 3, 3))
+    shape = tuple(np.shape(bscans))
+    if len(shape) == 2:
+        bscans = np.asarray(bscans)[None]
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise ValueError(f"expected (S, H, W) B-scans, got shape {shape}")
 
-    def r(n: float) -> int:
-        """Convert a length of ``n`` reference rows to rows of these B-scans."""
-        return max(1, round(n * row_scale)) if n > 0 else min(-1, round(n * row_scale))
+    def read(start: int, stop: int) -> np.ndarray:
+        return np.asarray(bscans[start:stop], dtype=np.float32)
 
-    max_jump = max(1, int(np.ceil(max_jump * row_scale)))
-    jump_penalty = jump_penalty / row_scale
-    min_thickness, max_thickness = r(min_thickness), r(max_thickness)
-    min_rpe_depth, slice_band = r(min_rpe_depth), r(slice_band) if slice_band > 0 else 0
-    sig = (0, max(0.7, smooth_rows * row_scale), smooth_cols)
-    inten = ndi.gaussian_filter(x, sig)
-    gy = ndi.gaussian_filter(x, sig, order=(0, 1, 0))
-    bg, tissue = _levels(inten, 20, 99)
+    return detect_boundaries_chunked(
+        read,
+        shape,
+        smooth_rows=smooth_rows,
+        smooth_cols=smooth_cols,
+        max_jump=max_jump,
+        jump_penalty=jump_penalty,
+        min_thickness=min_thickness,
+        max_thickness=max_thickness,
+        slice_band=slice_band,
+        min_rpe_depth=min_rpe_depth,
+        boundary_smooth_cols=boundary_smooth_cols,
+        boundary_smooth_slices=boundary_smooth_slices,
+        row_scale=row_scale,
+        chunk_slices=chunk_slices,
+        debug=debug,
+    )
 
-    # brightness in units of (tissue - background); the RPE cost penalises a bright
-    # layer by how much brighter the brightest layer 8-60 rows below it is
-    bright_c = (inten - bg) / (tissue - bg)
-    deeper = _window(bright_c, r(8), r(60), "max")
-    rpe_cost = np.clip(1.0 - bright_c, 0, None) + 1.5 * np.clip(deeper - bright_c, 0, None)
-    gscale = _levels(np.abs(gy), 0, 99.5)[1]
-    fall = np.clip(-gy / gscale, 0, 1)
-    rise_bm = np.clip(gy / gscale, 0, 1)
-    above_max = _window(np.clip(bright_c, 0, 1), r(-8), 0, "max")
-    bm_edge_cost = 1.0 - fall * above_max
 
-    # ILM score: edge x bright below x dark just above, cost + tissue far above
-    rise = np.clip(gy / (0.5 * _levels(np.clip(gy, 0, None), 0, 99)[1]), 0, 1)
-    below = _unit(_window(inten, r(2), r(14)), bg, tissue)
-    above = _unit(_window(inten, r(-14), r(-2)), bg, tissue)
-    above_long = _unit(_window(inten, r(-50), r(-3)), bg, tissue)
-    ilm_cost = 1.0 - rise * below * (1.0 - above) + above_long
+def detect_boundaries_chunked(
+    read: Callable[[int, int], np.ndarray],
+    shape: tuple[int, int, int],
+    *,
+    smooth_rows: float = 2.0,
+    smooth_cols: float = 1.5,
+    max_jump: int = 4,
+    jump_penalty: float = 0.05,
+    min_thickness: int = 12,
+    max_thickness: int = 300,
+    slice_band: int = 12,
+    min_rpe_depth: int = 20,
+    boundary_smooth_cols: float = 1.0,
+    boundary_smooth_slices: float = 0.0,
+    row_scale: float = 1.0,
+    chunk_slices: int | None = None,
+    debug: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`detect_boundaries` on B-scans that are read a chunk at a time.
 
-    rows_idx = np.arange(h, dtype=np.float32)[None, :, None]
+    Two passes over the data: every chunk is searched on its own (all steps but the
+    consistency check work within one B-scan), then the B-scans that disagree with
+    their neighbours are read again, one chunk of them at a time, and searched within
+    the neighbours' band. Memory is that of one chunk plus (S, W) boundary arrays; the
+    result does not depend on the chunk size.
 
-    def search(idx, bm_band=None, ilm_band=None):
-        """Run the chain of searches on the B-scans ``idx`` (optionally within bands)."""
-        n = len(idx)
-        ilm_cost_i, rpe_cost_i, bm_edge_i = ilm_cost[idx], rpe_cost[idx], bm_edge_cost[idx]
-        # ILM first: the most reliable boundary (dark vitreous above, tissue below)
-        ilm0 = min_cost_rows(
-            ilm_cost_i,
-            max_jump,
-            jump_penalty,
-            None if ilm_band is None else ilm_band[0],
-            h - 1 - min_thickness if ilm_band is None else ilm_band[1],
-        )
-        # RPE: brightest deep layer at least `min_rpe_depth` under the ILM (so not the
-        # nerve fibre layer)
-        lo = ilm0 + min_rpe_depth
-        hi = ilm0 + max_thickness
-        if bm_band is not None:
-            lo = np.maximum(lo, bm_band[0] - r(12))
-            hi = np.minimum(hi, bm_band[1])
-        rpe = min_cost_rows(rpe_cost_i, max_jump, jump_penalty, lo, hi)
-        # drusen and PEDs lift the RPE above the smooth curve it follows elsewhere
-        base, lifted = _lower_envelope(rpe, lam=2e4, tol=3.0 * row_scale)
-        # bottom of the RPE: the first strong bright-to-dark edge under its centre
-        below_rpe = rows_idx - rpe[:, None, :].astype(np.float32)
-        bm_raw = min_cost_rows(
-            bm_edge_i + (0.04 / row_scale) * np.abs(below_rpe),
-            max_jump,
-            jump_penalty,
-            rpe - r(1),
-            rpe + r(8),
-        )
-        # RPE centre to BM distance where the RPE is in place, per B-scan
-        gap = np.array(
-            [
-                np.median((bm_raw[i] - rpe[i])[~lifted[i]])
-                if (~lifted[i]).any()
-                else 3.0 * row_scale
-                for i in range(n)
-            ]
-        )
-        floor = np.rint(base + gap[:, None]).astype(np.int64)
-        # where the RPE is lifted, BM is near the envelope: the floor of the detachment
-        # (dark-to-bright) or the bottom of a visible Bruch's membrane line (bright-to-dark)
-        cost = np.where(lifted[:, None, :], 1.0 - np.maximum(rise_bm[idx], fall[idx]), bm_edge_i)
-        bm_lo = np.where(lifted, floor - r(3), bm_raw - r(2))
-        bm_hi = np.where(lifted, floor + r(4), bm_raw + r(2))
-        bm = min_cost_rows(cost, max_jump, jump_penalty, bm_lo, bm_hi)
-        # the ILM again, now within the allowed thickness above BM
-        top = bm - max_thickness
-        bottom = bm - min_thickness
-        if ilm_band is not None:
-            top = np.maximum(top, ilm_band[0])
-            bottom = np.minimum(bottom, ilm_band[1])
-        if np.any(ilm0 < top) or np.any(ilm0 > bottom):
-            ilm0 = min_cost_rows(ilm_cost_i, max_jump, jump_penalty, top, bottom)
-        if debug is not None and n == s:
-            debug.update(rpe=rpe, bm_raw=bm_raw, base=base, lifted=lifted)
-        return ilm0, bm, lifted
+    Parameters
+    ----------
+    read : callable
+        ``read(start, stop)`` returns B-scans ``start:stop`` as a (stop - start, H, W)
+        float32 array of normalised grey values.
+    shape : tuple of int
+        ``(S, H, W)`` of all the B-scans.
+    chunk_slices : int, optional
+        B-scans per chunk; default :func:`default_chunk_slices` (about 8 MiB of float32).
+    smooth_rows, smooth_cols, max_jump, jump_penalty, min_thickness, max_thickness, slice_band, min_rpe_depth, boundary_smooth_cols, boundary_smooth_slices, row_scale, debug
+        As in :func:`detect_boundaries`.
 
-    ilm, bm, lifted = search(np.arange(s))
-    if s >= 3 and slice_band > 0:
+    Returns
+    -------
+    ilm, bm : (S, W) ndarray of float32
+    """  # noqa: E501
+    s, h, w = (int(v) for v in shape)
+    chunk = int(chunk_slices) if chunk_slices else default_chunk_slices(h, w)
+    if chunk < 1:
+        raise ValueError(f"chunk_slices must be >= 1, got {chunk_slices}")
+    p = _Params(
+        height=h,
+        smooth_rows=smooth_rows,
+        smooth_cols=smooth_cols,
+        max_jump=max(1, int(np.ceil(max_jump * row_scale))),
+        jump_penalty=jump_penalty / row_scale,
+        min_thickness=_rows(min_thickness, row_scale),
+        max_thickness=_rows(max_thickness, row_scale),
+        slice_band=_rows(slice_band, row_scale) if slice_band > 0 else 0,
+        min_rpe_depth=_rows(min_rpe_depth, row_scale),
+        row_scale=row_scale,
+    )
+    reach = p.r(2)
+    ilm = np.empty((s, w), np.int64)
+    bm = np.empty((s, w), np.int64)
+    lifted = np.empty((s, w), bool)
+    ilm_f = np.empty((s, w), np.float64)
+    bm_f = np.empty((s, w), np.float64)
+    found: dict[str, list[np.ndarray]] = {}
+
+    def check(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        if x.shape != (stop - start, h, w):
+            raise ValueError(f"read({start}, {stop}) gave shape {x.shape}, expected {(h, w)}")
+        return x
+
+    for start in range(0, s, chunk):
+        stop = min(s, start + chunk)
+        f = _features(check(read(start, stop), start, stop), p)
+        a, b, c, dbg = _search(f, p)
+        ilm[start:stop], bm[start:stop], lifted[start:stop] = a, b, c
+        ilm_f[start:stop], bm_f[start:stop] = _place(f, a, b, c, reach)
+        for k, v in dbg.items():
+            found.setdefault(k, []).append(v)
+        del f
+    if debug is not None:
+        debug.update({k: np.concatenate(v) for k, v in found.items()})
+
+    if s >= 3 and p.slice_band > 0:
         # B-scans that disagree with their neighbours (median of three) over more than
         # 5 % of the columns are searched again, each surface restricted to
         # +- slice_band rows around that consensus
+        band = p.slice_band
         c_bm = np.rint(_consensus(bm)).astype(np.int64)
         c_ilm = np.rint(_consensus(ilm)).astype(np.int64)
-        off = (np.abs(bm - c_bm) > slice_band) | (np.abs(ilm - c_ilm) > slice_band)
+        off = (np.abs(bm - c_bm) > band) | (np.abs(ilm - c_ilm) > band)
         redo = np.flatnonzero(off.mean(axis=1) > 0.05)
         if redo.size:
             logger.debug("re-searching B-scans %s within their neighbours' band", redo.tolist())
-            band_bm = (c_bm[redo] - slice_band, c_bm[redo] + slice_band)
-            band_ilm = (c_ilm[redo] - slice_band, c_ilm[redo] + slice_band)
-            ilm[redo], bm[redo], lifted[redo] = search(redo, band_bm, band_ilm)
+            redone: dict[str, list[np.ndarray]] = {}
+            for lo in range(0, redo.size, chunk):
+                idx = redo[lo : lo + chunk]
+                x = np.concatenate([check(read(i, i + 1), i, i + 1) for i in idx])
+                f = _features(x, p)
+                del x
+                band_bm = (c_bm[idx] - band, c_bm[idx] + band)
+                band_ilm = (c_ilm[idx] - band, c_ilm[idx] + band)
+                a, b, c, dbg = _search(f, p, band_bm, band_ilm)
+                ilm[idx], bm[idx], lifted[idx] = a, b, c
+                ilm_f[idx], bm_f[idx] = _place(f, a, b, c, reach)
+                for k, v in dbg.items():
+                    redone.setdefault(k, []).append(v)
+                del f
+            if debug is not None and redo.size == s:
+                debug.update({k: np.concatenate(v) for k, v in redone.items()})
+    if debug is not None:
+        debug["lifted"] = lifted  # the final one, after any second search
 
-    reach = r(2)
-    ilm_f = _subpixel(gy, ilm, reach)
-    bm_f = np.where(lifted, _subpixel(gy, bm, reach), _subpixel(-gy, bm, reach))
     if boundary_smooth_cols > 0:
         ilm_f = ndi.gaussian_filter1d(ilm_f, boundary_smooth_cols, axis=1, mode="nearest")
         bm_f = ndi.gaussian_filter1d(bm_f, boundary_smooth_cols, axis=1, mode="nearest")

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from napari_anogan.errors import InputError
 from napari_anogan.io.volume import Volume
-from napari_anogan.preprocess.boundaries import detect_boundaries
+from napari_anogan.preprocess.boundaries import default_chunk_slices, detect_boundaries_chunked
 from napari_anogan.preprocess.config import PreprocessConfig
 from napari_anogan.preprocess.geometry import Geometry
 from napari_anogan.preprocess.normalise import (
-    normalise_intensity,
+    apply_intensity_range,
+    intensity_range_chunked,
     resample_width,
     resampled_width,
 )
@@ -57,11 +60,14 @@ class PreprocessedVolume:
     config: PreprocessConfig
 
 
-def _as_stack(volume: Volume) -> np.ndarray:
-    data = np.asarray(volume.data)
-    if data.ndim == 2:
+def _as_stack(volume: Volume) -> Any:
+    """Return the data as (S, H, W) without reading it (numpy, memmap or dask)."""
+    data = volume.data
+    if not hasattr(data, "shape") or not hasattr(data, "__getitem__"):
+        data = np.asarray(data)
+    if len(data.shape) == 2:
         data = data[None]
-    if data.ndim != 3:
+    if len(data.shape) != 3:
         raise InputError(
             f"expected B-scans of shape (slices, height, width), got shape {data.shape}",
             volume.source or None,
@@ -115,7 +121,202 @@ def plan_band(
     return bm_int - bm_row, int(height), int(bm_row)
 
 
-def preprocess_volume(volume: Volume, config: PreprocessConfig | None = None) -> PreprocessedVolume:
+@dataclass(eq=False)
+class PreprocessPlan:
+    """Everything preprocessing decides about a volume, without its band images.
+
+    Made by :func:`plan_preprocessing` from a few passes over the data, one chunk of
+    B-scans at a time; :meth:`band` then makes the flattened band of any B-scans
+    (reading just those), so a volume can be processed chunk by chunk in bounded
+    memory. :func:`preprocess_volume` is :meth:`preprocessed` of a plan.
+
+    Attributes
+    ----------
+    data : (S, H, W) array-like
+        The raw grey values (numpy, memory-mapped or dask); read by slices only.
+    geometry : Geometry
+    ilm, bm : (S, W) ndarray of float32
+        Boundary rows in the raw grid.
+    ilm_flat : (S, Wr) ndarray of float32
+        ILM rows in the band.
+    intensity_range : tuple of float
+    config : PreprocessConfig
+    chunk_slices : int
+        B-scans read and processed at a time.
+    name, source : str
+        Of the volume (log and error messages).
+    """
+
+    data: Any
+    geometry: Geometry
+    ilm: np.ndarray
+    bm: np.ndarray
+    ilm_flat: np.ndarray
+    intensity_range: tuple[float, float]
+    config: PreprocessConfig
+    chunk_slices: int
+    name: str = ""
+    source: str = ""
+
+    @property
+    def n_slices(self) -> int:
+        """Number of B-scans."""
+        return int(self.geometry.raw_shape[0])
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of consecutive chunks of ``size`` (default: ``chunk_slices``)."""
+        size = int(size or self.chunk_slices)
+        for start in range(0, self.n_slices, size):
+            yield start, min(self.n_slices, start + size)
+
+    def resampled(self, start: int, stop: int) -> np.ndarray:
+        """Normalised, width-resampled B-scans ``start:stop``, (n, H, Wr) float32."""
+        raw = np.asarray(self.data[start:stop])
+        norm = apply_intensity_range(raw, self.intensity_range)
+        del raw
+        return resample_width(norm, self.geometry.resampled_width)
+
+    def band(self, start: int, stop: int) -> np.ndarray:
+        """Return the flattened band of B-scans ``start:stop``, (n, Hb, Wr) float32."""
+        geometry = self.geometry
+        out = np.empty((stop - start, geometry.band_height, geometry.resampled_width), np.float32)
+        for a, b in _ranges(start, stop, self.chunk_slices):
+            out[a - start : b - start] = geometry.sub(a, b).band_from_resampled(
+                self.resampled(a, b), fill=-1.0
+            )
+        return out
+
+    def retina_mask(self, start: int, stop: int) -> np.ndarray:
+        """(n, Hb, Wr) bool: True between the ILM and Bruch's membrane in the band."""
+        rows = np.arange(self.geometry.band_height)[None, :, None]
+        return (rows >= self.ilm_flat[start:stop, None, :]) & (rows <= self.geometry.bm_row)
+
+    def preprocessed(self, start: int = 0, stop: int | None = None) -> PreprocessedVolume:
+        """Return the :class:`PreprocessedVolume` of B-scans ``start:stop`` (default: all).
+
+        For a chunk, ``geometry`` is :meth:`Geometry.sub` (its slice 0 is ``start``).
+        """
+        stop = self.n_slices if stop is None else int(stop)
+        geometry = self.geometry if (start, stop) == (0, self.n_slices) else None
+        geometry = geometry or self.geometry.sub(start, stop)
+        ilm_flat = self.ilm_flat[start:stop]
+        return PreprocessedVolume(
+            flat=self.band(start, stop),
+            geometry=geometry,
+            ilm=self.ilm[start:stop],
+            bm=self.bm[start:stop],
+            ilm_flat=ilm_flat,
+            bm_flat=np.full(ilm_flat.shape, self.geometry.bm_row, np.float32),
+            retina_mask=self.retina_mask(start, stop),
+            intensity_range=self.intensity_range,
+            config=self.config,
+        )
+
+
+def _ranges(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(start, stop, size):
+        yield a, min(stop, a + size)
+
+
+def plan_preprocessing(
+    volume: Volume, config: PreprocessConfig | None = None, *, chunk_slices: int | None = None
+) -> PreprocessPlan:
+    """Decide the preprocessing of a volume (intensity range, boundaries, geometry).
+
+    Reads the data a chunk of B-scans at a time (2-5 passes for the exact intensity
+    percentiles, one for the boundaries, one more for B-scans whose boundaries are
+    searched again), never holding more than one chunk of float images, so memory does
+    not grow with the number of B-scans beyond (S, W) boundary arrays. The results are
+    the same for every chunk size.
+
+    Parameters
+    ----------
+    volume : Volume
+        The scan; ``data`` (S, H, W) (2-D: S = 1) as numpy, memory-mapped or dask array.
+    config : PreprocessConfig, optional
+        Settings; the defaults follow the paper.
+    chunk_slices : int, optional
+        B-scans per chunk; default about 8 MiB of float32 per chunk.
+
+    Returns
+    -------
+    PreprocessPlan
+
+    Raises
+    ------
+    InputError
+        As :func:`preprocess_volume`.
+    """
+    config = config or PreprocessConfig()
+    data = _as_stack(volume)
+    s, h, w = (int(v) for v in data.shape)
+    source = volume.source or volume.name or None
+    spacing_x = (
+        volume.spacing[2] if volume.spacing is not None and len(volume.spacing) > 2 else None
+    )
+    wr = resampled_width(w, spacing_x, config.column_spacing_um, config.target_width)
+    p = config.patch_size
+    if h < p or wr < p:
+        raise InputError(
+            f"B-scans of {h} rows x {w} columns ({wr} columns after resampling to "
+            f"{config.column_spacing_um:g} um) are smaller than one {p}x{p} patch",
+            source,
+        )
+    chunk = int(chunk_slices) if chunk_slices else default_chunk_slices(h, max(w, wr))
+    if chunk < 1:
+        raise ValueError(f"chunk_slices must be >= 1, got {chunk_slices}")
+
+    def raw_chunks() -> Iterator[np.ndarray]:
+        for a, b in _ranges(0, s, chunk):
+            yield np.asarray(data[a:b])
+
+    intensity_range = intensity_range_chunked(
+        raw_chunks, config.low_percentile, config.high_percentile, source=source
+    )
+
+    def resampled(a: int, b: int) -> np.ndarray:
+        norm = apply_intensity_range(np.asarray(data[a:b]), intensity_range)
+        return resample_width(norm, wr)
+
+    spacing_z = (
+        volume.spacing[1] if volume.spacing is not None and len(volume.spacing) > 1 else None
+    )
+    ilm_r, bm_r = detect_boundaries_chunked(
+        resampled, (s, h, wr), chunk_slices=chunk, **config.detection_params(spacing_z)
+    )
+    offsets, band_height, bm_row = plan_band(ilm_r, bm_r, config)
+    geometry = Geometry((s, h, w), wr, band_height, offsets, bm_row)
+
+    # boundaries on the raw columns (depth is not resampled: only the columns move)
+    u = np.clip(geometry.raw_col_to_flat(np.arange(w)), 0, wr - 1)
+    grid = np.arange(wr)
+    ilm = np.stack([np.interp(u, grid, ilm_r[i]) for i in range(s)]).astype(np.float32)
+    bm = np.stack([np.interp(u, grid, bm_r[i]) for i in range(s)]).astype(np.float32)
+    logger.info(
+        "%s: %s -> band %s, retina %.0f-%.0f rows thick",
+        volume.name,
+        (s, h, w),
+        geometry.band_shape,
+        float(np.min(bm_r - ilm_r)),
+        float(np.max(bm_r - ilm_r)),
+    )
+    return PreprocessPlan(
+        data=data,
+        geometry=geometry,
+        ilm=ilm,
+        bm=bm,
+        ilm_flat=(ilm_r - offsets).astype(np.float32),
+        intensity_range=intensity_range,
+        config=config,
+        chunk_slices=chunk,
+        name=volume.name,
+        source=volume.source,
+    )
+
+
+def preprocess_volume(
+    volume: Volume, config: PreprocessConfig | None = None, *, chunk_slices: int | None = None
+) -> PreprocessedVolume:
     """Normalise, resample, find the retina and flatten it into a band (paper, section 3).
 
     Steps: grey values to [-1, 1] by robust percentiles (:func:`normalise_intensity`);
@@ -125,12 +326,20 @@ def preprocess_volume(volume: Volume, config: PreprocessConfig | None = None) ->
     integer number of rows so that Bruch's membrane is one straight row; a band cropped
     from ``margin_above`` rows above the highest ILM to ``margin_below`` rows below BM.
 
+    The volume is processed a chunk of B-scans at a time (:func:`plan_preprocessing`,
+    then :meth:`PreprocessPlan.band` per chunk): memory holds the band and one chunk of
+    float images, never a float copy of the whole raw volume, and the result is the
+    same for every chunk size.
+
     Parameters
     ----------
     volume : Volume
-        The scan; ``data`` of shape (S, H, W) (a 2-D B-scan is taken as S = 1).
+        The scan; ``data`` of shape (S, H, W) (a 2-D B-scan is taken as S = 1), numpy,
+        memory-mapped or dask.
     config : PreprocessConfig, optional
         Settings; the defaults follow the paper.
+    chunk_slices : int, optional
+        B-scans per chunk (memory bound); default about 8 MiB of float32 per chunk.
 
     Returns
     -------
@@ -150,60 +359,4 @@ def preprocess_volume(volume: Volume, config: PreprocessConfig | None = None) ->
     >>> pre.flat.shape[0], pre.flat.dtype
     (2, dtype('float32'))
     """
-    config = config or PreprocessConfig()
-    data = _as_stack(volume)
-    s, h, w = data.shape
-    source = volume.source or volume.name or None
-    spacing_x = (
-        volume.spacing[2] if volume.spacing is not None and len(volume.spacing) > 2 else None
-    )
-    wr = resampled_width(w, spacing_x, config.column_spacing_um, config.target_width)
-    p = config.patch_size
-    if h < p or wr < p:
-        raise InputError(
-            f"B-scans of {h} rows x {w} columns ({wr} columns after resampling to "
-            f"{config.column_spacing_um:g} um) are smaller than one {p}x{p} patch",
-            source,
-        )
-    norm, intensity_range = normalise_intensity(
-        data, config.low_percentile, config.high_percentile, source=source
-    )
-    resampled = resample_width(norm, wr)
-    del norm
-    spacing_z = (
-        volume.spacing[1] if volume.spacing is not None and len(volume.spacing) > 1 else None
-    )
-    ilm_r, bm_r = detect_boundaries(resampled, **config.detection_params(spacing_z))
-    offsets, band_height, bm_row = plan_band(ilm_r, bm_r, config)
-    geometry = Geometry((s, h, w), wr, band_height, offsets, bm_row)
-    flat = geometry.band_from_resampled(resampled, fill=-1.0)
-
-    ilm_flat = (ilm_r - offsets).astype(np.float32)
-    bm_flat = np.full((s, wr), bm_row, np.float32)
-    rows = np.arange(band_height)[None, :, None]
-    retina = (rows >= ilm_flat[:, None, :]) & (rows <= bm_flat[:, None, :])
-
-    # boundaries on the raw columns (depth is not resampled: only the columns move)
-    u = np.clip(geometry.raw_col_to_flat(np.arange(w)), 0, wr - 1)
-    grid = np.arange(wr)
-    ilm = np.stack([np.interp(u, grid, ilm_r[i]) for i in range(s)]).astype(np.float32)
-    bm = np.stack([np.interp(u, grid, bm_r[i]) for i in range(s)]).astype(np.float32)
-    logger.info(
-        "%s: %s -> band %s, retina %.0f-%.0f rows thick",
-        volume.name,
-        (s, h, w),
-        flat.shape,
-        float(np.min(bm_r - ilm_r)),
-        float(np.max(bm_r - ilm_r)),
-    )
-    return PreprocessedVolume(
-        flat=flat,
-        geometry=geometry,
-        ilm=ilm,
-        bm=bm,
-        ilm_flat=ilm_flat,
-        bm_flat=bm_flat,
-        retina_mask=retina,
-        intensity_range=intensity_range,
-        config=config,
-    )
+    return plan_preprocessing(volume, config, chunk_slices=chunk_slices).preprocessed()

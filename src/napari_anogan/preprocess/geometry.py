@@ -98,6 +98,32 @@ class Geometry:
             bm_row=data["bm_row"],
         )
 
+    def sub(self, start: int, stop: int) -> Geometry:
+        """Geometry of B-scans ``start:stop`` alone (a chunk of a volume is a volume).
+
+        Parameters
+        ----------
+        start, stop : int
+            Slice range, ``0 <= start < stop <= S``.
+
+        Returns
+        -------
+        Geometry
+            Same resampling and band, ``raw_shape[0] == stop - start``; its slice 0 is
+            slice ``start`` of this one. Every image method works slice by slice, so
+            results on a chunk equal the same slices of the whole.
+        """
+        s = self.raw_shape[0]
+        if not 0 <= start < stop <= s:
+            raise ValueError(f"need 0 <= start < stop <= {s}, got {start}, {stop}")
+        return Geometry(
+            (stop - start, *self.raw_shape[1:]),
+            self.resampled_width,
+            self.band_height,
+            self.offsets[start:stop],
+            self.bm_row,
+        )
+
     # -- shapes and column mapping ------------------------------------------------------
     @property
     def band_shape(self) -> tuple[int, int, int]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 
 import numpy as np
 from skimage.transform import resize
 
 from napari_anogan.errors import InputError
+from napari_anogan.preprocess._quantiles import chunked_percentiles
 
 logger = logging.getLogger(__name__)
 
@@ -60,26 +62,49 @@ def normalise_intensity(
     >>> x.tolist(), (lo, hi)
     ([-1.0, 0.0, 1.0], (0.0, 100.0))
     """
-    if not 0 <= low_percentile < high_percentile <= 100:
-        raise ValueError(
-            f"need 0 <= low_percentile < high_percentile <= 100, got "
-            f"{low_percentile}, {high_percentile}"
-        )
+    _check_percentiles(low_percentile, high_percentile)
     arr = np.asarray(data)
     if arr.size == 0:
         raise InputError("image is empty", source)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise InputError(f"grey values must be real numbers, got dtype {arr.dtype}", source)
+    _check_dtype(arr.dtype, source)
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         n_bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise InputError(f"image contains {n_bad} NaN or infinite values", source)
     lo, hi = (float(v) for v in np.percentile(arr, [low_percentile, high_percentile]))
+    lo, hi = _usable_range(
+        lo, hi, float(arr.min()), float(arr.max()), low_percentile, high_percentile, source
+    )
+    return apply_intensity_range(arr, (lo, hi)), (lo, hi)
+
+
+def _check_percentiles(low_percentile: float, high_percentile: float) -> None:
+    if not 0 <= low_percentile < high_percentile <= 100:
+        raise ValueError(
+            f"need 0 <= low_percentile < high_percentile <= 100, got "
+            f"{low_percentile}, {high_percentile}"
+        )
+
+
+def _check_dtype(dtype: np.dtype, source: str | PathLike | None) -> None:
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"grey values must be real numbers, got dtype {dtype}", source)
+
+
+def _usable_range(
+    lo: float,
+    hi: float,
+    vmin: float,
+    vmax: float,
+    low_percentile: float,
+    high_percentile: float,
+    source: str | PathLike | None,
+) -> tuple[float, float]:
     if hi <= lo:
         # Mostly-constant data (e.g. a B-scan that is largely zero padding): fall back to
         # the full range so that a small real signal is not lost.
-        lo, hi = float(arr.min()), float(arr.max())
+        lo, hi = vmin, vmax
         if hi <= lo:
             raise InputError(f"image is constant (every value is {lo:g})", source)
         logger.warning(
@@ -87,9 +112,93 @@ def normalise_intensity(
             low_percentile,
             high_percentile,
         )
-    out = (arr.astype(np.float64) - lo) * (2.0 / (hi - lo)) - 1.0
+    return lo, hi
+
+
+def apply_intensity_range(data: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
+    """Map grey values linearly so that ``intensity_range`` becomes [-1, 1], clipping.
+
+    Element by element, so a chunk of a volume gives exactly that part of the whole.
+
+    Parameters
+    ----------
+    data : ndarray
+        Grey values of any real dtype.
+    intensity_range : tuple of float
+        Raw ``(lo, hi)``, ``lo < hi``, as returned by :func:`normalise_intensity`.
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``data``
+    """
+    lo, hi = intensity_range
+    out = (np.asarray(data).astype(np.float64) - lo) * (2.0 / (hi - lo)) - 1.0
     np.clip(out, -1.0, 1.0, out=out)
-    return out.astype(np.float32), (lo, hi)
+    return out.astype(np.float32)
+
+
+def intensity_range_chunked(
+    chunks: Callable[[], Iterable[np.ndarray]],
+    low_percentile: float = 1.0,
+    high_percentile: float = 99.9,
+    *,
+    source: str | PathLike | None = None,
+) -> tuple[float, float]:
+    """Return the ``intensity_range`` of :func:`normalise_intensity` for chunked data.
+
+    The percentiles are exact (``np.percentile`` of the whole volume, bit for bit, by
+    radix selection), so normalising chunk by chunk with
+    :func:`apply_intensity_range` equals :func:`normalise_intensity` of the whole volume.
+
+    Parameters
+    ----------
+    chunks : callable returning an iterable of ndarray
+        Called once per pass over the data (2-5 passes); must yield the same chunks.
+    low_percentile, high_percentile : float
+        As in :func:`normalise_intensity`.
+    source : str or PathLike, optional
+        File the data came from, named in error messages.
+
+    Returns
+    -------
+    tuple of float
+
+    Raises
+    ------
+    InputError
+        Empty, NaN or infinite values, not real numbers, or constant.
+    """
+    _check_percentiles(low_percentile, high_percentile)
+    n = 0
+    n_bad = 0
+    vmin, vmax = np.inf, -np.inf
+    for chunk in chunks():
+        arr = np.asarray(chunk)
+        if arr.size == 0:
+            continue
+        _check_dtype(arr.dtype if arr.dtype != bool else np.dtype(np.uint8), source)
+        n += arr.size
+        if np.issubdtype(arr.dtype, np.floating):
+            finite = np.isfinite(arr)
+            if not finite.all():
+                n_bad += arr.size - int(np.count_nonzero(finite))
+                continue
+        vmin = min(vmin, float(arr.min()))
+        vmax = max(vmax, float(arr.max()))
+    if n == 0:
+        raise InputError("image is empty", source)
+    if n_bad:
+        raise InputError(f"image contains {n_bad} NaN or infinite values", source)
+
+    def as_numbers() -> Iterator[np.ndarray]:
+        for chunk in chunks():
+            arr = np.asarray(chunk)
+            yield arr.astype(np.uint8) if arr.dtype == bool else arr
+
+    lo, hi = (
+        float(v) for v in chunked_percentiles(as_numbers, [low_percentile, high_percentile], n=n)
+    )
+    return _usable_range(lo, hi, vmin, vmax, low_percentile, high_percentile, source)
 
 
 def resampled_width(
