@@ -3,7 +3,9 @@
 ``get_reader`` only checks cheaply (``io.is_supported``) and returns None for anything
 else, never raising: napari then offers the next plugin. The returned function reads the
 file and gives one layer per path, scaled by the file's physical spacing. A file named
-``*_mask.*`` (the project's convention for lesion masks) opens as a labels layer.
+``*_mask.*`` (the project's convention for lesion masks) opens as a labels layer. A big
+TIFF or ``.npy`` volume (:data:`napari_anogan.io.readers.LAZY_MIN_BYTES` or more) opens
+as a dask array, so napari reads only the B-scans it shows.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
 
     layers = []
     for p in _paths(path):
-        volume = read_volume(p)
-        layers.append(volume_layer(volume, as_labels=is_mask_path(p)))
+        mask = is_mask_path(p)
+        # a big volume opens lazily (a dask array: napari reads the B-scans it shows)
+        volume = read_volume(p, lazy=False if mask else None)
+        layers.append(volume_layer(volume, as_labels=mask))
         logger.info("read %s: shape %s, spacing %s", p, volume.data.shape, volume.spacing)
     return layers

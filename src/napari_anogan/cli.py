@@ -113,17 +113,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
         return _cmd_score_dask(args)
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.io import read_volume
-    from napari_anogan.pipeline import score_volume, write_score_outputs
+    from napari_anogan.pipeline import score_to_files
 
     model = load_checkpoint(args.model)
     settings = _score_settings(args)
     outdir = _outdir(args.output)
     for path in args.inputs:
-        volume = read_volume(path)
-        result = _drain(
-            score_volume(volume, model, settings), f"score {volume.name}", quiet=args.quiet
-        )
-        write_score_outputs(result, outdir)
+        # lazy: a TIFF or .npy volume is read a chunk of B-scans at a time
+        volume = read_volume(path, lazy=True)
+        job = score_to_files(volume, model, outdir, settings, chunk_slices=args.chunk_slices)
+        result, _ = _drain(job, f"score {volume.name}", quiet=args.quiet)
         print(_summary_line(result))
     return 0
 
@@ -200,6 +199,13 @@ def _outdir(path: str | Path) -> Path:
     return out
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _add_score_options(p: argparse.ArgumentParser, *, default_steps: int | None = None) -> None:
     p.add_argument(
         "--mapping",
@@ -267,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         "volumes already scored with the same model and settings)",
     )
     p.add_argument("--scheduler", default=None, help="score on a running Dask cluster at ADDRESS")
+    p.add_argument(
+        "--chunk-slices",
+        type=_non_negative_int,
+        default=16,
+        help="B-scans preprocessed, mapped and written at a time (bounds memory whatever the "
+        "number of B-scans); 0 = the whole volume at once (then bit for bit the in-memory "
+        "result; smaller chunks differ only by float32 rounding)",
+    )
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("evaluate", help="ROC/AUC of a model on labelled test data")

@@ -97,11 +97,9 @@ def score_fingerprint(model_path: str | os.PathLike, settings) -> str:
 
 
 def _paths(outdir: Path, name: str) -> dict[str, Path]:
-    return {
-        "residual": outdir / f"{name}_residual.tif",
-        "scores": outdir / f"{name}_scores.csv",
-        "summary": outdir / f"{name}_summary.json",
-    }
+    from napari_anogan.pipeline import _output_paths
+
+    return _output_paths(name, outdir)
 
 
 def already_scored(path: str | os.PathLike, outdir: str | os.PathLike, fingerprint: str):
@@ -134,16 +132,16 @@ def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: st
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.events import drain
     from napari_anogan.io import read_volume, write_json
-    from napari_anogan.pipeline import score_volume, summary_dict, write_score_outputs
+    from napari_anogan.pipeline import score_to_files, summary_dict
 
     model = load_checkpoint(model_path)
-    volume = read_volume(path)
-    result = drain(score_volume(volume, model, settings))
+    # lazy and chunked: a worker's memory does not grow with the number of B-scans
+    volume = read_volume(path, lazy=True)
     out = Path(outdir)
-    paths = _paths(out, result.name)
+    paths = _paths(out, volume.name)
     # An old summary must not vouch for the new residual/scores while they are written.
     paths["summary"].unlink(missing_ok=True)
-    written = write_score_outputs(result, out)
+    result, written = drain(score_to_files(volume, model, out, settings))
     summary = summary_dict(result)
     summary["fingerprint"] = fingerprint
     write_json(written["summary"], summary)

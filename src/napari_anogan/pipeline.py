@@ -19,7 +19,7 @@ import numpy as np
 from napari_anogan.candidates import CANDIDATE_COLUMNS, find_candidates
 from napari_anogan.errors import InputError
 from napari_anogan.events import EventKind, ProgressEvent
-from napari_anogan.io import Volume, read_volume, write_csv, write_json, write_tiff
+from napari_anogan.io import Volume, read_volume, safe_stem, write_csv, write_json, write_tiff
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +170,10 @@ def _mapping_config(settings: ScoreSettings):
     )
 
 
-def _select_patches(patches, geometry, boxes):
+def _select_patches(coords, size, geometry, boxes):
     """Keep the grid patches whose raw box overlaps one of ``boxes`` on the same slice."""
-    keep = np.zeros(len(patches.coords), dtype=bool)
-    size = patches.images.shape[-1]
-    for i, (s, r, c) in enumerate(patches.coords):
+    keep = np.zeros(len(coords), dtype=bool)
+    for i, (s, r, c) in enumerate(coords):
         r0, c0, r1, c1 = geometry.box_to_raw(int(s), int(r), int(c), size, size)
         for bs, br0, bc0, br1, bc1 in boxes:
             if bs == s and r0 < br1 and br0 < r1 and c0 < bc1 and bc0 < c1:
@@ -212,7 +211,7 @@ def map_volume(
     pre = preprocess_volume(volume, pre_config)
     patches = grid_patches(pre, stride=settings.stride, slices=slices)
     if boxes:
-        keep = _select_patches(patches, pre.geometry, boxes)
+        keep = _select_patches(patches.coords, patches.images.shape[-1], pre.geometry, boxes)
         patches = type(patches)(images=patches.images[keep], coords=patches.coords[keep])
     if len(patches.coords) == 0:
         raise InputError("no patch of the requested region overlaps the retina", volume.source)
@@ -333,29 +332,101 @@ def score_volume(
     ModelError
         If the model's patch size or preprocessing does not fit.
     """
-    from napari_anogan.scoring import (
-        aggregate_bscans,
-        assemble_heatmap,
-        percentile_of,
-        volume_score,
-    )
+    from napari_anogan.scoring import assemble_heatmap
 
     settings = settings or ScoreSettings()
     pre, patches, mapped, model = yield from map_volume(
         volume, model, settings, slices=slices, boxes=boxes, partial_results=partial_results
     )
     geometry = pre.geometry
-    pre_config = pre.config
-    size = pre_config.patch_size
-    s_count = volume.shape[0]
     residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
     recon_flat = assemble_heatmap(mapped.reconstruction, patches.coords, pre.flat.shape)
-    residual = np.nan_to_num(geometry.flat_to_raw_image(residual_flat), nan=0.0)
-    lo, hi = pre.intensity_range
-    reconstruction = lo + (geometry.flat_to_raw_image(recon_flat) + 1.0) * 0.5 * (hi - lo)
+    residual = _back_project(geometry, residual_flat, fill_nan=0.0)
+    del residual_flat
+    reconstruction = _back_project(geometry, recon_flat, intensity_range=pre.intensity_range)
+    del recon_flat
+    en_face = np.concatenate(
+        [
+            en_face_projection(residual[a:b], pre.ilm[a:b], pre.bm[a:b])
+            for a, b in _slice_chunks(volume.shape[0], BACK_PROJECT_SLICES)
+        ]
+    )
+    result = _volume_result(
+        volume,
+        model,
+        settings,
+        patches.coords,
+        mapped.scores(),
+        geometry,
+        pre.config.patch_size,
+        residual=residual,
+        reconstruction=reconstruction,
+        ilm=pre.ilm,
+        bm=pre.bm,
+        en_face=en_face,
+    )
+    yield ProgressEvent(EventKind.DONE, 1, 1, message=f"{volume.name} scored")
+    return result
 
+
+BACK_PROJECT_SLICES = 8
+"""B-scans back-projected to the raw grid at a time (bounds the temporaries)."""
+
+
+def _slice_chunks(n: int, size: int) -> list[tuple[int, int]]:
+    size = max(1, int(size))
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def _back_project(
+    geometry,
+    flat: np.ndarray,
+    *,
+    fill_nan: float | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``geometry.flat_to_raw_image(flat)`` a few B-scans at a time, as float32.
+
+    Slice by slice the same as the whole-volume call (each B-scan maps on its own), with
+    temporaries of a few B-scans instead of about ten float arrays of the whole raw
+    volume. ``fill_nan`` replaces uncovered pixels; ``intensity_range`` maps [-1, 1]
+    back to raw grey values.
+    """
+    s = geometry.raw_shape[0]
+    out = np.empty(geometry.raw_shape, np.float32) if out is None else out
+    for a, b in _slice_chunks(s, BACK_PROJECT_SLICES):
+        raw = geometry.sub(a, b).flat_to_raw_image(flat[a:b])
+        if fill_nan is not None:
+            raw = np.nan_to_num(raw, nan=fill_nan)
+        if intensity_range is not None:
+            lo, hi = intensity_range
+            raw = lo + (raw + 1.0) * 0.5 * (hi - lo)
+        out[a:b] = raw
+    return out
+
+
+def _volume_result(
+    volume: Volume,
+    model,
+    settings: ScoreSettings,
+    coords: np.ndarray,
+    scores: dict[str, np.ndarray],
+    geometry,
+    size: int,
+    *,
+    residual,
+    reconstruction,
+    ilm: np.ndarray,
+    bm: np.ndarray,
+    en_face: np.ndarray,
+) -> VolumeResult:
+    """Patch table, B-scan and volume scores and candidates of mapped grid patches."""
+    from napari_anogan.scoring import aggregate_bscans, percentile_of, volume_score
+
+    s_count = volume.shape[0]
     boxes_raw = np.array(
-        [geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in patches.coords],
+        [geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in coords],
         dtype=np.int64,
     ).reshape(-1, 4)
     ref = model.reference or {}
@@ -363,28 +434,28 @@ def score_volume(
 
     def healthy_percentile(name: str) -> np.ndarray:
         if ref.get(name) is None:
-            return np.full(len(patches.coords), np.nan)
-        return percentile_of(getattr(mapped, name), ref[name], ref["levels"])
+            return np.full(len(coords), np.nan)
+        return percentile_of(scores[name], ref[name], ref["levels"])
 
     percentile = healthy_percentile("anomaly_score")
     table = {
-        "slice": patches.coords[:, 0].astype(np.int64),
+        "slice": coords[:, 0].astype(np.int64),
         "row": boxes_raw[:, 0],
         "col": boxes_raw[:, 1],
         "height": boxes_raw[:, 2] - boxes_raw[:, 0],
         "width": boxes_raw[:, 3] - boxes_raw[:, 1],
-        "residual_score": np.asarray(mapped.residual_score, dtype=np.float64),
-        "discrimination_score": np.asarray(mapped.discrimination_score, dtype=np.float64),
-        "anomaly_score": np.asarray(mapped.anomaly_score, dtype=np.float64),
+        "residual_score": np.asarray(scores["residual_score"], dtype=np.float64),
+        "discrimination_score": np.asarray(scores["discrimination_score"], dtype=np.float64),
+        "anomaly_score": np.asarray(scores["anomaly_score"], dtype=np.float64),
         "reference_discrimination_score": np.asarray(
-            mapped.reference_discrimination_score, dtype=np.float64
+            scores["reference_discrimination_score"], dtype=np.float64
         ),
-        "discriminator_output": np.asarray(mapped.discriminator_output, dtype=np.float64),
+        "discriminator_output": np.asarray(scores["discriminator_output"], dtype=np.float64),
         "healthy_percentile": np.asarray(percentile, dtype=np.float64),
         "residual_percentile": healthy_percentile("residual_score"),
         "discrimination_percentile": healthy_percentile("discrimination_score"),
-        "flat_row": patches.coords[:, 1].astype(np.int64),
-        "flat_col": patches.coords[:, 2].astype(np.int64),
+        "flat_row": coords[:, 1].astype(np.int64),
+        "flat_col": coords[:, 2].astype(np.int64),
     }
     bscan_scores = aggregate_bscans(table["slice"], table["anomaly_score"], s_count)
     candidates = find_candidates(
@@ -393,23 +464,215 @@ def score_volume(
         threshold=settings.percentile_threshold,
         by="healthy_percentile" if reference is not None else "anomaly_score",
     )
-    result = VolumeResult(
+    return VolumeResult(
         name=volume.name,
         shape=tuple(volume.shape),
-        reconstruction=reconstruction.astype(np.float32),
-        residual=residual.astype(np.float32),
+        reconstruction=reconstruction,
+        residual=residual,
         patches=table,
         bscan_scores=bscan_scores,
         volume_score=volume_score(bscan_scores),
-        ilm=pre.ilm,
-        bm=pre.bm,
-        en_face=en_face_projection(residual, pre.ilm, pre.bm),
+        ilm=ilm,
+        bm=bm,
+        en_face=en_face,
         candidates=candidates,
         settings=settings.to_dict(),
         model=_model_description(model),
     )
+
+
+SCORE_CHUNK_SLICES = 16
+"""B-scans preprocessed, mapped and written at a time by :func:`score_to_files`."""
+
+
+def _rebase(event: ProgressEvent, done: int, n_chunk: int, n_total: int) -> ProgressEvent:
+    """Turn a chunk's mapping event into progress of the whole volume."""
+    if event.kind == EventKind.MAPPING_BATCH:
+        step, total = done + event.step, n_total
+    elif event.kind == EventKind.MAPPING_STEP and n_chunk and event.total:
+        per_patch = event.total / n_chunk
+        step, total = round(done * per_patch + event.step), round(n_total * per_patch)
+    else:
+        return event
+    event.step, event.total = int(step), int(total)
+    if event.kind == EventKind.MAPPING_BATCH:
+        event.message = f"mapped {step}/{n_total} patches"
+    return event
+
+
+def score_to_files(
+    volume: Volume,
+    model,
+    outdir: str | Path,
+    settings: ScoreSettings | None = None,
+    *,
+    chunk_slices: int | None = SCORE_CHUNK_SLICES,
+    slices: Sequence[int] | None = None,
+    boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
+) -> Generator[ProgressEvent, None, tuple[VolumeResult, dict[str, Path]]]:
+    """Score a volume chunk by chunk and write the ``score`` outputs as it goes.
+
+    Memory stays bounded whatever the number of B-scans: the preprocessing is planned
+    in a few passes over the data (:func:`~napari_anogan.preprocess.plan_preprocessing`,
+    one chunk of float images at a time), then every chunk of ``chunk_slices`` B-scans
+    is read, flattened, cut into patches, mapped, back-projected and appended to
+    ``<stem>_residual.tif`` (:class:`~napari_anogan.io.TiffSliceWriter`) before the
+    next one; only per-patch scores and (S, W) boundary arrays are kept for the whole
+    volume. The table and summary are written at the end. Every output is written to
+    a temporary name and renamed when complete.
+
+    What equals :func:`score_volume` + :func:`write_score_outputs`: the preprocessing,
+    patch grid and patch images (bit for bit, for every chunk size); the random
+    latent starts (drawn for all patches at once, then split); and, with
+    ``chunk_slices=None`` (one chunk), every output bit for bit. With smaller chunks
+    each chunk's patches are mapped in their own batches, so scores and heatmaps equal
+    the whole-volume ones up to float32 rounding of batched convolutions (a few units
+    in the last place, as when ``batch_size`` changes).
+
+    Parameters
+    ----------
+    volume : Volume
+        The scan; ``data`` may be lazy (``read_volume(..., lazy=True)``).
+    model : LoadedModel or path
+        The healthy model.
+    outdir : str or Path
+        Existing output folder.
+    settings : ScoreSettings, optional
+        Mapping and grid settings.
+    chunk_slices : int or None
+        B-scans per chunk; None or 0: the whole volume in one chunk.
+    slices, boxes
+        As in :func:`score_volume`.
+
+    Yields
+    ------
+    ProgressEvent
+        STAGE, then the mapping's events as progress of the whole volume, DONE.
+
+    Returns
+    -------
+    result : VolumeResult
+        Patch table, scores, candidates, boundaries and en-face map; ``residual`` is a
+        lazy (dask) view of the written TIFF and ``reconstruction`` is None (it is not
+        an output).
+    paths : dict of str to Path
+        ``residual``, ``scores`` and ``summary`` files.
+
+    Raises
+    ------
+    InputError, ModelError, OutputError
+        Bad input, a model that does not fit, an unwritable output folder.
+    """
+    import torch
+
+    from napari_anogan.checkpoint import check_compatible
+    from napari_anogan.io import TiffSliceWriter
+    from napari_anogan.mapping import map_to_latent
+    from napari_anogan.preprocess import cut_patches, grid_coords, plan_preprocessing
+    from napari_anogan.scoring import assemble_heatmap
+
+    settings = settings or ScoreSettings()
+    model = _load_model(model)
+    pre_config = _preprocess_config(model)
+    check_compatible(model, pre_config.patch_size, None)
+    paths = _output_paths(volume.name, outdir)
+    yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
+    s_count = volume.shape[0]
+    step = int(chunk_slices) if chunk_slices else s_count
+    # preprocessing chunks: about 8 MiB of float images, at most the scoring chunk
+    plan = plan_preprocessing(volume, pre_config, max_chunk_slices=step)
+    geometry = plan.geometry
+    size = pre_config.patch_size
+    chunks = _slice_chunks(s_count, step)
+    wanted = None if slices is None else {int(i) for i in slices}
+    coords_parts = []
+    for a, b in chunks:
+        chunk_slices_wanted = None if wanted is None else [i - a for i in wanted if a <= i < b]
+        c = grid_coords(plan.retina_mask(a, b), size, settings.stride, slices=chunk_slices_wanted)
+        c[:, 0] += a
+        coords_parts.append(c)
+    coords = np.concatenate(coords_parts)
+    if wanted is not None and any(not 0 <= i < s_count for i in wanted):
+        raise ValueError(f"slices must be in [0, {s_count - 1}], got {sorted(wanted)}")
+    if boxes:
+        coords = coords[_select_patches(coords, size, geometry, boxes)]
+    n = len(coords)
+    if n == 0:
+        raise InputError("no patch of the requested region overlaps the retina", volume.source)
+    mcfg = _mapping_config(settings)
+    encoder = getattr(model, "encoder", None)
+    if mcfg.mode == "hybrid" and encoder is None:
+        from dataclasses import replace
+
+        logger.warning(
+            "mapping mode 'hybrid' needs an encoder and this model has none: falling back "
+            "to the paper's iterative mapping (%d steps from a random start)",
+            mcfg.steps,
+        )
+        mcfg = replace(mcfg, mode="iterative")
+    z_start = None
+    if mcfg.mode == "iterative":
+        # as map_to_latent draws them: all at once from one seeded CPU generator
+        gen = torch.Generator().manual_seed(int(mcfg.seed))
+        z_start = (torch.rand(n, model.model_config.z_dim, generator=gen) * 2.0 - 1.0).numpy()
+    logger.info("%s: mapping %d patches in %d chunks", volume.name, n, len(chunks))
+    score_parts: dict[str, list[np.ndarray]] = {}
+    en_face = np.zeros((s_count, volume.shape[2]), np.float32)
+    chunk_of = np.searchsorted(coords[:, 0], [a for a, _ in chunks] + [s_count])
+    done = 0
+    with TiffSliceWriter(paths["residual"], volume.shape, np.float32) as writer:
+        for k, (a, b) in enumerate(chunks):
+            lo, hi = int(chunk_of[k]), int(chunk_of[k + 1])
+            sub = geometry.sub(a, b)
+            residual_flat = np.full((b - a, *geometry.band_shape[1:]), np.nan, np.float32)
+            if hi > lo:
+                local = coords[lo:hi] - np.array([a, 0, 0])
+                images = cut_patches(plan.band(a, b), local, size)
+                job = map_to_latent(
+                    model.generator,
+                    model.discriminator,
+                    images,
+                    mcfg,
+                    z_init=None if z_start is None else z_start[lo:hi],
+                    encoder=encoder,
+                )
+                while True:
+                    try:
+                        event = next(job)
+                    except StopIteration as stop:
+                        mapped = stop.value
+                        break
+                    yield _rebase(event, done, hi - lo, n)
+                del images
+                residual_flat = assemble_heatmap(mapped.residual_image, local, sub.band_shape)
+                for name, values in mapped.scores().items():
+                    score_parts.setdefault(name, []).append(np.asarray(values))
+                del mapped
+                done += hi - lo
+            residual = _back_project(sub, residual_flat, fill_nan=0.0)
+            writer.write(residual)
+            en_face[a:b] = en_face_projection(residual, plan.ilm[a:b], plan.bm[a:b])
+            del residual, residual_flat
+    scores = {name: np.concatenate(parts) for name, parts in score_parts.items()}
+    from napari_anogan.io import read_volume
+
+    result = _volume_result(
+        volume,
+        model,
+        settings,
+        coords,
+        scores,
+        geometry,
+        size,
+        residual=read_volume(paths["residual"], lazy=True).data,
+        reconstruction=None,
+        ilm=plan.ilm,
+        bm=plan.bm,
+        en_face=en_face,
+    )
+    _write_tables(result, paths)
     yield ProgressEvent(EventKind.DONE, 1, 1, message=f"{volume.name} scored")
-    return result
+    return result, paths
 
 
 def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> np.ndarray:
@@ -448,25 +711,37 @@ def _model_description(model) -> dict:
     }
 
 
+def _output_paths(name: str, outdir: str | Path) -> dict[str, Path]:
+    """Output files of a volume, checked to stay inside ``outdir``."""
+    outdir = Path(outdir)
+    stem = safe_stem(name)
+    return {
+        "residual": outdir / f"{stem}_residual.tif",
+        "scores": outdir / f"{stem}_scores.csv",
+        "summary": outdir / f"{stem}_summary.json",
+    }
+
+
 def write_score_outputs(result: VolumeResult, outdir: str | Path) -> dict[str, Path]:
     """Write ``<stem>_residual.tif``, ``<stem>_scores.csv`` and ``<stem>_summary.json``.
 
-    Every file is written atomically; returns their paths by kind.
+    Every file is written atomically; returns their paths by kind. The stem is the
+    volume name made safe as a file name (:func:`safe_stem`), so outputs stay inside
+    ``outdir``.
     """
-    outdir = Path(outdir)
-    paths = {
-        "residual": outdir / f"{result.name}_residual.tif",
-        "scores": outdir / f"{result.name}_scores.csv",
-        "summary": outdir / f"{result.name}_summary.json",
-    }
-    write_tiff(paths["residual"], result.residual.astype(np.float32))
+    paths = _output_paths(result.name, outdir)
+    write_tiff(paths["residual"], np.asarray(result.residual, dtype=np.float32))
+    _write_tables(result, paths)
+    return paths
+
+
+def _write_tables(result: VolumeResult, paths: dict[str, Path]) -> None:
     rows = [
         {k: result.patches[k][i].item() for k in PATCH_COLUMNS}
         for i in range(len(result.patches["slice"]))
     ]
     write_csv(paths["scores"], rows, columns=PATCH_COLUMNS)
     write_json(paths["summary"], summary_dict(result))
-    return paths
 
 
 def summary_dict(result: VolumeResult) -> dict:

@@ -10,8 +10,12 @@ One entry point, :func:`read_volume`, dispatches on what the path is:
   optional ``vendor`` extra (see :mod:`napari_anogan.io.vendor`).
 
 Every format reader returns a :class:`_RawRead` (array + spacing + metadata) and
-:func:`read_volume` alone validates and builds the :class:`Volume`. A later
-``lazy=True`` mode only needs the format readers to return a dask array in ``_RawRead``.
+:func:`read_volume` alone validates and builds the :class:`Volume`. With ``lazy=True``
+(or ``lazy=None`` and a big file) a grey TIFF series or a ``.npy`` comes back as a dask
+array that reads B-scans only when they are used (one TIFF page or ``.npy`` slice range
+per chunk, by ordinary file reads, so the memory of a chunk is freed once it is used);
+the NaN check then happens where the values are read (preprocessing), still as an
+:class:`InputError` naming the file.
 
 Anything wrong with the input (missing, empty, corrupt, wrong dimensions, NaN...)
 raises :class:`~napari_anogan.errors.InputError` naming the file and what was expected;
@@ -131,7 +135,13 @@ def is_supported(path: PathLike | Sequence[PathLike]) -> bool:
         return False
 
 
-def read_volume(path: PathLike | Sequence[PathLike]) -> Volume:
+#: ``lazy=None`` reads a file lazily when its uncompressed data is at least this big.
+LAZY_MIN_BYTES = 512 * 2**20
+#: B-scans per chunk of a lazy volume's dask array (at most; about 16 MiB per chunk).
+LAZY_CHUNK_BYTES = 16 * 2**20
+
+
+def read_volume(path: PathLike | Sequence[PathLike], *, lazy: bool | None = False) -> Volume:
     """Read an OCT volume or B-scan(s) into a :class:`Volume`.
 
     Parameters
@@ -149,6 +159,11 @@ def read_volume(path: PathLike | Sequence[PathLike]) -> Volume:
           like that file);
         * a vendor file (``.vol``, ``.e2e``, ``.fds``, ``.fda``, ``.img``, ``.dcm``),
           which needs ``pip install "napari-anogan[vendor]"``.
+    lazy : bool or None
+        False (default): read everything now. True: a grey TIFF series whose pages are
+        the B-scans, or a ``.npy``, becomes a dask array read chunk by chunk when used
+        (other inputs are read now); NaN/inf are then reported when the values are
+        read. None: lazy when the uncompressed data is at least :data:`LAZY_MIN_BYTES`.
 
     Returns
     -------
@@ -172,6 +187,9 @@ def read_volume(path: PathLike | Sequence[PathLike]) -> Volume:
     """
     if isinstance(path, str | os.PathLike):
         p = Path(path)
+        lazy_volume = _read_lazy(p, lazy) if lazy is not False else None
+        if lazy_volume is not None:
+            return lazy_volume
         raw = _read_path(p)
         source, name = str(p), _name_of(p)
     else:
@@ -194,6 +212,145 @@ def read_volume(path: PathLike | Sequence[PathLike]) -> Volume:
         warnings.warn(msg, UserWarning, stacklevel=2)
     logger.info("read %s: shape %s, dtype %s", source, data.shape, data.dtype)
     return Volume(data=data, spacing=raw.spacing, source=source, name=name, metadata=raw.metadata)
+
+
+# --------------------------------------------------------------------------- lazy reads
+
+
+class _LazySlices:
+    """Array-like over the B-scans of a file, reading only the slices asked for.
+
+    ``dask.array.from_array`` calls ``__getitem__`` with one chunk's slices; every call
+    opens the file, reads those B-scans with ordinary reads (no memory map, so nothing
+    stays resident) and closes it again, so it is safe from several threads.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype, kind: str):
+        self.path, self.shape, self.dtype, self.kind = path, shape, np.dtype(dtype), kind
+        self.ndim = 3
+
+    def _read(self, start: int, stop: int, step: int) -> np.ndarray:
+        if self.kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(self.path) as tif:
+                out = tif.asarray(key=list(range(start, stop, step)), series=0)
+        else:
+            mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            try:
+                out = np.array(mapped[start:stop:step])
+            finally:
+                del mapped  # unmap: the pages read do not stay in this process
+        return out.reshape(-1, *self.shape[1:])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0] if key else slice(None), key[1:]
+        if isinstance(first, int | np.integer):
+            rows = slice(int(first), int(first) + 1 if int(first) != -1 else None)
+            start, stop, step = rows.indices(self.shape[0])
+            squeeze = True
+        elif isinstance(first, slice):
+            start, stop, step = first.indices(self.shape[0])
+            squeeze = False
+        else:  # an index array: read the range it spans, then pick
+            idx = np.arange(self.shape[0])[first]
+            if idx.size == 0:
+                return np.zeros((0, *self.shape[1:]), self.dtype)[(slice(None), *rest)]
+            block = self[int(idx.min()) : int(idx.max()) + 1]
+            return block[(idx - int(idx.min()), *rest)]
+        if stop <= start and step > 0:
+            data = np.zeros((0, *self.shape[1:]), self.dtype)
+        else:
+            try:
+                data = self._read(start, stop, step)
+            except Exception as exc:
+                raise InputError(
+                    f"cannot read B-scans {start}-{stop - 1} (corrupt or truncated?): "
+                    f"{type(exc).__name__}: {exc}",
+                    self.path,
+                ) from exc
+        if not data.dtype.isnative:
+            data = data.astype(data.dtype.newbyteorder("="))
+        data = data.astype(self.dtype, copy=False)
+        if squeeze:
+            return data[0][rest] if rest else data[0]
+        return data[(slice(None), *rest)] if rest else data
+
+
+def _lazy_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype, _RawRead] | None:
+    """Shape and dtype of a file that can be read lazily, with its metadata; else None."""
+    suffix = _check_file(path)
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    return None
+                series = tif.series[0]
+                shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
+                if len(shape) != 3 or "S" in axes or len(series.pages) != shape[0]:
+                    return None  # colour, 2-D or pages that are not the B-scans: read now
+                if tuple(series.keyframe.shape) != shape[1:]:
+                    return None
+                spacing, fmt = _NO_SPACING, "tiff"
+                if tif.is_ome and tif.ome_metadata:
+                    fmt, spacing = "ome-tiff", _ome_spacing(tif.ome_metadata)
+                elif tif.is_imagej:
+                    fmt = "imagej-tiff"
+                    spacing = _imagej_spacing(tif.imagej_metadata or {}, tif.pages[0])
+                else:
+                    spacing = _tag_spacing(tif.pages[0])
+        except Exception:
+            return None  # let the eager reader give its precise error
+        return "tiff", shape, dtype, _RawRead(np.empty(0), spacing, {"format": fmt, "axes": axes})
+    if suffix == ".npy":
+        try:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception:
+            return None
+        try:
+            shape, dtype = tuple(mapped.shape), mapped.dtype
+        finally:
+            del mapped
+        if len(shape) != 3 or _guess_channel_axis(shape) is not None:
+            return None
+        return "npy", shape, dtype, _RawRead(np.empty(0), _NO_SPACING, {"format": "npy"})
+    return None
+
+
+def _read_lazy(path: Path, lazy: bool | None) -> Volume | None:
+    """Return a :class:`Volume` over a dask array (big file, or ``lazy=True``), or None."""
+    if path.is_dir() or not path.exists():
+        return None
+    header = _lazy_header(path)
+    if header is None:
+        return None
+    kind, shape, dtype, raw = header
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "uif" or 0 in shape:
+        return None  # the eager reader converts bool and reports odd dtypes and sizes
+    if lazy is None and int(np.prod(shape)) * dtype.itemsize < LAZY_MIN_BYTES:
+        return None
+    import dask.array as da
+
+    native = dtype.newbyteorder("=")
+    chunk = max(1, min(shape[0], LAZY_CHUNK_BYTES // max(1, shape[1] * shape[2] * dtype.itemsize)))
+    source = _LazySlices(path, shape, native, kind)
+    data = da.from_array(
+        source,
+        chunks=(chunk, shape[1], shape[2]),
+        name=f"napari-anogan-{kind}-{path.resolve()}-{path.stat().st_mtime_ns}",
+        meta=np.empty((0, 0, 0), native),
+        lock=False,
+        asarray=False,
+    )
+    raw.metadata["lazy"] = True
+    logger.info("read %s lazily: shape %s, dtype %s, chunks of %d", path, shape, dtype, chunk)
+    return Volume(
+        data=data, spacing=raw.spacing, source=str(path), name=_name_of(path), metadata=raw.metadata
+    )
 
 
 # ------------------------------------------------------------------------- dispatching

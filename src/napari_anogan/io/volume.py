@@ -13,9 +13,11 @@ class Volume:
 
     Attributes
     ----------
-    data : (S, H, W) ndarray
+    data : (S, H, W) ndarray or dask array
         Grey values, axes (slice, depth, width); a single B-scan has S == 1. The dtype is
         the file's (uint8, uint16, float32...); RGB input is already converted to grey.
+        A dask array (``read_volume(..., lazy=True)``) reads B-scans only when used:
+        index it by slices (``data[a:b]``) rather than converting all of it.
     spacing : tuple of (float or None)
         Physical pixel size in micrometres along (slice, depth, width); None where the
         file does not say.

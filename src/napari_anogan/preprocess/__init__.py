@@ -17,7 +17,13 @@ from napari_anogan.preprocess.flatten import (
 from napari_anogan.preprocess.geometry import Geometry
 from napari_anogan.preprocess.normalise import normalise_intensity, resample_width
 from napari_anogan.preprocess.outputs import write_preprocess_outputs
-from napari_anogan.preprocess.patches import Patches, grid_patches, random_patches
+from napari_anogan.preprocess.patches import (
+    Patches,
+    cut_patches,
+    grid_coords,
+    grid_patches,
+    random_patches,
+)
 
 __all__ = [
     "Geometry",
@@ -25,7 +31,9 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessPlan",
     "PreprocessedVolume",
+    "cut_patches",
     "detect_boundaries",
+    "grid_coords",
     "grid_patches",
     "normalise_intensity",
     "plan_preprocessing",

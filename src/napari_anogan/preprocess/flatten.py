@@ -219,7 +219,11 @@ def _ranges(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def plan_preprocessing(
-    volume: Volume, config: PreprocessConfig | None = None, *, chunk_slices: int | None = None
+    volume: Volume,
+    config: PreprocessConfig | None = None,
+    *,
+    chunk_slices: int | None = None,
+    max_chunk_slices: int | None = None,
 ) -> PreprocessPlan:
     """Decide the preprocessing of a volume (intensity range, boundaries, geometry).
 
@@ -237,6 +241,8 @@ def plan_preprocessing(
         Settings; the defaults follow the paper.
     chunk_slices : int, optional
         B-scans per chunk; default about 8 MiB of float32 per chunk.
+    max_chunk_slices : int, optional
+        Upper bound of the default chunk.
 
     Returns
     -------
@@ -263,6 +269,8 @@ def plan_preprocessing(
             source,
         )
     chunk = int(chunk_slices) if chunk_slices else default_chunk_slices(h, max(w, wr))
+    if max_chunk_slices and not chunk_slices:
+        chunk = min(chunk, int(max_chunk_slices))
     if chunk < 1:
         raise ValueError(f"chunk_slices must be >= 1, got {chunk_slices}")
 

@@ -30,8 +30,22 @@ class Patches:
         return len(self.coords)
 
 
-def _cut(flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
-    """Gather ``size`` x ``size`` patches at ``coords`` (top-left) from ``flat``."""
+def cut_patches(flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
+    """Gather ``size`` x ``size`` patches at ``coords`` (top-left) from ``flat``.
+
+    Parameters
+    ----------
+    flat : (S, Hb, Wr) ndarray
+        The band.
+    coords : (N, 3) int ndarray
+        ``slice, row, col`` of each patch's top-left corner in ``flat``.
+    size : int
+        Patch side.
+
+    Returns
+    -------
+    (N, 1, size, size) ndarray of float32
+    """
     if len(coords) == 0:
         return np.zeros((0, 1, size, size), np.float32)
     windows = np.lib.stride_tricks.sliding_window_view(flat, (size, size), axis=(1, 2))
@@ -102,7 +116,7 @@ def random_patches(
         pick = rng.integers(0, len(rows), size=k_per_scan)
         coords.append(np.stack([np.full(k_per_scan, i), rows[pick], cols[pick]], axis=1))
     coords_arr = np.concatenate(coords).astype(np.int64) if coords else np.zeros((0, 3), np.int64)
-    return Patches(images=_cut(pre.flat, coords_arr, size), coords=coords_arr)
+    return Patches(images=cut_patches(pre.flat, coords_arr, size), coords=coords_arr)
 
 
 def _grid_starts(length: int, size: int, stride: int) -> np.ndarray:
@@ -138,17 +152,47 @@ def grid_patches(
     Patches
         Ordered by slice, then row, then column.
     """
+    size = _check_fits(pre)
+    coords = grid_coords(pre.retina_mask, size, stride, min_retina_fraction, slices)
+    return Patches(images=cut_patches(pre.flat, coords, size), coords=coords)
+
+
+def grid_coords(
+    retina_mask: np.ndarray,
+    size: int,
+    stride: int = 32,
+    min_retina_fraction: float = 0.1,
+    slices: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Top-left corners of the grid patches of :func:`grid_patches`, from the mask alone.
+
+    Parameters
+    ----------
+    retina_mask : (S, Hb, Wr) ndarray of bool
+        Retina pixels of the band (``PreprocessedVolume.retina_mask``).
+    size : int
+        Patch side.
+    stride, min_retina_fraction, slices
+        As in :func:`grid_patches`.
+
+    Returns
+    -------
+    (N, 3) ndarray of int64
+        ``slice, row, col``, ordered by slice, then row, then column. Each B-scan's
+        patches depend on that B-scan alone, so the corners of a chunk of B-scans are
+        those of the whole volume on these B-scans.
+    """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-    size = _check_fits(pre)
-    s, hb, wr = pre.flat.shape
+    s, hb, wr = retina_mask.shape
+    if hb < size or wr < size:
+        raise ValueError(f"band {hb}x{wr} is smaller than one {size}x{size} patch")
     chosen = np.arange(s) if slices is None else np.asarray(sorted(set(slices)), np.int64)
     if len(chosen) and (chosen.min() < 0 or chosen.max() >= s):
         raise ValueError(f"slices must be in [0, {s - 1}], got {list(slices or [])}")
     rows = _grid_starts(hb, size, stride)
     cols = _grid_starts(wr, size, stride)
-    counts = _box_sums(pre.retina_mask[chosen], size)[:, rows][:, :, cols]
+    counts = _box_sums(retina_mask[chosen], size)[:, rows][:, :, cols]
     keep = counts >= max(1, min_retina_fraction * size * size)
     si, ri, ci = np.nonzero(keep)
-    coords = np.stack([chosen[si], rows[ri], cols[ci]], axis=1).astype(np.int64)
-    return Patches(images=_cut(pre.flat, coords, size), coords=coords)
+    return np.stack([chosen[si], rows[ri], cols[ci]], axis=1).astype(np.int64).reshape(-1, 3)
