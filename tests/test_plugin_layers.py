@@ -92,6 +92,29 @@ def test_reconstruction_limits_ignore_nan():
     assert high > low
 
 
+def test_contrast_limits_of_a_large_volume_from_a_subsample():
+    rng = np.random.default_rng(3)
+    volume = rng.uniform(0.0, 1.0, (8, 300, 400)).astype(np.float32)  # ~1M values
+    volume[0, :5] = np.nan
+    assert volume.size > 2 * _layers.LIMIT_SAMPLES
+    low, high = _layers._robust_limits(volume)
+    assert low == pytest.approx(0.005, abs=0.003)
+    assert high == pytest.approx(0.995, abs=0.003)
+    assert _layers._robust_limits(np.full((4, 4), np.nan)) == (0.0, 1.0)
+    assert _layers._robust_limits(np.ones((4, 4))) == (1.0, 2.0)
+
+
+def test_image_layers_are_the_first_two_result_layers():
+    result = fake_result()
+    images = _layers.image_layers(result, "scan", scale=(2.0, 1.0, 1.5))
+    full = _layers.result_layers(result, "scan", scale=(2.0, 1.0, 1.5))
+    assert [m["name"] for _, m, _ in images] == ["scan reconstruction", "scan residual"]
+    for (data, meta, kind), (data2, meta2, kind2) in zip(images, full[:2], strict=True):
+        np.testing.assert_array_equal(data, data2)
+        assert meta == meta2
+        assert kind == kind2 == "image"
+
+
 def test_patch_rectangles_cover_pixel_edges():
     rect = _layers.rectangle(2, 10, 20, 32, 16)
     assert rect.shape == (4, 3)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from napari_anogan._widgets import _common
+from napari_anogan._widgets._layers import LAYER_KINDS
 from napari_anogan._widgets._results import add_result_layers, boxes_from_shapes
 from napari_anogan._widgets.candidates import DECISION_COLUMN, CandidatesWidget
 from napari_anogan._widgets.export import ExportWidget
@@ -66,6 +67,89 @@ def test_rescoring_replaces_layers(scored_viewer):
     before = len(scored_viewer.layers)
     add_result_layers(scored_viewer, result_layers(fake_result(), "scan", scale=SCALE), "scan")
     assert len(scored_viewer.layers) == before
+
+
+def test_rescoring_updates_images_in_place_and_keeps_the_order(scored_viewer):
+    from napari_anogan._widgets._layers import result_layers
+
+    residual = scored_viewer.layers["scan residual"]
+    bars = scored_viewer.layers["scan score bars"]
+    again = fake_result()
+    again.residual = again.residual * 3.0
+    add_result_layers(scored_viewer, result_layers(again, "scan", scale=SCALE), "scan")
+    assert scored_viewer.layers["scan residual"] is residual  # same layer, new data
+    assert residual.data.max() == 3.0
+    assert residual.contrast_limits[1] == pytest.approx(3.0)
+    assert scored_viewer.layers["scan score bars"] is not bars  # shapes are replaced
+    assert [layer.name for layer in scored_viewer.layers] == ["scan"] + [
+        f"scan {kind}" for kind in LAYER_KINDS
+    ]
+    assert scored_viewer.layers.selection.active is scored_viewer.layers["scan"]
+
+
+def test_step_queue_runs_between_turns_and_newest_waiting_task_wins(qtbot):
+    log: list[str] = []
+    done: list[str] = []
+
+    def task(name: str, steps: int = 2):
+        def run():
+            for i in range(steps):
+                log.append(f"{name}{i}")
+                yield name
+
+        return run
+
+    queue = _common.StepQueue(budget_ms=0.0)
+    queue.submit("a", task("a"), on_done=lambda: done.append("a"))
+    queue.submit("b", task("old b"))
+    queue.submit("b", task("b"), on_done=lambda: done.append("b"))
+    assert log == []  # nothing runs inside submit
+    assert queue.busy
+    assert not queue.idle.is_set()
+    idle: list[bool] = []
+    queue.when_idle(lambda: idle.append(True))
+    qtbot.waitUntil(lambda: not queue.busy, timeout=5_000)
+    assert log == ["a0", "a1", "b0", "b1"]
+    assert done == ["a", "b"]
+    assert idle == [True]
+    assert queue.idle.is_set()
+    assert queue.last_step == "b"
+
+
+def test_step_queue_reports_a_failing_step_and_goes_on(qtbot):
+    failures: list[BaseException] = []
+    log: list[int] = []
+
+    def failing():
+        log.append(1)
+        yield
+        raise ValueError("broken step")
+
+    def fine():
+        log.append(2)
+        yield
+
+    queue = _common.StepQueue()
+    queue.submit("x", failing, on_error=failures.append)
+    queue.submit("y", fine)
+    queue.run_all()
+    assert log == [1, 2]
+    assert [str(exc) for exc in failures] == ["broken step"]
+    assert not queue.busy
+
+
+def test_gui_torch_threads_leaves_a_core_and_restores():
+    import os
+
+    import torch
+
+    from napari_anogan._widgets._results import gui_torch_threads
+
+    before = torch.get_num_threads()
+    with gui_torch_threads():
+        inside = torch.get_num_threads()
+    assert inside == max(1, min(before, (os.cpu_count() or 1) - 1))
+    assert torch.get_num_threads() == before
 
 
 def test_half_made_layers_are_removed(make_napari_viewer):
@@ -236,11 +320,14 @@ def test_dock_widgets(make_napari_viewer):
 
 
 def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, monkeypatch):
-    """Heatmaps of partial results appear before the job ends (core yields ``partial``)."""
+    """The residual of a partial result appears while the job still runs, then the final
+    result updates that layer in place and adds the rest (core yields ``partial``)."""
+    import threading
     from dataclasses import dataclass
     from typing import Any
 
     from napari_anogan import pipeline
+    from napari_anogan._widgets._results import PartialLayers
 
     @dataclass
     class Event:
@@ -250,12 +337,15 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
         message: str = ""
         partial: Any = None
 
-    seen_during_run: list[bool] = []
+    shown = threading.Event()
+    seen: dict[str, Any] = {}
 
     def fake_score_volume(volume, model, settings, **region):
         first = fake_result()
         first.residual = first.residual * 0.5
         yield Event("mapping_batch", 1, 2, "batch 1/2", partial=first)
+        # the worker goes on only once the GUI thread has shown the partial heatmap
+        seen["waited"] = shown.wait(20)
         yield Event("mapping_batch", 2, 2, "batch 2/2")
         return fake_result()
 
@@ -266,19 +356,36 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
     widget = ScoreWidget(viewer)
     original = widget._show_partial
 
-    def show_partial(result):
-        original(result)
-        seen_during_run.append(widget.job.running and "scan residual" in viewer.layers)
+    def show_partial(partial):
+        seen["partial"] = partial
+        original(partial)
 
     monkeypatch.setattr(widget, "_show_partial", show_partial)
+
+    def on_inserted(event):
+        if event.value.name == "scan residual":
+            seen["running"] = widget.job.running
+            seen["residual"] = event.value
+            seen["max"] = float(event.value.data.max())
+            shown.set()
+
+    viewer.layers.events.inserted.connect(on_inserted)
     widget.model_path.setText(__file__)  # any existing file: the fake ignores it
     with qtbot.waitSignal(widget.finished, timeout=30_000) as blocker:
         widget.run_button.click()
     assert blocker.args == ["done"]
     assert not errors
-    assert seen_during_run == [True]
-    assert viewer.layers["scan residual"].data.max() == 1.0  # the final result replaced it
-    assert "scan candidates" in viewer.layers
+    assert seen["waited"]
+    assert seen["running"]
+    assert isinstance(seen["partial"], PartialLayers)  # prepared in the worker
+    assert seen["max"] == 0.5
+    assert viewer.layers["scan residual"] is seen["residual"]  # updated in place
+    assert viewer.layers["scan residual"].data.max() == 1.0  # by the final result
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["scan"] + [f"scan {kind}" for kind in LAYER_KINDS]
+    assert viewer.layers.selection.active is viewer.layers["scan"]
+    assert not widget.busy
+    assert widget.run_button.isEnabled()
 
 
 def test_napari_save_uses_plugin_writers(make_napari_viewer, tmp_path):

@@ -7,12 +7,15 @@ stays a thin form around one core generator.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Sequence
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from napari_anogan.errors import AnoganError
@@ -256,6 +259,143 @@ class Job:
                 logger.warning("closing the %s job failed: %s", self.what, exc)
         self.worker = None
         self._on_finish(self._outcome)
+
+
+class StepQueue(QObject):
+    """Run GUI-thread work in small steps between event-loop turns.
+
+    Each task is a generator function whose every ``yield`` ends one step (adding one
+    layer, updating one layer's data). Steps run from a timer, as many per turn as fit
+    in ``budget_ms``, so the event loop (painting, input, other timers) runs between
+    them and no single slice of layer work freezes the viewer for long.
+
+    Parameters
+    ----------
+    budget_ms : float
+        Steps run back to back in one turn until this much time has passed; a step
+        longer than that gets a turn of its own.
+    parent : QObject, optional
+        Owner; the queue's timer stops when it is deleted.
+
+    Notes
+    -----
+    A task submitted with the ``key`` of a task that has not started yet replaces it
+    (the newest partial heatmaps win; stale ones are never drawn). Tasks run in the
+    order submitted; a task starts (its generator function is called) only when the
+    one before it has ended, so it sees the layers as they are then.
+
+    :attr:`idle` is a :class:`threading.Event` set while nothing is queued: a worker
+    thread can wait on it between its own steps, so the GUI thread gets the CPU and
+    the GIL for its layer work (one core and Python's GIL are shared with torch).
+    """
+
+    def __init__(self, budget_ms: float = 25.0, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.budget_s = budget_ms / 1000.0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._turn)
+        self._pending: list[tuple[str, Callable[[], Iterator[Any]], Callable, Callable]] = []
+        self._current: tuple[str, Iterator[Any], Callable, Callable] | None = None
+        self._idle_callbacks: list[Callable[[], None]] = []
+        #: What the last step reported (the value its generator yielded), for logs.
+        self.last_step: Any = None
+        #: Set while no task is running or waiting (see the class notes).
+        self.idle = threading.Event()
+        self.idle.set()
+
+    @property
+    def current_key(self) -> str | None:
+        """Key of the running task, else of the next waiting one, else None."""
+        if self._current is not None:
+            return self._current[0]
+        return self._pending[0][0] if self._pending else None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a task is running or waiting."""
+        return self._current is not None or bool(self._pending)
+
+    def submit(
+        self,
+        key: str,
+        task: Callable[[], Iterator[Any]],
+        on_done: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Queue ``task`` (a generator function); replace a waiting task with ``key``.
+
+        ``on_done`` is called when the task's generator ends, ``on_error`` with the
+        exception when a step raises (the task is then dropped); without ``on_error``
+        the exception is logged.
+        """
+        entry = (key, task, on_done or _nothing, on_error or _log_step_error)
+        for i, (waiting, *_) in enumerate(self._pending):
+            if waiting == key:
+                self._pending[i] = entry
+                break
+        else:
+            self._pending.append(entry)
+        self.idle.clear()
+        self._timer.start()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every queued task has ended (now, if none is queued)."""
+        if self.busy:
+            self._idle_callbacks.append(callback)
+        else:
+            callback()
+
+    def run_all(self) -> None:
+        """Run every queued task to its end now (tests, closing)."""
+        while self.busy:
+            self._step()
+        self._timer.stop()
+        self._notify_idle()
+
+    def _turn(self) -> None:
+        start = time.perf_counter()
+        while self.busy:  # at least one step, more while the budget lasts
+            self._step()
+            if time.perf_counter() - start >= self.budget_s:
+                break
+        if self.busy:
+            self._timer.start()
+        else:
+            self._notify_idle()
+
+    def _step(self) -> None:
+        if self._current is None:
+            key, task, on_done, on_error = self._pending.pop(0)
+            try:
+                self._current = (key, iter(task()), on_done, on_error)
+            except Exception as exc:
+                on_error(exc)
+                return
+        _, steps, on_done, on_error = self._current
+        try:
+            self.last_step = next(steps)
+        except StopIteration:
+            self._current = None
+            on_done()
+        except Exception as exc:
+            self._current = None
+            on_error(exc)
+
+    def _notify_idle(self) -> None:
+        self.idle.set()
+        callbacks, self._idle_callbacks = self._idle_callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _log_step_error(exc: BaseException) -> None:
+    logger.error("layer update failed", exc_info=(type(exc), exc, exc.__traceback__))
 
 
 def layer_by_name(viewer: napari.Viewer, name: str) -> Any | None:

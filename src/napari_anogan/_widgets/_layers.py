@@ -440,13 +440,85 @@ def en_face_marker_layer(
     return (en_face_marker(slice_index, int(image_shape[-1])), style, "shapes")
 
 
+#: Contrast limits are estimated from at most about this many values (a regular
+#: subsample): exact percentiles of a 16 x 496 x 512 volume take ~0.1 s, and a display
+#: range needs no more than a few hundred thousand samples.
+LIMIT_SAMPLES = 1 << 18
+
+
 def _robust_limits(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple:
-    """Contrast limits from percentiles of the finite values (never equal)."""
-    finite = data[np.isfinite(data)]
+    """Contrast limits from percentiles of the finite values (never equal).
+
+    Large arrays are subsampled regularly to about :data:`LIMIT_SAMPLES` values first.
+    """
+    flat = np.asarray(data).reshape(-1)
+    step = max(1, -(-flat.size // LIMIT_SAMPLES))
+    sample = flat[::step]
+    finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         return (0.0, 1.0)
-    low, high = np.percentile(finite, [low_pct, high_pct]).astype(float)
+    low, high = (float(v) for v in np.percentile(finite, [low_pct, high_pct]))
     return (low, high) if high > low else (low, low + 1.0)
+
+
+def _placement(
+    scale: Sequence[float], translate: Sequence[float] | None, ndim: int, image_name: str
+) -> dict[str, Any]:
+    """``scale``, ``translate`` and ``metadata`` shared by every layer of one result."""
+    scale = tuple(float(s) for s in scale)[-ndim:]
+    translate = tuple(float(t) for t in (translate if translate is not None else (0.0,) * ndim))[
+        -ndim:
+    ]
+    return {"scale": scale, "translate": translate, "metadata": {"anogan_image": image_name}}
+
+
+def image_layers(
+    result: Any,
+    image_name: str,
+    *,
+    scale: Sequence[float],
+    translate: Sequence[float] | None = None,
+    ndim: int = 3,
+) -> list[LayerData]:
+    """Build the reconstruction and residual image layers of a (partial) result.
+
+    The first two of :func:`result_layers`, with explicit contrast limits so napari
+    never scans the whole volume for them; cheap enough to rebuild for every partial
+    result while a volume is being scored.
+    """
+    common = _placement(scale, translate, ndim, image_name)
+
+    def squeeze(volume: np.ndarray) -> np.ndarray:
+        volume = np.asarray(volume, dtype=np.float32)
+        return volume[0] if ndim == 2 and volume.ndim == 3 else volume
+
+    residual = squeeze(result.residual)
+    reconstruction = squeeze(result.reconstruction)
+    return [
+        (
+            reconstruction,
+            {
+                "name": layer_name(image_name, "reconstruction"),
+                "colormap": "gray",
+                "contrast_limits": _robust_limits(reconstruction),
+                "visible": False,
+                **common,
+            },
+            "image",
+        ),
+        (
+            residual,
+            {
+                "name": layer_name(image_name, "residual"),
+                "colormap": "inferno",
+                "blending": "additive",
+                "opacity": 0.8,
+                "contrast_limits": (0.0, max(_robust_limits(residual, 0, 99.9)[1], 1e-6)),
+                **common,
+            },
+            "image",
+        ),
+    ]
 
 
 def result_layers(
@@ -485,43 +557,11 @@ def result_layers(
         threshold = float(settings.get("percentile_threshold", 99.0))
     if candidates is None:
         candidates = list(getattr(result, "candidates", []) or [])
-    scale = tuple(float(s) for s in scale)[-ndim:]
-    translate = tuple(float(t) for t in (translate if translate is not None else (0.0,) * ndim))[
-        -ndim:
-    ]
-    common = {"scale": scale, "translate": translate, "metadata": {"anogan_image": image_name}}
-
-    def squeeze(volume: np.ndarray) -> np.ndarray:
-        volume = np.asarray(volume, dtype=np.float32)
-        return volume[0] if ndim == 2 and volume.ndim == 3 else volume
-
-    residual = squeeze(result.residual)
-    reconstruction = squeeze(result.reconstruction)
+    common = _placement(scale, translate, ndim, image_name)
+    scale, translate = common["scale"], common["translate"]
     height = int(result.shape[-2])
     layers: list[LayerData] = [
-        (
-            reconstruction,
-            {
-                "name": layer_name(image_name, "reconstruction"),
-                "colormap": "gray",
-                "contrast_limits": _robust_limits(reconstruction),
-                "visible": False,
-                **common,
-            },
-            "image",
-        ),
-        (
-            residual,
-            {
-                "name": layer_name(image_name, "residual"),
-                "colormap": "inferno",
-                "blending": "additive",
-                "opacity": 0.8,
-                "contrast_limits": (0.0, max(_robust_limits(residual, 0, 99.9)[1], 1e-6)),
-                **common,
-            },
-            "image",
-        ),
+        *image_layers(result, image_name, scale=scale, translate=translate, ndim=ndim),
         boundary_layer(
             result.ilm, result.bm, layer_name(image_name, "boundaries"), ndim=ndim, **common
         ),

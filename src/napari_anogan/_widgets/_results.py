@@ -1,21 +1,35 @@
 """Scoring results: the worker job, and turning its result into viewer layers.
 
 Split from :mod:`.score` so the form stays small: :func:`score_job` runs in the worker
-(scoring, then building the layers), :func:`add_result_layers` puts them in the viewer
-all or none, :func:`boxes_from_shapes` turns user rectangles into raw-pixel boxes.
+(scoring, preparing partial heatmaps, then building the layers),
+:func:`result_layer_steps` / :func:`partial_layer_steps` put them in the viewer one layer
+per step (the widget runs the steps between event-loop turns, so the viewer stays
+responsive), :func:`add_result_layers` does all steps at once, and
+:func:`boxes_from_shapes` turns user rectangles into raw-pixel boxes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Generator
+import os
+import threading
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_anogan._widgets._common import layer_by_name
-from napari_anogan._widgets._layers import LAYER_KINDS, en_face_marker, layer_name, result_layers
+from napari_anogan._widgets._layers import (
+    LAYER_KINDS,
+    en_face_marker,
+    image_layers,
+    layer_name,
+    result_layers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +61,36 @@ def boxes_from_shapes(shapes: Any, image: Any) -> list[tuple[int, int, int, int,
     return boxes
 
 
+@dataclass
+class PartialLayers:
+    """Partial heatmaps made ready in the worker: what the GUI thread applies as is.
+
+    Attributes
+    ----------
+    images : list of (data, meta, layer_type)
+        Image layers of the patches mapped so far, with their contrast limits already
+        computed (:func:`._layers.image_layers`). Only the residual heatmap: the
+        reconstruction layer is hidden until the user shows it, so it waits for the
+        final result (each new napari layer costs the GUI thread ~0.1 s).
+    """
+
+    images: list
+
+
 def score_job(
-    volume: Any, model: Any, settings: Any, region: dict, geometry: dict
+    volume: Any,
+    model: Any,
+    settings: Any,
+    region: dict,
+    geometry: dict,
+    gui_idle: threading.Event | None = None,
 ) -> Generator[Any, None, tuple[Any, list]]:
     """Score in the worker, then build the result layers there too.
 
-    Building napari layer objects (features tables, shape meshes) takes about a second
-    for a small volume; doing it in the worker leaves the GUI thread only the drawing.
+    Everything heavy happens here, off the GUI thread: partial heatmaps are turned into
+    layer data with contrast limits (:class:`PartialLayers` in ``event.partial``), and
+    the final result into napari layer objects (features tables, shape meshes; about a
+    second for the sample volume). The GUI thread only inserts them.
 
     Parameters
     ----------
@@ -62,6 +99,10 @@ def score_job(
         ``slices`` or ``boxes``).
     geometry : dict
         ``image_name``, ``scale``, ``translate`` and ``ndim`` of the scored image layer.
+    gui_idle : threading.Event, optional
+        Set while the GUI thread has no layer work queued. After each event the job
+        waits for it (at most :data:`GUI_WAIT_S`), so the GUI thread inserts layers
+        without sharing the CPU and the GIL with the mapping.
 
     Returns
     -------
@@ -76,16 +117,60 @@ def score_job(
         from napari_anogan.checkpoint import load_checkpoint
 
         model = load_checkpoint(model)
-    result = yield from pipeline.score_volume(volume, model, settings, **region)
+    place = {k: geometry[k] for k in ("scale", "translate", "ndim")}
+    with gui_torch_threads():
+        job = pipeline.score_volume(volume, model, settings, **region)
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            partial = getattr(event, "partial", None)
+            if partial is not None and not isinstance(partial, dict):
+                residual = image_layers(partial, geometry["image_name"], **place)[1]
+                event.partial = PartialLayers([residual])
+            yield event
+            if gui_idle is not None and not gui_idle.wait(GUI_WAIT_S):
+                logger.debug("GUI layer work still queued after %.1f s; mapping on", GUI_WAIT_S)
     add_component_percentiles(result.patches, getattr(model, "reference", None))
-    tuples = result_layers(
-        result,
-        geometry["image_name"],
-        scale=geometry["scale"],
-        translate=geometry["translate"],
-        ndim=geometry["ndim"],
-    )
+    tuples = result_layers(result, geometry["image_name"], **place)
     return result, [Layer.create(*data_tuple) for data_tuple in tuples]
+
+
+#: Longest the scoring worker waits for the GUI thread's queued layer work, in seconds.
+GUI_WAIT_S = 2.0
+
+#: CPU cores left to the GUI thread while the score widget maps patches (torch gets the
+#: others, at least one): napari draws in the GUI thread, in software under Xvfb. See
+#: ``benchmarks/bench_gui_responsiveness.py``.
+GUI_TORCH_THREADS_LEAVE = 1
+
+
+@contextmanager
+def gui_torch_threads() -> Iterator[None]:
+    """Leave one CPU core to the GUI thread while torch maps patches in the worker.
+
+    Torch's intra-op pool uses every core by default; with the GUI thread drawing in
+    the same process that starves the event loop on small machines. The previous
+    setting is restored afterwards.
+    """
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, (os.cpu_count() or 1) - GUI_TORCH_THREADS_LEAVE))
+    changed = wanted != before
+    if changed:
+        torch.set_num_threads(wanted)
+        logger.debug("torch threads %d -> %d while scoring in the GUI", before, wanted)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_num_threads(before)
 
 
 def add_component_percentiles(patches: dict, reference: dict | None) -> None:
@@ -110,34 +195,200 @@ def add_component_percentiles(patches: dict, reference: dict | None) -> None:
 
 
 def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
-    """Replace the derived layers of ``image_name`` by ``tuples``, all or none.
+    """Replace the derived layers of ``image_name`` by ``tuples``, all or none, now.
 
-    ``tuples`` may hold layer data tuples or ready napari layers.
+    ``tuples`` may hold layer data tuples or ready napari layers. Runs every step of
+    :func:`result_layer_steps` at once (the score widget spreads them over event-loop
+    turns instead).
 
-    Layers of an earlier run are removed first; if adding fails half-way the new layers
-    are removed again before the error propagates, so no half-made result remains.
+    Returns
+    -------
+    list of napari layers
+        The result's layers now in the viewer.
+    """
+    steps = result_layer_steps(viewer, tuples, image_name)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _updatable(old: Any, new: Any) -> bool:
+    """Whether ``old`` can take ``new``'s data in place (same kind of image, same grid)."""
+    from napari.layers import Image
+
+    return (
+        isinstance(old, Image)
+        and isinstance(new, Image)
+        and not old.multiscale
+        and not new.multiscale
+        and old.rgb == new.rgb
+        and old.ndim == new.ndim
+        and np.shape(old.data) == np.shape(new.data)
+    )
+
+
+def update_image_layer(old: Any, new: Any) -> None:
+    """Give image layer ``old`` the data, contrast limits and placement of ``new``.
+
+    Cheaper than removing ``old`` and adding ``new``: napari keeps the layer's visual,
+    controls and shaders and only uploads the shown slice again.
+    """
+    if tuple(old.scale) != tuple(new.scale):
+        old.scale = new.scale
+    if tuple(old.translate) != tuple(new.translate):
+        old.translate = new.translate
+    old.metadata = dict(new.metadata)
+    low, high = (float(v) for v in new.contrast_limits)
+    # Widen the range first: napari clips limits to contrast_limits_range.
+    range_low, range_high = (float(v) for v in old.contrast_limits_range)
+    if low < range_low or high > range_high:
+        old.contrast_limits_range = (min(low, range_low), max(high, range_high))
+    old.data = new.data
+    old.contrast_limits = (low, high)
+
+
+def _insert_index(viewer: Any, name: str, image_name: str) -> int:
+    """Where a derived layer goes so they stay in :data:`LAYER_KINDS` order.
+
+    Just above the derived layers of kinds before it, else just below those of kinds
+    after it, else on top.
+    """
+    kinds = [layer_name(image_name, kind) for kind in LAYER_KINDS]
+    if name not in kinds:
+        return len(viewer.layers)
+    i = kinds.index(name)
+    present = {layer.name: index for index, layer in enumerate(viewer.layers)}
+    below = [present[k] for k in kinds[:i] if k in present]
+    if below:
+        return max(below) + 1
+    above = [present[k] for k in kinds[i + 1 :] if k in present]
+    return min(above) if above else len(viewer.layers)
+
+
+def result_layer_steps(
+    viewer: Any, items: list, image_name: str
+) -> Generator[str, None, list[Any]]:
+    """Put a result's layers in the viewer, one layer per step (a generator).
+
+    Layers of an earlier run that the new result does not replace in place are removed
+    first; an image layer already there with the same grid (e.g. the partial heatmaps
+    of this run) gets the new data in place; the others are inserted in
+    :data:`LAYER_KINDS` order. If a step fails, every layer this call added or updated
+    is removed again before the error propagates, so no half-made result remains.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer.
+    items : list
+        Layer data tuples or ready napari layers, in :data:`LAYER_KINDS` order.
+    image_name : str
+        The scored image layer's name.
+
+    Yields
+    ------
+    str
+        What was done, after each removal, update or insertion (one event-loop slice
+        of work).
+
+    Returns
+    -------
+    list of napari layers
+        The result's layers now in the viewer.
     """
     from napari.layers import Layer
 
+    # Image layers are cheap to make here (their data is ready) and may be reused.
+    items = [
+        Layer.create(*item) if not isinstance(item, Layer) and item[2] == "image" else item
+        for item in items
+    ]
+    names = [item.name if isinstance(item, Layer) else item[1].get("name") for item in items]
+    reusable: dict[str, Any] = {}
+    stale: list[Any] = []
     for kind in LAYER_KINDS:
         name = layer_name(image_name, kind)
-        if name in viewer.layers:
-            viewer.layers.remove(name)
-    added = []
+        old = layer_by_name(viewer, name)
+        if old is None:
+            continue
+        if name in names:
+            item = items[names.index(name)]
+            if isinstance(item, Layer) and _updatable(old, item):
+                reusable[name] = old
+                continue
+        stale.append(old)
+    if stale:
+        remove_layers(viewer, stale)
+        yield f"removed {len(stale)} layers of an earlier run"
+    touched: list[Any] = []
     try:
-        for item in tuples:
+        for item in items:
             new = item if isinstance(item, Layer) else Layer.create(*item)
-            viewer.add_layer(new)
-            added.append(new)
+            old = reusable.get(new.name)
+            if old is not None:
+                touched.append(old)
+                update_image_layer(old, new)
+                yield f"updated {new.name}"
+            else:
+                viewer.layers.insert(_insert_index(viewer, new.name, image_name), new)
+                touched.append(new)
+                _reselect(viewer, image_name)
+                yield f"inserted {new.name}"
     except Exception:
-        for layer in added:
+        remove_layers(viewer, touched)
+        raise
+    return touched
+
+
+def remove_layers(viewer: Any, layers: list[Any]) -> None:
+    """Remove ``layers`` from the viewer in one batch.
+
+    napari runs a full garbage collection after each removal (~0.2-0.3 s with napari
+    and torch loaded); in a batch it runs one for all of them.
+    """
+    batch = getattr(viewer.layers, "batched_update", None)
+    with batch() if batch is not None else contextlib.nullcontext():
+        for layer in layers:
             if layer in viewer.layers:
                 viewer.layers.remove(layer)
-        raise
+
+
+def _reselect(viewer: Any, image_name: str) -> None:
+    """Make the scored image the active layer again (napari selects each new layer).
+
+    Done right after each insertion, before the next paint: a selected Shapes layer
+    draws its highlight too, and those visuals' shaders would be compiled for nothing.
+    """
     image = layer_by_name(viewer, image_name)
-    if image is not None:
+    if image is not None and viewer.layers.selection.active is not image:
         viewer.layers.selection.active = image
-    return added
+
+
+def partial_layer_steps(
+    viewer: Any, partial: PartialLayers, image_name: str
+) -> Generator[str, None, None]:
+    """Show partial heatmaps: update the image layers in place or add them, one per step.
+
+    Yields what was done after each step (as :func:`result_layer_steps`).
+    """
+    from napari.layers import Layer
+
+    for item in partial.images:
+        new = Layer.create(*item)
+        old = layer_by_name(viewer, new.name)
+        if old is not None and _updatable(old, new):
+            update_image_layer(old, new)
+            yield f"updated {new.name}"
+            continue
+        if old is not None:
+            viewer.layers.remove(old)
+            yield f"removed {new.name}"
+        viewer.layers.insert(_insert_index(viewer, new.name, image_name), new)
+        yield f"inserted {new.name}"
+        _reselect(viewer, image_name)
+        yield f"selected {image_name}"
 
 
 def update_en_face_markers(viewer: Any) -> None:

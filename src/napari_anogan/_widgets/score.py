@@ -31,17 +31,20 @@ from qtpy.QtWidgets import (
 from napari_anogan._widgets._common import (
     Job,
     LayerCombo,
+    StepQueue,
     browse_row,
     bundled_model_path,
     device_choices,
-    layer_by_name,
+    notify_error,
     notify_info,
     volume_from_layer,
 )
-from napari_anogan._widgets._layers import result_layers
+from napari_anogan._widgets._layers import image_layers, result_layers
 from napari_anogan._widgets._results import (
-    add_result_layers,
+    PartialLayers,
     boxes_from_shapes,
+    partial_layer_steps,
+    result_layer_steps,
     score_job,
     update_en_face_markers,
 )
@@ -117,7 +120,10 @@ class ScoreWidget(QWidget):
         layout.addStretch(1)
 
         self.job = Job("Scoring", self._on_event, self._on_result, self._on_finish)
+        # Layer work on the GUI thread, one layer per event-loop turn (see StepQueue).
+        self.layer_steps = StepQueue(parent=self)
         self._image_layer: Any = None
+        self._failed = False
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.job.cancel)
         self.region.currentIndexChanged.connect(self._update_enabled)
@@ -132,8 +138,13 @@ class ScoreWidget(QWidget):
         if path:
             self.model_path.setText(path)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job runs or its layers are still being put in the viewer."""
+        return self.job.running or self.layer_steps.busy
+
     def _update_enabled(self) -> None:
-        busy = self.job.running
+        busy = self.busy
         for widget in (
             self.image,
             self.model_path,
@@ -181,8 +192,8 @@ class ScoreWidget(QWidget):
     # ------------------------------------------------------------------ running
     def run(self) -> None:
         """Start scoring the chosen image layer (errors become notifications)."""
-        from napari_anogan._widgets._common import notify_error
-
+        if self.busy:
+            return
         try:
             layer = self.image.layer()
             if layer is None:
@@ -199,6 +210,7 @@ class ScoreWidget(QWidget):
             notify_error(exc, "Scoring")
             return
         self._image_layer = layer
+        self._failed = False
         self.progress.setRange(0, 0)
         self.status.setText(f"scoring {layer.name}…")
         geometry = {
@@ -207,7 +219,7 @@ class ScoreWidget(QWidget):
             "translate": tuple(layer.translate),
             "ndim": layer.ndim,
         }
-        self.job.start(score_job, volume, model, settings, region, geometry)
+        self.job.start(score_job, volume, model, settings, region, geometry, self.layer_steps.idle)
         self._update_enabled()
 
     def _on_event(self, event: Any) -> None:
@@ -223,48 +235,44 @@ class ScoreWidget(QWidget):
     def _on_result(self, outcome: tuple[Any, list]) -> None:
         result, layers = outcome
         self._show(result, layers)
-        n = len(result.candidates)
-        notify_info(
-            f"{result.name}: volume score {result.volume_score:.3g}, "
-            f"{n} candidate region{'s' if n != 1 else ''}"
-        )
 
     def _on_finish(self, outcome: str) -> None:
+        # The worker is done; the result's layers may still be going in, step by step.
+        self.layer_steps.when_idle(lambda: self._finish(outcome))
+
+    def _finish(self, outcome: str) -> None:
+        if self._failed and outcome == "done":
+            outcome = "error"
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if outcome == "done" else 0)
         self.status.setText({"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome])
         self._update_enabled()
         self.finished.emit(outcome)
 
-    def _show_partial(self, result: Any) -> None:
-        """Show the heatmaps of a partial result (batches done so far) while scoring runs.
+    def _show_partial(self, partial: Any) -> None:
+        """Show the residual heatmap of a partial result while scoring runs.
 
-        Only the two image layers are added or updated in place (cheap); the shapes
-        layers follow with the final result.
+        The residual layer is added, or updated in place (cheap: its data and contrast
+        limits come ready from the worker, :class:`PartialLayers`); the other layers
+        follow with the final result. A newer partial replaces one not yet shown.
         """
         layer = self._image_layer
         if layer is None:
             return
-        tuples = result_layers(
-            result,
-            layer.name,
-            scale=tuple(layer.scale),
-            translate=tuple(layer.translate),
-            ndim=layer.ndim,
-        )[:2]  # reconstruction, residual
-        for data, meta, _ in tuples:
-            existing = layer_by_name(self.viewer, meta["name"])
-            if existing is not None and existing.data.shape == data.shape:
-                existing.data = data
-                existing.contrast_limits = meta["contrast_limits"]
-            else:
-                if existing is not None:
-                    self.viewer.layers.remove(existing)
-                self.viewer.add_image(data, **meta)
-        self.viewer.layers.selection.active = layer
+        if not isinstance(partial, PartialLayers):  # a bare VolumeResult (library callers)
+            residual = image_layers(
+                partial,
+                layer.name,
+                scale=tuple(layer.scale),
+                translate=tuple(layer.translate),
+                ndim=layer.ndim,
+            )[1]
+            partial = PartialLayers([residual])
+        viewer, name = self.viewer, layer.name
+        self.layer_steps.submit("partial", lambda: partial_layer_steps(viewer, partial, name))
 
     def _show(self, result: Any, layers: list | None = None) -> None:
-        """Add (or replace) the result layers, all or none.
+        """Add (or replace) the result layers, all or none, one layer per event-loop turn.
 
         ``layers`` are the layers already built in the worker (see :func:`score_job`);
         without them they are built here from ``result``.
@@ -273,15 +281,34 @@ class ScoreWidget(QWidget):
         if layer is None:
             return
         if layers is None:
-            layers = result_layers(
-                result,
-                layer.name,
-                scale=tuple(layer.scale),
-                translate=tuple(layer.translate),
-                ndim=layer.ndim,
+            layers = self._layer_tuples(result, layer)
+        viewer, name = self.viewer, layer.name
+        self.status.setText(f"adding the layers of {name}…")
+
+        def done() -> None:
+            self._follow_slice()
+            n = len(result.candidates)
+            notify_info(
+                f"{result.name}: volume score {result.volume_score:.3g}, "
+                f"{n} candidate region{'s' if n != 1 else ''}"
             )
-        add_result_layers(self.viewer, layers, layer.name)
-        self._follow_slice()
+
+        def failed(exc: BaseException) -> None:
+            self._failed = True
+            notify_error(exc, "Scoring")
+
+        self.layer_steps.submit(
+            "result", lambda: result_layer_steps(viewer, layers, name), done, failed
+        )
+
+    def _layer_tuples(self, result: Any, layer: Any) -> list:
+        return result_layers(
+            result,
+            layer.name,
+            scale=tuple(layer.scale),
+            translate=tuple(layer.translate),
+            ndim=layer.ndim,
+        )
 
     def _follow_slice(self, event: Any = None) -> None:
         try:
