@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -72,9 +73,37 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from napari_anogan import ddp
+
+    use_ddp = args.ddp or ddp.launched_by_torchrun()
+    if use_ddp and args.encoder:
+        raise AnoganError(
+            "--encoder is not supported with DDP: train the GAN with torchrun, then add the "
+            "encoder in one process with `napari-anogan train SAME INPUTS -o MODEL --resume "
+            "--encoder` (same options)"
+        )
+    if args.ddp and not ddp.launched_by_torchrun() and os.environ.get("WORLD_SIZE") == "1":
+        logger.info("--ddp with a single process: training without DDP")
+        use_ddp = False
+    group = ddp.distributed_training(args.device) if use_ddp else contextlib.nullcontext()
+    with group as ctx:
+        main = ctx is None or ctx.is_main
+        if not main:  # progress and logs on rank 0 only; errors still show
+            logging.getLogger("napari_anogan").setLevel(logging.ERROR)
+        job = _train_job(args, device=str(ctx.device) if ctx is not None else args.device)
+        result = _drain(job, "train", quiet=args.quiet or not main)
+    if main:
+        ranks = f", {ctx.world_size} DDP processes" if ctx is not None else ""
+        print(f"model written to {args.output} ({result.epochs} epochs{ranks})")
+    return 0
+
+
+def _train_job(args: argparse.Namespace, *, device: str) -> Generator:
     from napari_anogan.pipeline import train_from_paths
 
-    job = train_from_paths(
+    return train_from_paths(
         args.inputs,
         args.output,
         preset=args.preset,
@@ -82,14 +111,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         patches_per_scan=args.patches_per_scan,
         batch_size=args.batch_size,
         seed=args.seed,
-        device=args.device,
+        device=device,
         resume=args.resume,
         encoder=args.encoder,
         encoder_epochs=args.encoder_epochs,
     )
-    result = _drain(job, "train", quiet=args.quiet)
-    print(f"model written to {args.output} ({result.epochs} epochs)")
-    return 0
 
 
 def _score_settings(args: argparse.Namespace):
@@ -258,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on a finished model (same inputs and options), adds one to it",
     )
     p.add_argument("--encoder-epochs", type=int, default=None, help="encoder epochs")
+    p.add_argument(
+        "--ddp",
+        action="store_true",
+        help="train with DistributedDataParallel over the processes started by torchrun "
+        "(automatic when torchrun starts several); each takes batch-size/processes patches "
+        "per step (gloo on CPU, nccl on CUDA: cuda:LOCAL_RANK); rank 0 writes the model",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("score", help="score volumes with a healthy model")

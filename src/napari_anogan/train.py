@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_anogan import ddp as _ddp
 from napari_anogan.checkpoint import (
     FORMAT_VERSION,
     read_checkpoint,
@@ -389,6 +390,13 @@ def train_gan(
         epoch. False when an encoder follows (:func:`add_encoder` then builds the
         reference with the encoder's mapping mode, so it is not computed twice).
 
+    Notes
+    -----
+    In a process group of several ranks (``torchrun``, :mod:`napari_anogan.ddp`), each
+    rank trains on its shard of every global batch with G and D wrapped in
+    DistributedDataParallel (per-rank BatchNorm statistics, running statistics averaged
+    after every epoch); only rank 0 writes the checkpoint and builds the reference.
+
     Yields
     ------
     ProgressEvent
@@ -432,6 +440,12 @@ def train_gan(
     bs = min(train_config.batch_size, train_idx.size)
     # Incomplete last batch dropped (as DCGAN): every step sees a full batch for batch norm.
     n_batches = train_idx.size // bs
+    # DDP: this rank's contiguous share of every global batch (and of its z)
+    dist_ctx = _ddp.current()
+    part = slice(0, bs)
+    if dist_ctx is not None:
+        part = _ddp.shard_slice(bs, dist_ctx.world_size, dist_ctx.rank)
+    main = dist_ctx is None or dist_ctx.is_main
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_derived_seed(seed, 0))
@@ -492,8 +506,22 @@ def train_gan(
         training["encoder"] = encoder_summary
     ckpt_extra = {"preprocess_config": preprocess}
 
+    g_run, d_run = g, d  # what the training steps call (DDP wrappers when distributed)
+    if dist_ctx is not None:
+        no_device = {k: v for k, v in train_config.to_dict().items() if k != "device"}
+        _ddp.check_same(
+            dist_ctx,
+            n_patches=n,
+            data_fingerprint=extra.get("data_fingerprint"),
+            model_config=model_config.to_dict(),
+            train_config=no_device,
+            resumed_history=history,
+        )
+        g_run, d_run = _ddp.wrap(g, dist_ctx), _ddp.wrap(d, dist_ctx)
+        training["distributed"] = dist_ctx.describe()
+
     def save(ref: dict[str, Any]) -> None:
-        if ckpt_path is not None:
+        if ckpt_path is not None and main:
             save_checkpoint(
                 ckpt_path,
                 _build_checkpoint(
@@ -518,8 +546,8 @@ def train_gan(
         g.train(was)
         return _grid(out)
 
-    real_label = torch.ones(bs, device=device)
-    fake_label = torch.zeros(bs, device=device)
+    real_label = torch.ones(part.stop - part.start, device=device)
+    fake_label = torch.zeros(part.stop - part.start, device=device)
     deterministic = bool(train_config.deterministic)
     with _deterministic(deterministic):
         for epoch in range(start_epoch, train_config.epochs):
@@ -536,14 +564,14 @@ def train_gan(
             z_gen = torch.Generator().manual_seed(_derived_seed(seed, 3, epoch))
             sums = dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake"), 0.0)
             for b in range(n_batches):
-                idx = np.sort(order[b * bs : (b + 1) * bs])
+                idx = np.sort(order[b * bs : (b + 1) * bs])[part]
                 x = torch.from_numpy(np.asarray(patches[idx], np.float32)).to(device)
-                z = sample_prior(bs, model_config, z_gen, device)
+                z = sample_prior(bs, model_config, z_gen, device)[part]
 
                 # D step: maximise log D(x) + log(1 - D(G(z)))  (eq. 1).
-                fake = g(z)
-                logit_real = d(x)
-                logit_fake = d(fake.detach())
+                fake = g_run(z)
+                logit_real = d_run(x)
+                logit_fake = d_run(fake.detach())
                 d_loss = F.binary_cross_entropy_with_logits(
                     logit_real, real_label
                 ) + F.binary_cross_entropy_with_logits(logit_fake, fake_label)
@@ -551,21 +579,25 @@ def train_gan(
                 d_loss.backward()
                 opt_d.step()
 
-                # G step: maximise log D(G(z))  (eq. 2, non-saturating form).
+                # G step: maximise log D(G(z))  (eq. 2, non-saturating form). D's own
+                # module: its gradients here are discarded, so DDP need not reduce them.
                 g_loss = F.binary_cross_entropy_with_logits(d(fake), real_label)
                 opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 opt_g.step()
 
                 # One device->host transfer for all four numbers.
-                values = torch.stack(
+                stacked = torch.stack(
                     [
                         d_loss.detach(),
                         g_loss.detach(),
                         torch.sigmoid(logit_real.detach()).mean(),
                         torch.sigmoid(logit_fake.detach()).mean(),
                     ]
-                ).tolist()
+                )
+                if dist_ctx is not None:  # means over the global batch
+                    stacked = _ddp.mean_over_ranks(stacked, dist_ctx)
+                values = stacked.tolist()
                 losses = dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), values, strict=True))
                 for k, v in losses.items():
                     sums[k] += v
@@ -577,7 +609,7 @@ def train_gan(
                     epoch=epoch,
                     losses=losses,
                 )
-                if train_config.sample_every and (b + 1) % train_config.sample_every == 0:
+                if main and train_config.sample_every and (b + 1) % train_config.sample_every == 0:
                     yield ProgressEvent(
                         EventKind.SAMPLES, b + 1, n_batches, epoch=epoch, samples=samples()
                     )
@@ -586,6 +618,9 @@ def train_gan(
                 logger.warning("epoch %d: non-finite losses %s", epoch + 1, means)
             history.append(means)
             training.update(epochs_done=epoch + 1, final_losses=means, history=history)
+            if dist_ctx is not None:  # one model on every rank, BN statistics of all data
+                _ddp.average_buffers(g, dist_ctx)
+                _ddp.average_buffers(d, dist_ctx)
             yield ProgressEvent(
                 EventKind.EPOCH_END,
                 epoch + 1,
@@ -597,9 +632,14 @@ def train_gan(
                 epoch=epoch,
                 losses=means,
             )
-            yield ProgressEvent(
-                EventKind.SAMPLES, epoch + 1, train_config.epochs, epoch=epoch, samples=samples()
-            )
+            if main:
+                yield ProgressEvent(
+                    EventKind.SAMPLES,
+                    epoch + 1,
+                    train_config.epochs,
+                    epoch=epoch,
+                    samples=samples(),
+                )
             save({})
             if ckpt_path is not None:
                 yield ProgressEvent(
@@ -612,7 +652,7 @@ def train_gan(
 
     g.eval()
     d.eval()
-    if not reference and build_reference:
+    if not reference and build_reference and main:
         mcfg = train_config.reference_mapping(device=str(device))
         reference = yield from _healthy_reference(g, d, None, patches, hold_idx, train_config, mcfg)
         if reference:
