@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -246,3 +247,233 @@ def test_write_failure_leaves_no_complete_looking_file(
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "normal_summary.json" not in names
     assert not [n for n in names if n.startswith(".tmp-")], names
+
+
+# ------------------------------------------------------------------ network and paths
+
+_NET_GUARD = r"""
+import ipaddress, json, os, socket, sys
+
+LOG = os.environ["NET_LOG"]
+OWN = {socket.gethostname(), "localhost", ""}
+
+
+def _local(host):
+    host = str(host).split("%")[0]
+    if host in OWN:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _record(what, target):
+    with open(LOG, "a") as fh:
+        fh.write(json.dumps([what, str(target)]) + "\n")
+
+
+def _guard(name, refuse):
+    real = getattr(socket.socket, name)
+
+    def guarded(self, address, *args):
+        target = args[-1] if name == "sendto" and args else address
+        if self.family == socket.AF_UNIX or (isinstance(target, tuple) and _local(target[0])):
+            return real(self, address, *args)
+        _record(name, target)
+        return refuse()
+
+    setattr(socket.socket, name, guarded)
+
+
+def _off():
+    raise OSError(101, "network is off in this test")
+
+
+for _name in ("connect", "sendto"):
+    _guard(_name, _off)
+_guard("connect_ex", lambda: 101)
+_getaddrinfo = socket.getaddrinfo
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if host is None or _local(host):
+        return _getaddrinfo(host, *args, **kwargs)
+    _record("getaddrinfo", host)
+    raise socket.gaierror(socket.EAI_NONAME, "name lookup is off in this test")
+
+
+socket.getaddrinfo = getaddrinfo
+from napari_anogan.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_guard_really_blocks_the_network(tmp_path):
+    """Control: the guard used below records and refuses a non-loopback connection."""
+    log = tmp_path / "net.log"
+    code = (
+        _NET_GUARD.split("from napari_anogan.cli")[0]
+        + "try:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\n"
+        + "except OSError as e:\n    print('refused', e.errno)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**_env(), "NET_LOG": str(log)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "refused" in proc.stdout, proc.stderr
+    assert "192.0.2.1" in log.read_text()
+
+
+@pytest.mark.slow
+def test_train_and_score_open_no_network_connection(synthetic_dir, tmp_path):
+    """The CLI (imports included) under a socket guard that allows loopback only."""
+    log = tmp_path / "net.log"
+    env = {**_env(), "NET_LOG": str(log)}
+    inputs = [str(p) for p in sorted(synthetic_dir.glob("healthy_*.ome.tif"))]
+    model = tmp_path / "m.pt"
+    small = ["--epochs", "1", "--patches-per-scan", "8", "--batch-size", "8", "--device", "cpu"]
+    scored = ["-o", str(tmp_path / "out"), "--mapping", "iterative", "--steps", "2"]
+    runs = [
+        ["-q", "train", *inputs, "-o", str(model), *TRAIN_ARGS[:2], *small],
+        ["-q", "score", str(synthetic_dir / "diseased.ome.tif"), "-m", str(model), *scored],
+    ]
+    for args in runs:
+        proc = subprocess.run(
+            [sys.executable, "-c", _NET_GUARD, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "diseased_summary.json").is_file()
+    assert not log.exists() or log.read_text() == "", log.read_text()
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "..", "a/../../b", "/abs/x", "c:\\evil", "t\x00x"]
+)
+def test_volume_names_never_write_outside_the_output_folder(tiny_model_path, tmp_path, name):
+    """A name from metadata, a layer or a caller: every output lands in ``-o``."""
+    from napari_anogan.events import drain
+    from napari_anogan.io import Volume
+    from napari_anogan.pipeline import (
+        ScoreSettings,
+        score_to_files,
+        score_volume,
+        write_score_outputs,
+    )
+    from napari_anogan.preprocess import preprocess_volume, write_preprocess_outputs
+    from napari_anogan.synthetic import make_volume
+
+    syn = make_volume(n_slices=1, height=200, width=256, seed=1)
+    volume = Volume(syn.data, spacing=syn.spacing, name=name, source="scan.tif")
+    out = tmp_path / "deep" / "out"
+    out.mkdir(parents=True)
+    settings = ScoreSettings(mode="iterative", steps=1, device="cpu")
+    _, streamed = drain(score_to_files(volume, tiny_model_path, out, settings))
+    result = drain(score_volume(volume, tiny_model_path, settings))
+    (out / "mem").mkdir()
+    in_memory = write_score_outputs(result, out / "mem")
+    (out / "pre").mkdir()
+    pre = write_preprocess_outputs(volume, preprocess_volume(volume), out / "pre")
+    for path in [*streamed.values(), *in_memory.values(), *pre.values()]:
+        assert path.resolve().parent in {
+            out.resolve(),
+            (out / "mem").resolve(),
+            (out / "pre").resolve(),
+        }
+        assert path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]
+
+
+def test_file_names_are_data_not_commands(synthetic_dir, tiny_model_path, tmp_path):
+    """Shell metacharacters in an input name are only ever a file name."""
+    from napari_anogan.cli import main
+
+    weird = tmp_path / "in" / "a;touch pwned;$(touch pwned2).ome.tif"
+    weird.parent.mkdir()
+    weird.write_bytes((synthetic_dir / "normal.ome.tif").read_bytes())
+    out = tmp_path / "out"
+    args = ["-q", "score", str(weird), "-m", str(tiny_model_path), "-o", str(out)]
+    assert main([*args, "--mapping", "iterative", "--steps", "1"]) == 0
+    assert (out / "a;touch pwned;$(touch pwned2)_summary.json").is_file()
+    for place in (tmp_path, tmp_path / "in", out, Path.cwd()):
+        assert not (place / "pwned").exists()
+        assert not (place / "pwned2").exists()
+
+
+def _crafted(tiny_model_path: Path, tmp_path: Path, name: str, **changes) -> Path:
+    import json as _json
+
+    from napari_anogan.checkpoint import save_checkpoint
+    from napari_anogan.models import Discriminator, Generator, ModelConfig
+
+    data = read_checkpoint(tiny_model_path)
+    if "model" in changes:
+        cfg = ModelConfig.from_json(data["model_config"])
+        cfg = ModelConfig(**{**cfg.to_dict(), **changes["model"]})
+        data["model_config"] = cfg.to_json()
+        data["generator"] = Generator(cfg).state_dict()
+        data["discriminator"] = Discriminator(cfg).state_dict()
+        data.pop("optimizers", None)
+    if "preprocess" in changes:
+        pre = _json.loads(data["preprocess_config"])
+        data["preprocess_config"] = _json.dumps({**pre, **changes["preprocess"]})
+    return save_checkpoint(tmp_path / name, data)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"model": {"channels": 2}}, "channels: model 2, input 1"),
+        ({"preprocess": {"patch_size": 32}}, "patch_size: model 64, input 32"),
+    ],
+)
+def test_model_not_matching_the_input_is_refused_saying_what_differs(
+    synthetic_dir, tiny_model_path, tmp_path, capsys, changes, expected
+):
+    from napari_anogan.cli import main
+
+    model = _crafted(tiny_model_path, tmp_path, "crafted.pt", **changes)
+    args = ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(model)]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err
+    assert "crafted.pt" in err
+    assert err.count("\n") == 0
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_resume_with_other_data_or_preprocessing_is_refused(tmp_path):
+    from napari_anogan.errors import ModelError
+    from napari_anogan.events import drain
+    from napari_anogan.models import get_preset
+    from napari_anogan.train import TrainConfig, train_gan
+
+    patches = np.random.default_rng(0).uniform(-1, 1, (20, 1, 32, 32)).astype(np.float32)
+    cfg = get_preset("tiny", patch_size=32)
+    tc = TrainConfig(epochs=1, batch_size=8, device="cpu", reference_steps=0)
+    path = tmp_path / "m.pt"
+    extra = {"preprocess_config": {"patch_size": 32, "target_width": 256}, "data_fingerprint": "a"}
+    drain(train_gan(patches, cfg, tc, path, extra=dict(extra)))
+    more = TrainConfig(**{**tc.to_dict(), "epochs": 2})
+    with pytest.raises(ModelError, match="not the checkpoint's training patches") as info:
+        drain(
+            train_gan(
+                patches, cfg, more, path, resume=True, extra={**extra, "data_fingerprint": "b"}
+            )
+        )
+    assert "m.pt" in str(info.value)
+    other = {**extra, "preprocess_config": {"patch_size": 32, "target_width": 128}}
+    with pytest.raises(
+        ModelError, match=r"preprocessing differs \(target_width: checkpoint 256, requested 128\)"
+    ):
+        drain(train_gan(patches, cfg, more, path, resume=True, extra=other))
+    assert drain(train_gan(patches, cfg, more, path, resume=True, extra=dict(extra))).epochs == 2

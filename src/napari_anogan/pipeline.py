@@ -170,6 +170,26 @@ def _mapping_config(settings: ScoreSettings):
     )
 
 
+def _check_model_fits(model, pre_config) -> None:
+    """Refuse a model whose patches cannot be those of its own preprocessing.
+
+    Scoring reuses the model's preprocessing, so only the checkpoint itself can disagree
+    (patch size of the model vs of its preprocessing; channels: the preprocessing makes
+    grey, one-channel patches). The message names the model file and what differs.
+    """
+    from napari_anogan.checkpoint import check_compatible
+    from napari_anogan.errors import ModelError
+
+    check_compatible(model, pre_config.patch_size, None)
+    channels = model.model_config.channels
+    if channels != 1:
+        raise ModelError(
+            f"model does not match the input: channels: model {channels}, input 1 (the "
+            "preprocessing makes grey, one-channel patches)",
+            getattr(model, "path", None),
+        )
+
+
 def _select_patches(coords, size, geometry, boxes):
     """Keep the grid patches whose raw box overlaps one of ``boxes`` on the same slice."""
     keep = np.zeros(len(coords), dtype=bool)
@@ -198,15 +218,13 @@ def map_volume(
     With ``partial_results``, ``MAPPING_BATCH`` events carry a partial
     :class:`VolumeResult` (heatmaps of the patches mapped so far) in ``event.partial``.
     """
-    from napari_anogan.checkpoint import check_compatible
     from napari_anogan.mapping import map_to_latent
     from napari_anogan.preprocess import grid_patches, preprocess_volume
 
     settings = settings or ScoreSettings()
     model = _load_model(model)
     pre_config = _preprocess_config(model)
-    # Scoring reuses the model's own preprocessing; only the patch size can disagree.
-    check_compatible(model, pre_config.patch_size, None)
+    _check_model_fits(model, pre_config)
     yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
     pre = preprocess_volume(volume, pre_config)
     patches = grid_patches(pre, stride=settings.stride, slices=slices)
@@ -565,7 +583,6 @@ def score_to_files(
     """
     import torch
 
-    from napari_anogan.checkpoint import check_compatible
     from napari_anogan.io import TiffSliceWriter
     from napari_anogan.mapping import map_to_latent
     from napari_anogan.preprocess import cut_patches, grid_coords, plan_preprocessing
@@ -574,7 +591,7 @@ def score_to_files(
     settings = settings or ScoreSettings()
     model = _load_model(model)
     pre_config = _preprocess_config(model)
-    check_compatible(model, pre_config.patch_size, None)
+    _check_model_fits(model, pre_config)
     paths = _output_paths(volume.name, outdir)
     yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
     s_count = volume.shape[0]

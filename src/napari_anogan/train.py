@@ -320,7 +320,11 @@ def _build_checkpoint(
 
 
 def _resume_state(
-    path: Path, model_config: ModelConfig, train_config: TrainConfig, n_patches: int
+    path: Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    n_patches: int,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data = read_checkpoint(path)
     saved_model = json.loads(data["model_config"])
@@ -344,6 +348,25 @@ def _resume_state(
         raise ModelError(
             f"cannot resume: checkpoint was trained on {training.get('n_patches')} patches, "
             f"now given {n_patches}",
+            path,
+        )
+    extra = extra or {}
+    saved_pre = json.loads(data.get("preprocess_config") or "{}")
+    new_pre = json.loads(json.dumps(extra.get("preprocess_config") or {}, sort_keys=True))
+    # settings both know (a newer version may add some, with defaults)
+    diffs = [
+        f"{k}: checkpoint {saved_pre[k]!r}, requested {new_pre[k]!r}"
+        for k in sorted(set(saved_pre) & set(new_pre))
+        if saved_pre[k] != new_pre[k]
+    ]
+    if diffs:
+        raise ModelError("cannot resume: preprocessing differs (" + "; ".join(diffs) + ")", path)
+    recorded, given = training.get("data_fingerprint"), extra.get("data_fingerprint")
+    if recorded and given and recorded != given:
+        raise ModelError(
+            f"cannot resume: these are not the checkpoint's training patches (data "
+            f"fingerprint {given}, checkpoint {recorded}): resume with the same inputs, seed "
+            "and patches per scan",
             path,
         )
     if "optimizers" not in data and int(training.get("epochs_done", 0)) < train_config.epochs:
@@ -464,7 +487,7 @@ def train_gan(
     encoder_summary: dict[str, Any] | None = None
     if resume:
         assert ckpt_path is not None
-        data = _resume_state(ckpt_path, model_config, train_config, n)
+        data = _resume_state(ckpt_path, model_config, train_config, n, extra)
         g.load_state_dict(data["generator"])
         d.load_state_dict(data["discriminator"])
         if "optimizers" in data:

@@ -10,13 +10,15 @@ import numpy as np
 
 from napari_anogan._atomic import atomic_path
 from napari_anogan.io.volume import Volume
+from napari_anogan.io.writers import safe_stem
 from napari_anogan.preprocess.flatten import PreprocessedVolume
 
 logger = logging.getLogger(__name__)
 
 
 def _stem(volume: Volume) -> str:
-    return volume.name or (Path(volume.source).stem if volume.source else "volume")
+    # one safe file name component: outputs never land outside the output folder
+    return safe_stem(volume.name or (Path(volume.source).stem if volume.source else "volume"))
 
 
 def draw_boundaries(
@@ -28,8 +30,8 @@ def draw_boundaries(
     ----------
     path : Path
         Output PNG (written as is; wrap in :func:`atomic_path` for atomicity).
-    bscans : (S, H, W) ndarray
-        Grey values (any range).
+    bscans : (S, H, W) array-like
+        Grey values (any range); numpy or dask (only the drawn B-scans are read).
     ilm, bm : (S, W) ndarray
         Boundary rows in the same grid.
     n_show : int
@@ -44,7 +46,7 @@ def draw_boundaries(
     axes = fig.subplots(len(picks), 1, squeeze=False)[:, 0]
     cols = np.arange(w)
     for ax, i in zip(axes, picks, strict=True):
-        ax.imshow(bscans[i], cmap="gray", aspect="auto", interpolation="nearest")
+        ax.imshow(np.asarray(bscans[i]), cmap="gray", aspect="auto", interpolation="nearest")
         ax.plot(cols, ilm[i], color="yellow", lw=0.8, label="ILM")
         ax.plot(cols, bm[i], color="cyan", lw=0.8, label="BM")
         ax.set_title(f"B-scan {i}", fontsize=8)
@@ -101,9 +103,9 @@ def write_preprocess_outputs(
         for i in range(s):
             for c in range(w):
                 writer.writerow([i, c, f"{pre.ilm[i, c]:.2f}", f"{pre.bm[i, c]:.2f}"])
-    data = np.asarray(volume.data)
-    if data.ndim == 2:
-        data = data[None]
+    data = volume.data
+    if len(data.shape) == 2:
+        data = np.asarray(data)[None]
     with atomic_path(paths["overview"]) as tmp:
         draw_boundaries(tmp, data, pre.ilm, pre.bm)
     logger.info("%s: wrote %s", stem, ", ".join(str(p) for p in paths.values()))
