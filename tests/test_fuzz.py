@@ -76,6 +76,19 @@ def _read_ok(path) -> None:
     _check_volume(read_volume(path))
 
 
+def _read_lazy_ok(path) -> None:
+    """Lazy read: errors may come when the B-scans are read; NaN when they are used."""
+    from napari_anogan.preprocess.normalise import intensity_range_chunked
+
+    vol = read_volume(path, lazy=True)
+    data = np.asarray(vol.data)
+    assert data.ndim == 3
+    assert 0 not in data.shape
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        intensity_range_chunked(lambda: iter([data]), source=path)  # must raise InputError
+        raise AssertionError("non-finite values were not reported")
+
+
 def _encode(data: np.ndarray, suffix: str) -> bytes:
     """Bytes of ``data`` in the format of ``suffix`` (a valid file, when writable)."""
     buf = _io.BytesIO()
@@ -94,15 +107,20 @@ def _encode(data: np.ndarray, suffix: str) -> bytes:
 
 
 @FUZZ
-@given(data=arrays(), suffix=st.sampled_from([".tif", ".tiff", ".npy", ".ome.tif"]))
-def test_read_volume_of_random_arrays(tmp_path_factory, data, suffix):
+@given(
+    data=arrays(),
+    suffix=st.sampled_from([".tif", ".tiff", ".npy", ".ome.tif"]),
+    lazy=st.booleans(),
+)
+def test_read_volume_of_random_arrays(tmp_path_factory, data, suffix, lazy):
     path = tmp_path_factory.mktemp("arr") / f"scan{suffix}"
     try:
         path.write_bytes(_encode(data, ".tif" if suffix == ".ome.tif" else suffix))
     except Exception:  # a writer refusing the array is not the reader's business
         COUNTS["arrays (unwritable)"] += 1
         return
-    COUNTS[f"arrays: {_outcome(_read_ok, path)}"] += 1
+    mode = "lazy" if lazy else "eager"
+    COUNTS[f"arrays {mode}: {_outcome(_read_lazy_ok if lazy else _read_ok, path)}"] += 1
 
 
 @settings(FUZZ, max_examples=200)
@@ -112,8 +130,9 @@ def test_read_volume_of_random_arrays(tmp_path_factory, data, suffix):
     how=st.sampled_from(["truncate", "garbage", "flip", "empty"]),
     cut=st.floats(0, 1),
     noise=st.binary(min_size=1, max_size=512),
+    lazy=st.booleans(),
 )
-def test_read_volume_of_broken_files(tmp_path_factory, suffix, base, how, cut, noise):
+def test_read_volume_of_broken_files(tmp_path_factory, suffix, base, how, cut, noise, lazy):
     enc_suffix = ".tif" if suffix == ".ome.tif" else suffix
     try:
         good = _encode(
@@ -134,7 +153,8 @@ def test_read_volume_of_broken_files(tmp_path_factory, suffix, base, how, cut, n
         blob = b""
     path = tmp_path_factory.mktemp("bad") / f"broken{suffix}"
     path.write_bytes(blob)
-    COUNTS[f"files {how}: {_outcome(_read_ok, path)}"] += 1
+    mode = "lazy" if lazy else "eager"
+    COUNTS[f"files {how} {mode}: {_outcome(_read_lazy_ok if lazy else _read_ok, path)}"] += 1
 
 
 @settings(FUZZ, max_examples=150)

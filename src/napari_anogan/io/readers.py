@@ -233,8 +233,16 @@ class _LazySlices:
         if self.kind == "tiff":
             import tifffile
 
-            with tifffile.TiffFile(self.path) as tif:
-                out = tif.asarray(key=list(range(start, stop, step)), series=0)
+            errors = _ErrorLog()  # tifffile logs (and patches over) some corruptions
+            tiff_logger = logging.getLogger("tifffile")
+            tiff_logger.addHandler(errors)
+            try:
+                with tifffile.TiffFile(self.path) as tif:
+                    out = tif.asarray(key=list(range(start, stop, step)), series=0)
+            finally:
+                tiff_logger.removeHandler(errors)
+            if errors.messages:
+                raise ValueError("; ".join(errors.messages[:3]))
         else:
             mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
             try:
