@@ -55,7 +55,7 @@ def _gap_stats(ticks: np.ndarray, lo: float, hi: float) -> dict:
 
 
 class _Watchdog(threading.Thread):
-    """Sample the GUI thread's stack while the event loop has not ticked for a while."""
+    """Sample the GUI thread's stack (and the worker's) while the event loop is stalled."""
 
     def __init__(self, last_tick: list[float], after_ms: float = 40.0) -> None:
         super().__init__(daemon=True)
@@ -71,16 +71,20 @@ class _Watchdog(threading.Thread):
             now = time.perf_counter()
             if now - self.last_tick[0] < self.after_s:
                 continue
-            frame = sys._current_frames().get(self.main_id)
-            if frame is None:
-                continue
-            stack = traceback.extract_stack(frame)
-            lines = tuple(
-                f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
-                for f in stack
-                if "site-packages/pyqt" not in f.filename.lower()
-            )
-            self.samples.append((now, lines[-14:]))
+            frames = sys._current_frames()
+            me = threading.get_ident()
+            for ident, frame in frames.items():
+                if ident == me:
+                    continue
+                stack = traceback.extract_stack(frame)
+                lines = tuple(
+                    f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                    for f in stack
+                    if "site-packages/pyqt" not in f.filename.lower()
+                )
+                who = "GUI thread" if ident == self.main_id else "other thread"
+                if who == "GUI thread" or "napari_anogan" in "".join(lines):
+                    self.samples.append((now, (who, *lines[-14:])))
 
     def report(self, ticks: np.ndarray, threshold_ms: float) -> None:
         """Print the most frequent stacks sampled inside each gap over ``threshold_ms``."""
@@ -89,7 +93,7 @@ class _Watchdog(threading.Thread):
             lo, hi = ticks[i], ticks[i + 1]
             inside = [s for t, s in self.samples if lo < t <= hi]
             print(f"--- gap {gaps[i]:.0f} ms at t={lo - ticks[0]:.2f} s", file=sys.stderr)
-            for stack, count in collections.Counter(inside).most_common(2):
+            for stack, count in collections.Counter(inside).most_common(4):
                 print(f"  {count} samples:", file=sys.stderr)
                 for line in stack:
                     print(f"    {line}", file=sys.stderr)
@@ -205,12 +209,6 @@ def measure_job(args: argparse.Namespace, widget, timeline: list | None) -> dict
         QTimer.singleShot(int(args.settle_s * 1000), loop.quit)
 
     widget.finished.connect(on_finished)
-    # A full garbage collection now, as an interactive session has had by the time the
-    # user clicks Score: else the one that napari's own start-up objects are due (~0.2 s
-    # with ~400k objects, GIL held) lands in the job. Collections that the job's own
-    # objects trigger still happen, and are counted.
-    if not args.no_collect:
-        gc.collect()
     objects_before = len(gc.get_objects())
     watchdog = _Watchdog(last_tick) if args.diagnose else None
     timer.start()
@@ -243,7 +241,6 @@ def measure_job(args: argparse.Namespace, widget, timeline: list | None) -> dict
         "adding_results": _gap_stats(t, scored_at, end),
         "whole_job": _gap_stats(t, start, end),
         "target_longest_gap_ms": TARGET_MS,
-        "gc_collect_before": not args.no_collect,
         "gc_objects_before_after": [objects_before, len(gc.get_objects())],
         "cpus": os.cpu_count(),
         "torch_threads": _torch_threads(),
@@ -326,11 +323,6 @@ def main() -> None:
     )
     parser.add_argument(
         "--settle-s", type=float, default=1.0, help="event loop kept ticking after the job"
-    )
-    parser.add_argument(
-        "--no-collect",
-        action="store_true",
-        help="no full garbage collection before the click (see run_once)",
     )
     parser.add_argument(
         "--jobs",

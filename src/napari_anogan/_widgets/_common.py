@@ -273,7 +273,10 @@ class StepQueue(QObject):
     ----------
     budget_ms : float
         Steps run back to back in one turn until this much time has passed; a step
-        longer than that gets a turn of its own.
+        longer than that gets a turn of its own (0: one step per turn).
+    pause_ms : int
+        Time between turns, left to the event loop (input, other timers, painting the
+        previous step's change) so it is never starved by a chain of steps.
     parent : QObject, optional
         Owner; the queue's timer stops when it is deleted.
 
@@ -289,12 +292,14 @@ class StepQueue(QObject):
     the GIL for its layer work (one core and Python's GIL are shared with torch).
     """
 
-    def __init__(self, budget_ms: float = 25.0, parent: QObject | None = None) -> None:
+    def __init__(
+        self, budget_ms: float = 25.0, pause_ms: int = 0, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.budget_s = budget_ms / 1000.0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(0)
+        self._timer.setInterval(int(pause_ms))
         self._timer.timeout.connect(self._turn)
         self._pending: list[tuple[str, Callable[[], Iterator[Any]], Callable, Callable]] = []
         self._current: tuple[str, Iterator[Any], Callable, Callable] | None = None

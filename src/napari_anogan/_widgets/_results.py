@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,9 +101,11 @@ def score_job(
     geometry : dict
         ``image_name``, ``scale``, ``translate`` and ``ndim`` of the scored image layer.
     gui_idle : threading.Event, optional
-        Set while the GUI thread has no layer work queued. After each event the job
-        waits for it (at most :data:`GUI_WAIT_S`), so the GUI thread inserts layers
-        without sharing the CPU and the GIL with the mapping.
+        Set while the GUI thread has no layer work queued (:attr:`._common.StepQueue.idle`).
+        The job clears it when it sends partial heatmaps and, after each event, waits
+        for it (at most :data:`GUI_WAIT_S`), so the GUI thread shows them without
+        sharing the CPU and the GIL with the mapping. The GUI must set it again once
+        it has handled the event (the step queue does when its work is done).
 
     Returns
     -------
@@ -130,6 +133,10 @@ def score_job(
             if partial is not None and not isinstance(partial, dict):
                 residual = image_layers(partial, geometry["image_name"], **place)[1]
                 event.partial = PartialLayers([residual])
+                if gui_idle is not None:
+                    # The GUI will have layer work for this event: wait for it below
+                    # even if it has not queued it yet (the event is on its way).
+                    gui_idle.clear()
             yield event
             if gui_idle is not None and not gui_idle.wait(GUI_WAIT_S):
                 logger.debug("GUI layer work still queued after %.1f s; mapping on", GUI_WAIT_S)
@@ -171,6 +178,39 @@ def gui_torch_threads() -> Iterator[None]:
     finally:
         if changed:
             torch.set_num_threads(before)
+
+
+#: Modules a first scoring job would import: the core stages and pandas (napari's
+#: feature tables). Imported when the score widget opens, see :func:`warm_up`.
+WARM_UP_MODULES = (
+    "pandas",
+    "napari_anogan.preprocess",
+    "napari_anogan.mapping",
+    "napari_anogan.scoring",
+    "napari_anogan.candidates",
+    "napari_anogan.checkpoint",
+)
+
+
+def warm_up() -> None:
+    """Import what a scoring job needs, then run one full garbage collection.
+
+    A first job would otherwise import ~500 modules (~90k objects) itself, which makes
+    Python's next full collection (~0.2-0.3 s with napari and torch loaded, the GIL
+    held) fall due in the middle of it. Called once when the score widget opens (about
+    half a second), so the first job runs as smoothly as the next ones.
+    """
+    import gc
+    import importlib
+
+    start = time.perf_counter()
+    for name in WARM_UP_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # an optional part missing: the job will say so
+            logger.debug("warm-up: cannot import %s: %s", name, exc)
+    gc.collect()
+    logger.debug("scoring warm-up took %.2f s", time.perf_counter() - start)
 
 
 def add_component_percentiles(patches: dict, reference: dict | None) -> None:
@@ -298,7 +338,7 @@ def result_layer_steps(
     list of napari layers
         The result's layers now in the viewer.
     """
-    from napari.layers import Layer
+    from napari.layers import Layer, Shapes
 
     # Image layers are cheap to make here (their data is ready) and may be reused.
     items = [
@@ -332,10 +372,19 @@ def result_layer_steps(
                 update_image_layer(old, new)
                 yield f"updated {new.name}"
             else:
+                # A new Shapes layer compiles its shaders (~0.1 s in software GL) when
+                # first drawn: insert it hidden, show it a turn later, so insertion and
+                # that first draw do not freeze the viewer together.
+                show = isinstance(new, Shapes) and new.visible
+                if show:
+                    new.visible = False
                 viewer.layers.insert(_insert_index(viewer, new.name, image_name), new)
                 touched.append(new)
                 _reselect(viewer, image_name)
                 yield f"inserted {new.name}"
+                if show:
+                    new.visible = True
+                    yield f"showed {new.name}"
     except Exception:
         remove_layers(viewer, touched)
         raise

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -47,6 +47,7 @@ from napari_anogan._widgets._results import (
     result_layer_steps,
     score_job,
     update_en_face_markers,
+    warm_up,
 )
 from napari_anogan.errors import InputError
 
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
     import napari
 
 logger = logging.getLogger(__name__)
+
+#: Milliseconds between two steps of layer work (see :class:`._common.StepQueue`).
+LAYER_STEP_PAUSE_MS = 20
 
 REGIONS = ("whole volume", "current B-scan", "rectangles of a Shapes layer")
 
@@ -120,8 +124,10 @@ class ScoreWidget(QWidget):
         layout.addStretch(1)
 
         self.job = Job("Scoring", self._on_event, self._on_result, self._on_finish)
-        # Layer work on the GUI thread, one layer per event-loop turn (see StepQueue).
-        self.layer_steps = StepQueue(parent=self)
+        # Layer work on the GUI thread, one step per event-loop turn (see StepQueue), with
+        # a pause for input and painting between steps: each new layer is drawn before
+        # the next goes in, and no chain of steps holds up the event loop.
+        self.layer_steps = StepQueue(budget_ms=0.0, pause_ms=LAYER_STEP_PAUSE_MS, parent=self)
         self._image_layer: Any = None
         self._failed = False
         self.run_button.clicked.connect(self.run)
@@ -129,6 +135,8 @@ class ScoreWidget(QWidget):
         self.region.currentIndexChanged.connect(self._update_enabled)
         viewer.dims.events.current_step.connect(self._follow_slice)
         self._update_enabled()
+        # After the widget is shown: imports of the first job, off its critical path.
+        QTimer.singleShot(0, warm_up)
 
     # ------------------------------------------------------------------ settings
     def _browse_model(self) -> None:
@@ -231,6 +239,8 @@ class ScoreWidget(QWidget):
         partial = getattr(event, "partial", None)
         if partial is not None:
             self._show_partial(partial)
+            if not self.layer_steps.busy:  # nothing to show: let the worker go on
+                self.layer_steps.idle.set()
 
     def _on_result(self, outcome: tuple[Any, list]) -> None:
         result, layers = outcome
