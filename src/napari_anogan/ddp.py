@@ -5,8 +5,11 @@ Launch the normal ``train`` command with ``torchrun``; the torchrun environment
 or asked for with ``--ddp``::
 
     torchrun --nproc-per-node 4 -m napari_anogan.cli train HEALTHY... -o model.pt --ddp
-    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d
-        --rdzv-endpoint HOST:29400 -m napari_anogan.cli train HEALTHY... -o /shared/model.pt
+
+and on each of two nodes (one command line)::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400
+    -m napari_anogan.cli train HEALTHY... -o /shared/model.pt
 
 How a step is split (:func:`napari_anogan.train.train_gan` with an active process group):
 

@@ -129,6 +129,8 @@ def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: st
     The summary, with ``fingerprint`` added, is written last: its presence marks the
     volume as complete.
     """
+    import dask
+
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.events import drain
     from napari_anogan.io import read_volume, write_json
@@ -141,7 +143,10 @@ def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: st
     paths = _paths(out, volume.name)
     # An old summary must not vouch for the new residual/scores while they are written.
     paths["summary"].unlink(missing_ok=True)
-    result, written = drain(score_to_files(volume, model, out, settings))
+    # The lazy reads run here, in this task: inside a worker dask would otherwise send
+    # them to the cluster as tasks of their own (where another volume may kill them).
+    with dask.config.set(scheduler="synchronous"):
+        result, written = drain(score_to_files(volume, model, out, settings))
     summary = summary_dict(result)
     summary["fingerprint"] = fingerprint
     write_json(written["summary"], summary)

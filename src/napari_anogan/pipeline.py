@@ -753,10 +753,10 @@ def write_score_outputs(result: VolumeResult, outdir: str | Path) -> dict[str, P
 
 
 def _write_tables(result: VolumeResult, paths: dict[str, Path]) -> None:
-    rows = [
+    rows = (  # row by row: the table is never built as Python objects
         {k: result.patches[k][i].item() for k in PATCH_COLUMNS}
         for i in range(len(result.patches["slice"]))
-    ]
+    )
     write_csv(paths["scores"], rows, columns=PATCH_COLUMNS)
     write_json(paths["summary"], summary_dict(result))
 

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -271,7 +271,7 @@ def _csv_value(value: Any) -> Any:
 
 def write_csv(
     path: PathLike,
-    rows: Sequence[Mapping[str, object]],
+    rows: Iterable[Mapping[str, object]],
     columns: Sequence[str] | None = None,
 ) -> Path:
     """Write a table as UTF-8 CSV with a header row.
@@ -280,10 +280,11 @@ def write_csv(
     ----------
     path : str or PathLike
         Destination; its folder must exist.
-    rows : sequence of mapping
+    rows : iterable of mapping
         One mapping per row, column name -> value. Floats are written with ``repr``
         precision (they read back exactly), numpy scalars as Python values, None and
-        missing keys as empty cells.
+        missing keys as empty cells. With ``columns`` given, an iterator is consumed
+        once, row by row (a big table never has to be built in memory).
     columns : sequence of str, optional
         Column order. Keys not listed are left out. Default: keys in order of first
         appearance over all rows.
@@ -299,18 +300,21 @@ def write_csv(
         If the folder is missing or not writable, or writing fails.
     """
     if columns is None:
+        rows = list(rows)
         seen: dict[str, None] = {}
         for row in rows:
             seen.update(dict.fromkeys(row))
         columns = list(seen)
     columns = list(columns)
     path = Path(path)
+    n = 0
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore", restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _csv_value(v) for k, v in row.items() if k in columns})
-    logger.debug("wrote %s: %d rows x %d columns", path, len(rows), len(columns))
+            n += 1
+    logger.debug("wrote %s: %d rows x %d columns", path, n, len(columns))
     return path
 
 
