@@ -192,17 +192,24 @@ WARM_UP_MODULES = (
 )
 
 
+_warmed_up = False
+
+
 def warm_up() -> None:
     """Import what a scoring job needs, then run one full garbage collection.
 
     A first job would otherwise import ~500 modules (~90k objects) itself, which makes
     Python's next full collection (~0.2-0.3 s with napari and torch loaded, the GIL
-    held) fall due in the middle of it. Called once when the score widget opens (about
-    half a second), so the first job runs as smoothly as the next ones.
+    held) fall due in the middle of it. Called when the score widget opens (about half
+    a second, once per process), so the first job runs as smoothly as the next ones.
     """
     import gc
     import importlib
 
+    global _warmed_up
+    if _warmed_up:
+        return
+    _warmed_up = True
     start = time.perf_counter()
     for name in WARM_UP_MODULES:
         try:
