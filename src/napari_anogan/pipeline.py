@@ -103,10 +103,12 @@ class VolumeResult:
         Volume name (file stem).
     shape : tuple of int
         Raw shape (S, H, W).
-    reconstruction : (S, H, W) ndarray of float32
+    reconstruction : (S, H, W) ndarray of float32 or None
         G(z) back-projected, in the raw grey units of the input; NaN where no patch.
-    residual : (S, H, W) ndarray of float32
+        None from :func:`score_to_files` (streamed: not an output, not kept).
+    residual : (S, H, W) ndarray of float32 (or dask array)
         Residual heatmap |x - G(z)| (in normalised [-1, 1] units, so 0..2); 0 where no patch.
+        From :func:`score_to_files`: a lazy (dask) view of the written TIFF.
     patches : dict of str to (N,) ndarray
         Patch table: :data:`PATCH_COLUMNS` (raw boxes) plus ``flat_row``, ``flat_col``,
         ``residual_percentile`` and ``discrimination_percentile`` (each component ranked
