@@ -66,7 +66,7 @@ def make_dataset(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-o", "--out", type=Path, default=Path("data/synthetic"))
-    parser.add_argument("--train", type=int, default=12, help="healthy training eyes")
+    parser.add_argument("--train", type=int, default=48, help="healthy training eyes")
     parser.add_argument("--normal", type=int, default=4, help="healthy test eyes")
     parser.add_argument("--diseased", type=int, default=4, help="diseased test eyes")
     parser.add_argument("--slices", type=int, default=16, help="B-scans per eye")

@@ -8,7 +8,7 @@
 
 Usage::
 
-    python scripts/train_bundled_model.py            # ~10-20 min on 2 CPU cores
+    python scripts/train_bundled_model.py            # ~1 h on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("results/anogan_small_full.pt"))
     parser.add_argument("--out", type=Path, default=Path("sample_data/anogan_small.pt"))
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--patches-per-scan", type=int, default=32)
+    parser.add_argument("--patches-per-scan", type=int, default=64)
+    parser.add_argument("--encoder-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
@@ -77,6 +78,8 @@ def main() -> None:
         "--seed",
         str(args.seed),
         "--encoder",  # f-AnoGAN encoder for the fast hybrid/encoder scoring
+        "--encoder-epochs",
+        str(args.encoder_epochs),
     ]
     if args.resume:
         command.append("--resume")

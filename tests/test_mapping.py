@@ -360,7 +360,9 @@ def test_early_stopping_does_not_depend_on_batching(models, targets):
     a = run(models, x, batch_size=5, **kw)
     b = run(models, x, batch_size=2, **kw)  # patches enter the pool as others freeze
     np.testing.assert_array_equal(a.steps_taken, b.steps_taken)
-    np.testing.assert_allclose(a.z, b.z, atol=1e-5)
+    # Convolutions over pools of other sizes round differently in float32; 60 Adam steps
+    # carry that to ~2e-5 in z (measured), far below any step of the search.
+    np.testing.assert_allclose(a.z, b.z, atol=1e-4)
 
 
 def test_hybrid_without_encoder_falls_back_to_iterative(models, targets, caplog):
