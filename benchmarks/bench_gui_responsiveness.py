@@ -241,6 +241,7 @@ def measure_job(args: argparse.Namespace, widget, timeline: list | None) -> dict
         "gc_objects_before_after": [objects_before, len(gc.get_objects())],
         "cpus": os.cpu_count(),
         "torch_threads": _torch_threads(),
+        "torch_threads_while_scoring": _threads_while_scoring(load_before[0]),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
     }
@@ -263,6 +264,16 @@ def _torch_threads_leave() -> int | None:
         return int(_results.GUI_TORCH_THREADS_LEAVE)
     except (ImportError, AttributeError):
         return None
+
+
+def _threads_while_scoring(load: float) -> int | None:
+    """Torch threads the widget's job used (it chooses from the load at its start)."""
+    try:
+        from napari_anogan._widgets._results import torch_threads_for_gui
+    except ImportError:
+        return _torch_threads()
+    threads = _torch_threads()
+    return None if threads is None else torch_threads_for_gui(threads, os.cpu_count() or 1, load)
 
 
 def _torch_threads() -> int | None:
@@ -316,7 +327,8 @@ def main() -> None:
         type=int,
         default=None,
         metavar="N",
-        help="cores left to the GUI thread while scoring (default: the widget's setting)",
+        help="cores left to the GUI thread while scoring on a busy machine "
+        "(default: the widget's setting)",
     )
     parser.add_argument(
         "--settle-s", type=float, default=1.0, help="event loop kept ticking after the job"

@@ -138,7 +138,25 @@ def test_step_queue_reports_a_failing_step_and_goes_on(qtbot):
     assert not queue.busy
 
 
-def test_gui_torch_threads_leaves_a_core_and_restores():
+@pytest.mark.parametrize(
+    ("threads", "cpus", "load", "expected"),
+    [
+        (2, 2, 0.3, 2),  # idle machine: every core for the mapping
+        (2, 2, 1.0, 1),  # another process busy: one core left to the GUI
+        (2, 2, 4.5, 1),
+        (16, 16, 3.0, 16),
+        (16, 16, 15.2, 15),
+        (1, 1, 2.0, 1),  # never below one thread
+        (4, 16, 20.0, 4),  # never more than torch had
+    ],
+)
+def test_torch_threads_for_gui(threads, cpus, load, expected):
+    from napari_anogan._widgets._results import torch_threads_for_gui
+
+    assert torch_threads_for_gui(threads, cpus, load) == expected
+
+
+def test_gui_torch_threads_restores_the_setting(monkeypatch):
     import os
 
     import torch
@@ -146,6 +164,7 @@ def test_gui_torch_threads_leaves_a_core_and_restores():
     from napari_anogan._widgets._results import gui_torch_threads
 
     before = torch.get_num_threads()
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
     with gui_torch_threads():
         inside = torch.get_num_threads()
     assert inside == max(1, min(before, (os.cpu_count() or 1) - 1))

@@ -148,19 +148,45 @@ def score_job(
 #: Longest the scoring worker waits for the GUI thread's queued layer work, in seconds.
 GUI_WAIT_S = 2.0
 
-#: CPU cores left to the GUI thread while the score widget maps patches (torch gets the
-#: others, at least one): napari draws in the GUI thread, in software under Xvfb. See
-#: ``benchmarks/bench_gui_responsiveness.py``.
+#: CPU cores left to the GUI thread while the score widget maps patches on a busy
+#: machine (see :func:`torch_threads_for_gui`).
 GUI_TORCH_THREADS_LEAVE = 1
+
+
+def torch_threads_for_gui(threads: int, cpus: int, load: float) -> int:
+    """Torch threads for a scoring job run beside the GUI thread.
+
+    All of them on an idle machine (measured on 2 cores at load < 1: 16 s for the
+    sample, the same event-loop gaps as with one thread, which took 27 s). When other
+    processes already keep a core busy (1-minute load average >= ``cpus - 1``), torch's
+    OpenMP team, the GUI thread and those processes oversubscribe the CPUs; then
+    :data:`GUI_TORCH_THREADS_LEAVE` cores are left to the GUI (measured on 2 cores at
+    load 4-5: a job took 284 s with two threads, ~35 s with one).
+
+    Parameters
+    ----------
+    threads : int
+        Torch's current intra-op thread count.
+    cpus : int
+        CPU cores of the machine.
+    load : float
+        1-minute load average before the job.
+
+    Returns
+    -------
+    int
+        At least 1, at most ``threads``.
+    """
+    if load < cpus - 1:
+        return max(1, threads)
+    return max(1, min(threads, cpus - GUI_TORCH_THREADS_LEAVE))
 
 
 @contextmanager
 def gui_torch_threads() -> Iterator[None]:
-    """Leave one CPU core to the GUI thread while torch maps patches in the worker.
+    """Use fewer torch threads while the worker maps patches on a busy machine.
 
-    Torch's intra-op pool uses every core by default; with the GUI thread drawing in
-    the same process that starves the event loop on small machines. The previous
-    setting is restored afterwards.
+    See :func:`torch_threads_for_gui`; the previous setting is restored afterwards.
     """
     try:
         import torch
@@ -168,11 +194,15 @@ def gui_torch_threads() -> Iterator[None]:
         yield
         return
     before = torch.get_num_threads()
-    wanted = max(1, min(before, (os.cpu_count() or 1) - GUI_TORCH_THREADS_LEAVE))
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        load = 0.0
+    wanted = torch_threads_for_gui(before, os.cpu_count() or 1, load)
     changed = wanted != before
     if changed:
         torch.set_num_threads(wanted)
-        logger.debug("torch threads %d -> %d while scoring in the GUI", before, wanted)
+        logger.debug("torch threads %d -> %d while scoring (load %.1f)", before, wanted, load)
     try:
         yield
     finally:
