@@ -130,3 +130,71 @@ def test_partial_heatmaps_arrive_as_batches_finish(synthetic_dir, tiny_model_pat
     covered = [int((p.residual > 0).sum()) for p in partials]
     assert covered == sorted(covered)  # coverage only grows
     np.testing.assert_allclose(partials[-1].residual, final.residual, atol=1e-5)
+
+
+def test_held_out_bscans_give_the_reference_grid_patches(synthetic_dir):
+    from napari_anogan.pipeline import collect_training_patches
+    from napari_anogan.preprocess import PreprocessConfig, grid_patches, preprocess_volume
+
+    cfg = PreprocessConfig()
+    paths = sorted(synthetic_dir.glob("healthy_*.ome.tif"))  # 2 eyes x 3 B-scans
+    patches, reference, info = drain(
+        collect_training_patches(paths, cfg, 5, seed=3, holdout_fraction=0.5)
+    )
+    held = info["holdout_bscans"]
+    assert len(held) == 3  # round(0.5 * 6)
+    assert len(patches) == 5 * (6 - 3)  # only the other B-scans train
+    expected = []
+    for i, path in enumerate(paths):
+        slices = [s for j, s in held if j == i]
+        if slices:
+            pre = preprocess_volume(read_volume(path), cfg)
+            expected.append(grid_patches(pre, stride=32, slices=slices).images)
+    np.testing.assert_array_equal(reference, np.concatenate(expected))
+    assert info["n_reference_patches"] == len(reference)
+    # the training patches are the random patches of the other B-scans only
+    from napari_anogan.preprocess import random_patches
+
+    rng = np.random.default_rng(3)
+    drawn = []
+    for i, path in enumerate(paths):
+        pre = preprocess_volume(read_volume(path), cfg)
+        keep = [s for s in range(3) if [i, s] not in held]
+        drawn.append(random_patches(pre, 5, seed=rng, slices=keep).images)
+    np.testing.assert_array_equal(patches, np.concatenate(drawn))
+    train_only, none, _ = drain(collect_training_patches(paths, cfg, 5, seed=3))
+    assert len(train_only) == 5 * 6
+    assert none.shape == (0, 1, 64, 64)
+
+
+def test_training_keeps_held_out_bscans_for_the_reference(synthetic_dir, tmp_path):
+    import torch
+
+    from napari_anogan.errors import ModelError
+    from napari_anogan.pipeline import collect_training_patches, train_from_paths
+    from napari_anogan.preprocess import PreprocessConfig
+    from napari_anogan.train import EncoderConfig, add_encoder
+
+    paths = sorted(synthetic_dir.glob("healthy_*.ome.tif"))
+    out = tmp_path / "m.pt"
+    overrides = {"reference_steps": 2, "reference_max_patches": 7, "holdout_fraction": 0.5}
+    kw = {"preset": "tiny", "epochs": 1, "patches_per_scan": 8, "batch_size": 8}
+    drain(train_from_paths(paths, out, train_overrides=overrides, **kw))
+    model = load_checkpoint(out)
+    assert model.training["reference_holdout"] == "bscans"
+    assert model.training["n_train"] == 8 * 3  # every training patch trains
+    assert model.training["n_holdout"] == model.training["extra"]["data"]["n_reference_patches"]
+    assert model.reference["n_patches"] == 7
+    # the encoder step needs the same reference patches
+    patches, reference, _ = drain(
+        collect_training_patches(paths, PreprocessConfig(), 8, seed=0, holdout_fraction=0.5)
+    )
+    with pytest.raises(ModelError, match="held-out B-scans"):
+        drain(add_encoder(out, patches, EncoderConfig(epochs=1, device="cpu")))
+    torch.manual_seed(0)
+    drain(
+        add_encoder(
+            out, patches, EncoderConfig(epochs=1, device="cpu"), reference_patches=reference
+        )
+    )
+    assert load_checkpoint(out).reference["settings"]["mode"] == "hybrid"

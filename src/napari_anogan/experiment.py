@@ -172,7 +172,7 @@ def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
     inputs = _training_inputs(model)
     if not inputs:
         return None, None
-    patches, _ = yield from collect_training_patches(
+    patches, _, _ = yield from collect_training_patches(
         inputs, _preprocess_config(model), patches_per_scan=4, seed=seed
     )
     rng = np.random.default_rng(seed)
@@ -250,7 +250,7 @@ def run_evaluation(
     acae = None
     train_inputs = [Path(p) for p in acae_train] if acae_train else _training_inputs(model)
     if acae_epochs > 0 and train_inputs:
-        patches, _ = yield from collect_training_patches(
+        patches, _, _ = yield from collect_training_patches(
             train_inputs, _preprocess_config(model), patches_per_scan, seed=settings.seed
         )
         yield ProgressEvent(EventKind.STAGE, 0, 0, message="training aCAE baseline")

@@ -241,6 +241,30 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[k:]), perm[:k]
 
 
+def _reference_split(
+    patches: np.ndarray,
+    reference_patches: np.ndarray | None,
+    train_config: TrainConfig,
+    model_config: ModelConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training indices, the reference patch set and its indices in random order.
+
+    With ``reference_patches`` (grid patches of held-out B-scans) every training patch
+    trains and the reference is drawn from those; otherwise ``holdout_fraction`` of the
+    patches themselves is held out (the fallback for a single B-scan).
+    """
+    if reference_patches is None:
+        train_idx, hold_idx = holdout_split(
+            patches.shape[0], train_config.holdout_fraction, train_config.seed
+        )
+        return train_idx, patches, hold_idx
+    _check_patches(reference_patches, model_config, what="reference patches", minimum=1)
+    order = np.random.default_rng([int(train_config.seed), 1]).permutation(
+        reference_patches.shape[0]
+    )
+    return np.arange(patches.shape[0]), reference_patches, order
+
+
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
     if not enabled:
@@ -263,22 +287,24 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = prev[3]
 
 
-def _check_patches(patches: np.ndarray, config: ModelConfig) -> None:
+def _check_patches(
+    patches: np.ndarray, config: ModelConfig, what: str = "training patches", minimum: int = 2
+) -> None:
     if not isinstance(patches, np.ndarray):
-        raise InputError(f"patches must be a numpy array, got {type(patches).__name__}")
+        raise InputError(f"{what} must be a numpy array, got {type(patches).__name__}")
     expected = (config.channels, config.patch_size, config.patch_size)
     if patches.ndim != 4 or tuple(patches.shape[1:]) != expected:
         raise InputError(
-            f"training patches must have shape (N, {expected[0]}, {expected[1]}, "
+            f"{what} must have shape (N, {expected[0]}, {expected[1]}, "
             f"{expected[2]}) for this model, got {patches.shape}"
         )
     if not np.issubdtype(patches.dtype, np.floating):
-        raise InputError(f"training patches must be floating point, got {patches.dtype}")
-    if patches.shape[0] < 2:
-        raise InputError(f"need at least 2 training patches, got {patches.shape[0]}")
+        raise InputError(f"{what} must be floating point, got {patches.dtype}")
+    if patches.shape[0] < minimum:
+        raise InputError(f"need at least {minimum} {what}, got {patches.shape[0]}")
     for lo in range(0, patches.shape[0], 65536):  # chunked: no full-size temporary
         if not np.isfinite(patches[lo : lo + 65536]).all():
-            raise InputError("training patches contain NaN or infinite values")
+            raise InputError(f"{what} contain NaN or infinite values")
 
 
 def _grid(images: np.ndarray) -> np.ndarray:
@@ -385,6 +411,7 @@ def train_gan(
     resume: bool = False,
     extra: dict[str, Any] | None = None,
     build_reference: bool = True,
+    reference_patches: np.ndarray | None = None,
 ) -> Generator[ProgressEvent, None, TrainResult]:
     """Train the DCGAN on healthy patches; checkpoint every epoch; build the reference.
 
@@ -392,7 +419,8 @@ def train_gan(
     ----------
     patches : (N, C, P, P) float ndarray
         Healthy training patches in [-1, 1] (a memory-mapped array works: batches are
-        copied as needed). A ``holdout_fraction`` of them is kept for the reference.
+        copied as needed). Without ``reference_patches``, a ``holdout_fraction`` of them
+        is kept out of training for the reference.
     model_config : ModelConfig
         Architecture.
     train_config : TrainConfig, optional
@@ -412,6 +440,11 @@ def train_gan(
         Map the held-out patches (iterative mode) for the healthy reference after the last
         epoch. False when an encoder follows (:func:`add_encoder` then builds the
         reference with the encoder's mapping mode, so it is not computed twice).
+    reference_patches : (M, C, P, P) float ndarray, optional
+        Healthy patches never trained on (the grid patches of held-out B-scans, see
+        :func:`~napari_anogan.pipeline.collect_training_patches`); the reference is then
+        built from them (at most ``reference_max_patches``, a seeded random choice) and
+        every patch of ``patches`` trains.
 
     Notes
     -----
@@ -459,7 +492,9 @@ def train_gan(
     device = resolve_device(train_config.device)
     n = patches.shape[0]
     seed = train_config.seed
-    train_idx, hold_idx = holdout_split(n, train_config.holdout_fraction, seed)
+    train_idx, ref_set, ref_order = _reference_split(
+        patches, reference_patches, train_config, model_config
+    )
     bs = min(train_config.batch_size, train_idx.size)
     # Incomplete last batch dropped (as DCGAN): every step sees a full batch for batch norm.
     n_batches = train_idx.size // bs
@@ -517,7 +552,8 @@ def train_gan(
         "seed": seed,
         "n_patches": int(n),
         "n_train": int(train_idx.size),
-        "n_holdout": int(hold_idx.size),
+        "n_holdout": int(ref_order.size),
+        "reference_holdout": "patches" if reference_patches is None else "bscans",
         "data_fingerprint": extra.get("data_fingerprint"),
         "final_losses": history[-1] if history else {},
         "history": history,
@@ -677,7 +713,9 @@ def train_gan(
     d.eval()
     if not reference and build_reference and main:
         mcfg = train_config.reference_mapping(device=str(device))
-        reference = yield from _healthy_reference(g, d, None, patches, hold_idx, train_config, mcfg)
+        reference = yield from _healthy_reference(
+            g, d, None, ref_set, ref_order, train_config, mcfg
+        )
         if reference:
             save(reference)
             if ckpt_path is not None:
@@ -959,6 +997,7 @@ def add_encoder(
     *,
     data_fingerprint: str | None = None,
     reference_mode: str = "hybrid",
+    reference_patches: np.ndarray | None = None,
 ) -> Generator[ProgressEvent, None, TrainResult]:
     """Train an f-AnoGAN encoder for a trained model and store it in its checkpoint.
 
@@ -984,6 +1023,9 @@ def add_encoder(
         Fingerprint of ``patches`` as recorded by the training pipeline.
     reference_mode : str
         Mapping mode of the new healthy reference (``hybrid`` or ``encoder``).
+    reference_patches : (M, C, P, P) float ndarray, optional
+        The GAN's reference patches (needed when it was trained with them, see
+        :func:`train_gan`).
 
     Yields
     ------
@@ -1028,7 +1070,19 @@ def add_encoder(
     d.load_state_dict(data["discriminator"])
     g.eval()
     d.eval()
-    train_idx, hold_idx = holdout_split(n, train_config.holdout_fraction, train_config.seed)
+    if (training.get("reference_holdout") == "bscans") != (reference_patches is not None):
+        raise ModelError(
+            "the model's healthy reference came from "
+            + (
+                "held-out B-scans: pass their patches (train from the same inputs)"
+                if reference_patches is None
+                else "held-out patches, but reference patches were given"
+            ),
+            path,
+        )
+    train_idx, ref_set, ref_order = _reference_split(
+        patches, reference_patches, train_config, model_config
+    )
     result = yield from train_encoder(patches, g, d, config, indices=train_idx)
     encoder = result.encoder
     old_settings = json.loads(data["reference"]["settings"]) if data["reference"] else None
@@ -1046,7 +1100,7 @@ def add_encoder(
 
     device = resolve_device(config.device)
     mcfg = train_config.reference_mapping(device=str(device), mode=reference_mode)
-    reference = yield from _healthy_reference(g, d, encoder, patches, hold_idx, train_config, mcfg)
+    reference = yield from _healthy_reference(g, d, encoder, ref_set, ref_order, train_config, mcfg)
     data["reference"] = reference
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 2, 2, message=str(path))

@@ -81,6 +81,7 @@ def random_patches(
     pre: PreprocessedVolume,
     k_per_scan: int,
     seed: int | np.random.Generator = 0,
+    slices: Sequence[int] | None = None,
 ) -> Patches:
     """Patches at random positions inside the retina, ``k_per_scan`` per B-scan.
 
@@ -96,11 +97,14 @@ def random_patches(
         Patches per B-scan (drawn with replacement of positions).
     seed : int or numpy.random.Generator
         Random seed or generator; the same seed gives the same patches.
+    slices : sequence of int, optional
+        B-scans to draw from (default: all).
 
     Returns
     -------
     Patches
-        ``S * k_per_scan`` patches, grouped by slice (fewer if a B-scan has no retina).
+        ``k_per_scan`` patches per chosen B-scan, grouped by slice (none from a B-scan
+        without retina).
     """
     size = _check_fits(pre)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -109,7 +113,7 @@ def random_patches(
     # centres whose patch fits: rows half .. hb - size + half (same for columns)
     centres = pre.retina_mask[:, half : hb - size + half + 1, half : wr - size + half + 1]
     coords = []
-    for i in range(s):
+    for i in range(s) if slices is None else sorted(set(int(i) for i in slices)):
         rows, cols = np.nonzero(centres[i])
         if len(rows) == 0 or k_per_scan <= 0:
             continue
