@@ -440,3 +440,22 @@ def test_youden_threshold_from_evaluation(scored_viewer, tmp_path, errors):
     widget.load_youden(metrics)
     assert "no Youden threshold" in errors[-1]
     assert widget.threshold.value() == pytest.approx(4.0)
+
+
+def test_score_widget_defaults_to_the_scoring_mode(make_napari_viewer):
+    from napari_anogan._widgets.score import ScoreWidget
+    from napari_anogan.pipeline import ScoreSettings
+
+    widget = ScoreWidget(make_napari_viewer())
+    defaults = ScoreSettings()
+    assert widget.mode.currentText() == defaults.mode == "hybrid"
+    assert widget.steps.value() == defaults.hybrid_steps
+    assert widget.settings().hybrid_steps == defaults.hybrid_steps
+    widget.mode.setCurrentText("iterative")  # the paper's mapping, one choice away
+    assert widget.steps.value() == 500
+    assert widget.settings().steps == 500
+    widget.mode.setCurrentText("encoder")
+    assert not widget.steps.isEnabled()
+    widget.mode.setCurrentText("hybrid")
+    widget.steps.setValue(4)
+    assert (widget.settings().hybrid_steps, widget.settings().steps) == (4, 4)

@@ -92,6 +92,11 @@ class ScoreWidget(QWidget):
         self.mode = QComboBox()
         self.mode.addItems(_mapping_modes())
         self.steps = _spin(QSpinBox(), 0, 5000, defaults.steps)
+        self._default_steps = {"iterative": defaults.steps, "hybrid": defaults.hybrid_steps}
+        self.mode.currentTextChanged.connect(self._mode_changed)
+        # the scoring default (the mode that measured best), the paper's one entry away
+        self.mode.setCurrentText(defaults.mode)
+        self._mode_changed(self.mode.currentText())
         self.lam = _spin(QDoubleSpinBox(), 0.0, 1.0, defaults.lam, step=0.05)
         self.stride = _spin(QSpinBox(), 4, 256, defaults.stride)
         self.device = QComboBox()
@@ -166,15 +171,29 @@ class ScoreWidget(QWidget):
         ):
             widget.setEnabled(not busy)
         self.shapes.setEnabled(not busy and self.region.currentIndex() == 2)
+        self.steps.setEnabled(not busy and self.mode.currentText() in self._default_steps)
         self.cancel_button.setEnabled(busy)
 
+    def _mode_changed(self, mode: str) -> None:
+        """Show the chosen mode's own default step count (none for the encoder mode)."""
+        self.steps.setEnabled(mode in self._default_steps)
+        if mode in self._default_steps:
+            self.steps.setValue(self._default_steps[mode])
+
     def settings(self) -> Any:
-        """Return the :class:`~napari_anogan.pipeline.ScoreSettings` shown in the form."""
+        """Return the :class:`~napari_anogan.pipeline.ScoreSettings` shown in the form.
+
+        ``steps`` are the hybrid mode's K in that mode (and the steps of its iterative
+        fallback for a model without encoder), the paper's Gamma in the iterative mode.
+        """
         from napari_anogan.pipeline import ScoreSettings
 
+        steps = int(self.steps.value())
+        mode = self.mode.currentText()
         return ScoreSettings(
-            mode=self.mode.currentText(),
-            steps=int(self.steps.value()),
+            mode=mode,
+            steps=steps,
+            hybrid_steps=steps if mode == "hybrid" else ScoreSettings().hybrid_steps,
             lam=float(self.lam.value()),
             stride=int(self.stride.value()),
             device=str(self.device.currentData()),
