@@ -46,7 +46,19 @@ def test_preprocess_writes_outputs_in_raw_coordinates(synthetic_dir, tmp_path):
 def test_score_writes_the_documented_outputs(synthetic_dir, tiny_model_path, tmp_path, capsys):
     src = synthetic_dir / "diseased.ome.tif"
     code = main(
-        ["-q", "score", str(src), "-m", str(tiny_model_path), "-o", str(tmp_path), "--steps", "2"]
+        [
+            "-q",
+            "score",
+            str(src),
+            "-m",
+            str(tiny_model_path),
+            "-o",
+            str(tmp_path),
+            "--steps",
+            "2",
+            "--hybrid-steps",
+            "3",
+        ]
     )
     assert code == 0
     residual = tifffile.imread(tmp_path / "diseased_residual.tif")
@@ -60,6 +72,7 @@ def test_score_writes_the_documented_outputs(synthetic_dir, tiny_model_path, tmp
     summary = json.loads((tmp_path / "diseased_summary.json").read_text())
     assert summary["n_patches"] == len(rows)
     assert summary["settings"]["steps"] == 2
+    assert summary["settings"]["hybrid_steps"] == 3
     assert len(summary["bscan_scores"]) == 3
     assert "diseased: volume score" in capsys.readouterr().out
 

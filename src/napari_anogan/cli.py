@@ -131,6 +131,8 @@ def _score_settings(args: argparse.Namespace):
     }
     if args.steps is not None:
         kwargs["steps"] = args.steps
+    if args.hybrid_steps is not None:
+        kwargs["hybrid_steps"] = args.hybrid_steps
     return ScoreSettings(**kwargs)
 
 
@@ -241,7 +243,15 @@ def _add_score_options(p: argparse.ArgumentParser, *, default_steps: int | None 
         "iterative for a model without an encoder), encoder = encoder only, iterative = "
         "the paper's 500-step search",
     )
-    p.add_argument("--steps", type=int, default=default_steps, help="mapping steps (paper: 500)")
+    p.add_argument(
+        "--steps", type=int, default=default_steps, help="iterative mapping steps (paper: 500)"
+    )
+    p.add_argument(
+        "--hybrid-steps",
+        type=int,
+        default=None,
+        help="steps K after the encoder start in the hybrid mode (default 10)",
+    )
     p.add_argument("--lam", type=float, default=0.1, help="lambda of eq. (5)/(6) (paper: 0.1)")
     p.add_argument("--stride", type=int, default=32, help="patch grid stride in pixels")
     p.add_argument("--batch-size", type=int, default=256, help="patches mapped at once")
