@@ -30,7 +30,9 @@ Same model and the same patches for every variant. Prints ONE JSON object:
 The machine may be shared: the 1-minute load average is recorded before and after, and
 every timing is the best of ``--repeat`` runs.
 
-    .venv/bin/python benchmarks/bench_mapping.py --model results/anogan_small_v1.pt
+    .venv/bin/python benchmarks/bench_mapping.py                # the bundled small model
+    .venv/bin/python benchmarks/bench_mapping.py --model none --preset paper
+                                                   # random G/D of the paper's size
 """
 
 from __future__ import annotations
@@ -143,7 +145,11 @@ def matmul_gflops(size: int = 2048, repeat: int = 10, dtype=torch.float32) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="results/anogan_small_v1.pt", help="checkpoint")
+    parser.add_argument(
+        "--model",
+        default="sample_data/anogan_small.pt",
+        help="checkpoint ('none': random G/D of --preset; speed does not depend on weights)",
+    )
     parser.add_argument("--preset", default="small", help="random model if --model is absent")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20, help="timed steps, batched search")

@@ -20,7 +20,7 @@ mean_steps) and the set-up; ``--volume`` adds ``default_volume_seconds``: the wa
 ``score_volume`` with the default :class:`~napari_anogan.pipeline.ScoreSettings` on a
 synthetic 49 x 496 x 512 volume (preprocessing included).
 
-    .venv/bin/python benchmarks/bench_quality_speed.py --model results/anogan_small_v1.pt
+    .venv/bin/python benchmarks/bench_quality_speed.py --volume
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def default_volume_seconds(model) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="results/anogan_small_v1.pt")
+    parser.add_argument("--model", default="sample_data/anogan_small.pt")
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"))
     parser.add_argument("--slice-step", type=int, default=4, help="use every n-th B-scan")
     parser.add_argument("--stride", type=int, default=32)

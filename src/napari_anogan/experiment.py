@@ -165,22 +165,42 @@ def patch_masks(mask_flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndar
 
 
 def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
-    """Map a sample of the model's own training patches (Fig. 4c,d 'training healthy')."""
+    """Map grid patches of the model's training B-scans (Fig. 4c,d 'training healthy').
+
+    Grid patches, cut as the test patches are (``settings.stride``), so the three
+    distributions of Fig. 4c,d differ only in where the B-scans come from; ``n_max`` of
+    them, a seeded random choice over all inputs.
+    """
     from napari_anogan.mapping import map_to_latent
-    from napari_anogan.pipeline import _mapping_config, _preprocess_config, collect_training_patches
+    from napari_anogan.pipeline import _mapping_config, _preprocess_config
+    from napari_anogan.preprocess import grid_patches, preprocess_volume
 
     inputs = _training_inputs(model)
     if not inputs:
         return None, None
-    patches, _, _ = yield from collect_training_patches(
-        inputs, _preprocess_config(model), patches_per_scan=4, seed=seed
-    )
+    held = {
+        tuple(p)
+        for p in (model.training or {}).get("extra", {}).get("data", {}).get("holdout_bscans", [])
+    }
+    cfg = _preprocess_config(model)
+    chunks = []
+    for i, path in enumerate(inputs):
+        yield ProgressEvent(EventKind.STAGE, i, len(inputs), message=f"training scan {path.name}")
+        pre = preprocess_volume(read_volume(path), cfg)
+        trained = [s for s in range(pre.flat.shape[0]) if (i, s) not in held]
+        if trained:
+            chunks.append(grid_patches(pre, stride=settings.stride, slices=trained).images)
+    patches = np.concatenate(chunks).astype(np.float32)
     rng = np.random.default_rng(seed)
-    take = rng.choice(len(patches), size=min(n_max, len(patches)), replace=False)
+    take = np.sort(rng.choice(len(patches), size=min(n_max, len(patches)), replace=False))
     mapped = yield from map_to_latent(
-        model.generator, model.discriminator, patches[np.sort(take)], _mapping_config(settings)
+        model.generator,
+        model.discriminator,
+        patches[take],
+        _mapping_config(settings),
+        encoder=getattr(model, "encoder", None),
     )
-    return patches[np.sort(take)], mapped
+    return patches[take], mapped
 
 
 def _training_inputs(model) -> list[Path]:
