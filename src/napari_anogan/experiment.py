@@ -237,7 +237,7 @@ def run_evaluation(
     outdir : path
         Folder for ``metrics.json``, ``table1.md`` and the figures.
     settings : ScoreSettings, optional
-        Mapping settings (default: the paper's 500 steps, λ = 0.1).
+        Mapping settings (default: the scoring defaults, hybrid mapping, λ = 0.1).
     masks : path, optional
         Folder of lesion masks named like their inputs (``X_mask.ext`` beside an input is
         found without it).
