@@ -7,7 +7,12 @@ import torch
 from napari_anogan.device import resolve_device
 from napari_anogan.errors import AnoganError, InputError
 from napari_anogan.events import EventKind, drain
-from napari_anogan.mapping import MappingConfig, fold_batch_norm, map_to_latent
+from napari_anogan.mapping import (
+    MappingConfig,
+    _SubPixelConvTranspose,
+    fold_batch_norm,
+    map_to_latent,
+)
 from napari_anogan.models import Discriminator, Generator, get_preset, sample_prior
 from napari_anogan.models.encoder import Encoder
 
@@ -284,6 +289,36 @@ def test_fold_batch_norm_same_function(models):
         x = g(z)
         torch.testing.assert_close(df.features(x), d.features(x), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(df(x), d(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("c_in", "bias", "size"), [(16, True, 8), (3, False, 5)])
+def test_sub_pixel_rewrite_is_the_same_transposed_convolution(c_in, bias, size):
+    torch.manual_seed(c_in)
+    conv = torch.nn.ConvTranspose2d(c_in, 1, 5, stride=2, padding=2, output_padding=1, bias=bias)
+    fast = _SubPixelConvTranspose(conv)
+    x = torch.randn(4, c_in, size, size, requires_grad=True)
+    y, y_fast = conv(x), fast(x)
+    assert y_fast.shape == y.shape == (4, 1, 2 * size, 2 * size)
+    torch.testing.assert_close(y_fast, y, atol=1e-5, rtol=1e-5)
+    # The input gradient (what the search back-propagates to z) matches too.
+    (g,) = torch.autograd.grad((y * y).sum(), x)
+    (g_fast,) = torch.autograd.grad((y_fast * y_fast).sum(), x)
+    torch.testing.assert_close(g_fast, g, atol=1e-4, rtol=1e-4)
+
+
+def test_sub_pixel_rewrite_only_where_it_pays(models):
+    g, _ = models
+    gf = fold_batch_norm(g)
+    kinds = [
+        type(m) for m in gf.net if isinstance(m, (torch.nn.ConvTranspose2d, _SubPixelConvTranspose))
+    ]
+    # Every layer with more than one output channel stays a transposed convolution.
+    assert kinds[-1] is _SubPixelConvTranspose
+    assert all(k is torch.nn.ConvTranspose2d for k in kinds[:-1])
+    assert len(kinds) >= 2
+    assert not _SubPixelConvTranspose.applies(
+        torch.nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1)
+    )
 
 
 @pytest.mark.parametrize("mode", ["iterative", "encoder", "hybrid"])

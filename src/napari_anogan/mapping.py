@@ -36,7 +36,8 @@ batching and early stopping of *other* patches change speed, not results (up to
 floating-point reduction order). Finished patches leave the pool and new ones enter it,
 so the pool stays full and device memory stays bounded by ``batch_size``. G and D's
 batch norms are folded into their convolutions for the search (eval-mode batch norm is
-an affine map; fewer kernels per step) and the search runs in channels-last layout. On
+an affine map; fewer kernels per step), G's last layer (one output channel) runs as a
+sub-pixel convolution (2x faster there) and the search runs in channels-last layout. On
 CUDA the search runs under autocast (bf16 where supported, else fp16) with pinned,
 non-blocking transfers. On CPUs with AMX (bf16 matrix units) the search also runs under
 bf16 autocast (measured 2.6-3x faster per step, same patch AUC); on other CPUs it stays
@@ -334,6 +335,56 @@ def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
     return fused
 
 
+class _SubPixelConvTranspose(nn.Module):
+    """A stride-2 5x5 transposed convolution as one 3x3 convolution + pixel shuffle.
+
+    Output pixel ``(2i + a, 2j + c)`` of ``ConvTranspose2d(k=5, s=2, p=2, output_padding=1)``
+    only sees the input pixels ``i - 1 .. i + 1`` (and ``j - 1 .. j + 1``) through the taps
+    of ``w`` whose parity matches ``(a, c)``: the four phases are four 3x3 kernels (some taps
+    zero), stacked as ``4 * out_channels`` output channels, and ``pixel_shuffle(2)``
+    interleaves them. The same function up to float rounding (~1e-6). Written here
+    because torch has no such rewrite; used only for the generator's last layer (one
+    output channel), where oneDNN's transposed convolution is slow: forward + backward of
+    16 -> 1 channels on 256 patches take 26 ms as a transposed convolution and 13 ms
+    this way (measured on this 2-core CPU; for 16+ output channels the transposed
+    convolution is faster and is kept).
+    """
+
+    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        w = conv.weight.detach()  # (in, out, 5, 5)
+        c_in, c_out = w.shape[:2]
+        phases = torch.zeros(c_out, 2, 2, c_in, 3, 3, dtype=w.dtype, device=w.device)
+        for a in range(2):
+            for ki in range(a, 5, 2):  # the taps of parity a feed output rows 2i + a
+                di = (a + 2 - ki) // 2 + 1  # from input row i + di - 1
+                for c in range(2):
+                    for kj in range(c, 5, 2):
+                        dj = (c + 2 - kj) // 2 + 1
+                        phases[:, a, c, :, di, dj] = w[:, :, ki, kj].T
+        # pixel_shuffle reads channel o * 4 + a * 2 + c as phase (a, c) of output o.
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 3, padding=1).to(w.device)
+        self.conv.weight = nn.Parameter(phases.reshape(4 * c_out, c_in, 3, 3))
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(c_out)
+        self.conv.bias = nn.Parameter(bias.repeat_interleave(4).clone())
+
+    @staticmethod
+    def applies(m: nn.Module) -> bool:
+        return (
+            isinstance(m, nn.ConvTranspose2d)
+            and m.out_channels == 1
+            and m.kernel_size == (5, 5)
+            and m.stride == (2, 2)
+            and m.padding == (2, 2)
+            and m.output_padding == (1, 1)
+            and m.dilation == (1, 1)
+            and m.groups == 1
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
 def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
     mods = list(seq)
     out: list[nn.Module] = []
@@ -342,11 +393,11 @@ def _fold_sequential(seq: nn.Sequential) -> nn.Sequential:
         m = mods[i]
         nxt = mods[i + 1] if i + 1 < len(mods) else None
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(nxt, nn.BatchNorm2d):
-            out.append(_fold(m, nxt))
+            m = _fold(m, nxt)
             i += 2
         else:
-            out.append(m)
             i += 1
+        out.append(_SubPixelConvTranspose(m) if _SubPixelConvTranspose.applies(m) else m)
     return nn.Sequential(*out)
 
 
