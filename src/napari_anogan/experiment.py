@@ -353,12 +353,14 @@ def _draw_figures(model, scored, labels, patch_scores, train_patches, train_mapp
     pick_a = positive[np.argsort(patch_scores["anomaly_score"][positive])[::-1][:4]]
     cols_q, cols_r, cols_m, cols_rs, cols_ds, cols_g = [], [], [], [], [], []
     if train_mapped is not None:
-        k = min(4, len(train_patches))
-        cols_q.append(train_patches[:k, 0])
-        cols_r.append(train_mapped.reconstruction[:k, 0])
+        # Evenly spaced over the grid patches (neighbours along a B-scan look alike).
+        pick_t = np.linspace(0, len(train_patches) - 1, min(4, len(train_patches))).astype(int)
+        k = len(pick_t)
+        cols_q.append(train_patches[pick_t, 0])
+        cols_r.append(train_mapped.reconstruction[pick_t, 0])
         cols_m.extend([None] * k)
-        cols_rs.append(train_mapped.residual_score[:k])
-        cols_ds.append(train_mapped.discrimination_score[:k])
+        cols_rs.append(train_mapped.residual_score[pick_t])
+        cols_ds.append(train_mapped.discrimination_score[pick_t])
         cols_g.extend(["train healthy"] * k)
     for pick, group in ((pick_h, "test healthy"), (pick_a, "diseased")):
         cols_q.append(images[pick])
