@@ -56,7 +56,9 @@ def show_dock(viewer, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="healthy model (default: the bundled one)")
-    parser.add_argument("--steps", type=int, default=500, help="mapping steps for scoring")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="mapping steps (default: the widget's, hybrid K)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--only", nargs="*", help="screenshot names to take (default: all)")
     args = parser.parse_args(argv)
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     score = widgets["Score volume"]
     score.model_path.setText(str(model))
-    score.steps.setValue(args.steps)
+    if args.steps is not None:
+        score.steps.setValue(args.steps)
     outcome: list[str] = []
     score.finished.connect(outcome.append)
     score.run_button.click()
