@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_anogan._widgets._common import bundled_model_path
-    from napari_anogan.viewer import dock_widgets
+    from napari_anogan._widgets.viewer import dock_widgets
 
     model = args.model or bundled_model_path()
     if model is None:

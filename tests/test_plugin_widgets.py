@@ -318,8 +318,8 @@ def test_train_widget_input_errors(make_napari_viewer, errors, tmp_path):
 def test_open_viewer_docks_widgets_and_opens_path(make_napari_viewer, monkeypatch, tmp_path):
     import napari
 
+    from napari_anogan._widgets.viewer import WIDGETS, open_viewer
     from napari_anogan.io import write_tiff
-    from napari_anogan.viewer import WIDGETS, open_viewer
 
     path = tmp_path / "scan.ome.tif"
     write_tiff(path, np.zeros((2, 16, 24), np.uint8), spacing=(100.0, 4.0, 10.0))
@@ -330,7 +330,7 @@ def test_open_viewer_docks_widgets_and_opens_path(make_napari_viewer, monkeypatc
 
 
 def test_dock_widgets(make_napari_viewer):
-    from napari_anogan.viewer import WIDGETS, dock_widgets
+    from napari_anogan._widgets.viewer import WIDGETS, dock_widgets
 
     viewer = make_napari_viewer()
     widgets = dock_widgets(viewer)

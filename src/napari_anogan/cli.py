@@ -210,7 +210,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from napari_anogan.viewer import open_viewer
+    from napari_anogan._widgets.viewer import open_viewer
 
     open_viewer(args.path)
     return 0
