@@ -87,6 +87,44 @@ def test_rescoring_updates_images_in_place_and_keeps_the_order(scored_viewer):
     assert scored_viewer.layers.selection.active is scored_viewer.layers["scan"]
 
 
+def _qt_selected_names(viewer) -> tuple[list[str], str]:
+    """Layer names selected in the Qt layer list, and the layer whose controls show."""
+    qt_viewer = viewer.window._qt_viewer
+    view = qt_viewer.layers
+    rows = sorted(index.row() for index in view.selectionModel().selectedRows())
+    names = [view.model().index(row, 0).data() for row in rows]
+    container = qt_viewer.controls
+    shown = [layer.name for layer, w in container.widgets.items() if w is container.currentWidget()]
+    return names, shown[0] if shown else ""
+
+
+@pytest.mark.parametrize("selected_first", ["scan", "other", "both"])
+def test_adding_results_leaves_the_scan_selected_in_model_and_qt(
+    make_napari_viewer, selected_first
+):
+    """The results are inserted with selection events blocked when only the scan is
+    selected; either way the Qt layer list and controls must agree with the model."""
+    from napari_anogan._widgets._layers import result_layers
+
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(1).uniform(0, 255, (S, H, W)).astype(np.float32)
+    scan = viewer.add_image(data, name="scan", scale=SCALE)
+    other = viewer.add_image(data, name="other", scale=SCALE)
+    if selected_first == "scan":
+        viewer.layers.selection.active = scan
+    elif selected_first == "both":
+        viewer.layers.selection.update({scan, other})
+    tuples = result_layers(fake_result(), "scan", scale=SCALE)
+    add_result_layers(viewer, tuples, "scan")
+    assert set(viewer.layers.selection) == {scan}
+    assert viewer.layers.selection.active is scan
+    assert _qt_selected_names(viewer) == (["scan"], "scan")
+    # the Qt views still follow the model afterwards
+    bars = viewer.layers["scan score bars"]
+    viewer.layers.selection.active = bars
+    assert _qt_selected_names(viewer) == (["scan score bars"], "scan score bars")
+
+
 def test_step_queue_runs_between_turns_and_newest_waiting_task_wins(qtbot):
     log: list[str] = []
     done: list[str] = []
@@ -381,12 +419,17 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
 
     monkeypatch.setattr(widget, "_show_partial", show_partial)
 
+    def on_data(event):
+        seen.setdefault("maxima", []).append(float(event.source.data.max()))
+        if seen["maxima"][-1] == 0.5:
+            seen["running"] = widget.job.running
+            shown.set()
+
     def on_inserted(event):
         if event.value.name == "scan residual":
-            seen["running"] = widget.job.running
             seen["residual"] = event.value
-            seen["max"] = float(event.value.data.max())
-            shown.set()
+            seen["inserted_max"] = float(event.value.data.max())
+            event.value.events.data.connect(on_data)
 
     viewer.layers.events.inserted.connect(on_inserted)
     widget.model_path.setText(__file__)  # any existing file: the fake ignores it
@@ -397,7 +440,10 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
     assert seen["waited"]
     assert seen["running"]
     assert isinstance(seen["partial"], PartialLayers)  # prepared in the worker
-    assert seen["max"] == 0.5
+    # a blank heatmap goes in at the click, then each partial and the result fill it
+    assert seen["inserted_max"] == 0.0
+    assert seen["maxima"][0] == 0.5
+    assert seen["maxima"][-1] == 1.0
     assert viewer.layers["scan residual"] is seen["residual"]  # updated in place
     assert viewer.layers["scan residual"].data.max() == 1.0  # by the final result
     names = [layer.name for layer in viewer.layers]

@@ -35,15 +35,17 @@ from napari_anogan._widgets._common import (
     browse_row,
     bundled_model_path,
     device_choices,
+    layer_by_name,
     notify_error,
     notify_info,
     volume_from_layer,
 )
-from napari_anogan._widgets._layers import image_layers, result_layers
+from napari_anogan._widgets._layers import image_layers, layer_name, result_layers
 from napari_anogan._widgets._results import (
     PartialLayers,
     boxes_from_shapes,
     partial_layer_steps,
+    remove_layers,
     result_layer_steps,
     score_job,
     update_en_face_markers,
@@ -135,6 +137,8 @@ class ScoreWidget(QWidget):
         self.layer_steps = StepQueue(budget_ms=0.0, pause_ms=LAYER_STEP_PAUSE_MS, parent=self)
         self._image_layer: Any = None
         self._failed = False
+        #: Layers this run's partial heatmaps inserted (taken out if it does not finish).
+        self._partial_added: list[Any] = []
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.job.cancel)
         self.region.currentIndexChanged.connect(self._update_enabled)
@@ -238,6 +242,7 @@ class ScoreWidget(QWidget):
             return
         self._image_layer = layer
         self._failed = False
+        self._partial_added = []
         self.progress.setRange(0, 0)
         self.status.setText(f"scoring {layer.name}…")
         geometry = {
@@ -246,6 +251,8 @@ class ScoreWidget(QWidget):
             "translate": tuple(layer.translate),
             "ndim": layer.ndim,
         }
+        if layer_by_name(self.viewer, layer_name(layer.name, "residual")) is None:
+            self._show_partial(PartialLayers.blank(volume.data.shape, geometry))
         self.job.start(score_job, volume, model, settings, region, geometry, self.layer_steps.idle)
         self._update_enabled()
 
@@ -272,6 +279,9 @@ class ScoreWidget(QWidget):
     def _finish(self, outcome: str) -> None:
         if self._failed and outcome == "done":
             outcome = "error"
+        if outcome != "done":  # no half-made result: drop the partial heatmaps
+            remove_layers(self.viewer, self._partial_added)
+        self._partial_added = []
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if outcome == "done" else 0)
         self.status.setText({"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome])
@@ -298,7 +308,10 @@ class ScoreWidget(QWidget):
             )[1]
             partial = PartialLayers([residual])
         viewer, name = self.viewer, layer.name
-        self.layer_steps.submit("partial", lambda: partial_layer_steps(viewer, partial, name))
+        added = self._partial_added
+        self.layer_steps.submit(
+            "partial", lambda: partial_layer_steps(viewer, partial, name, added)
+        )
 
     def _show(self, result: Any, layers: list | None = None) -> None:
         """Add (or replace) the result layers, all or none, one layer per event-loop turn.
