@@ -5,6 +5,7 @@ import pytest
 
 from napari_anogan import evaluate as ev
 from napari_anogan.errors import AnoganError, InputError
+from napari_anogan.events import drain
 
 LABELS4 = np.array([0, 0, 1, 1], dtype=bool)
 
@@ -224,3 +225,40 @@ def test_plots_write_png(tmp_path):
     )
     assert dist_path.stat().st_size > 10_000
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _training_patches(model_path, n_max: int, seed: int = 0):
+    from napari_anogan.experiment import _training_scores
+    from napari_anogan.pipeline import ScoreSettings, _load_model
+
+    settings = ScoreSettings(mode="iterative", steps=1, stride=32)
+    return drain(_training_scores(_load_model(model_path), settings, n_max=n_max, seed=seed))
+
+
+def test_fig4_training_patches_come_from_a_seeded_subset_of_training_scans(
+    tiny_model_path, monkeypatch
+):
+    """Fig. 4c,d's training-healthy patches: n_max grid patches, the same for a seed,
+    from only as many training scans as needed (at least TRAINING_SCANS_FOR_FIGURES)."""
+    from napari_anogan import experiment, preprocess
+
+    calls: list[int] = []
+    real = preprocess.preprocess_volume
+
+    def counted(volume, config):
+        calls.append(1)
+        return real(volume, config)
+
+    monkeypatch.setattr(preprocess, "preprocess_volume", counted)
+    patches, mapped = _training_patches(tiny_model_path, n_max=4)
+    assert len(calls) == 2  # both training eyes: fewer than TRAINING_SCANS_FOR_FIGURES
+    assert patches.shape == (4, 1, 64, 64)
+    assert mapped.residual_score.shape == (4,)
+    again, _ = _training_patches(tiny_model_path, n_max=4)
+    np.testing.assert_array_equal(again, patches)
+
+    calls.clear()
+    monkeypatch.setattr(experiment, "TRAINING_SCANS_FOR_FIGURES", 1)
+    few, _ = _training_patches(tiny_model_path, n_max=1)
+    assert len(calls) == 1  # one scan has the 8 patches needed to pick 1
+    assert few.shape == (1, 1, 64, 64)

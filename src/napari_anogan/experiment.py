@@ -164,12 +164,19 @@ def patch_masks(mask_flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndar
     return mask_flat[s, rows, cols] & inside
 
 
+#: Training scans preprocessed at least for Fig. 4c,d's 'training healthy' patches.
+TRAINING_SCANS_FOR_FIGURES = 8
+
+
 def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
     """Map grid patches of the model's training B-scans (Fig. 4c,d 'training healthy').
 
     Grid patches, cut as the test patches are (``settings.stride``), so the three
     distributions of Fig. 4c,d differ only in where the B-scans come from; ``n_max`` of
-    them, a seeded random choice over all inputs.
+    them, a seeded random choice. The training scans are taken in a seeded random
+    order until there are ``8 * n_max`` patches to choose from, from at least
+    :data:`TRAINING_SCANS_FOR_FIGURES` scans: not all of them are preprocessed again
+    (the aCAE baseline has just done that) for a few hundred patches.
     """
     from napari_anogan.mapping import map_to_latent
     from napari_anogan.pipeline import _mapping_config, _preprocess_config
@@ -183,15 +190,21 @@ def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
         for p in (model.training or {}).get("extra", {}).get("data", {}).get("holdout_bscans", [])
     }
     cfg = _preprocess_config(model)
-    chunks = []
-    for i, path in enumerate(inputs):
-        yield ProgressEvent(EventKind.STAGE, i, len(inputs), message=f"training scan {path.name}")
+    rng = np.random.default_rng(seed)
+    chunks, n_patches = [], 0
+    order = rng.permutation(len(inputs))
+    for done, i in enumerate(order):
+        if done >= TRAINING_SCANS_FOR_FIGURES and n_patches >= 8 * n_max:
+            break
+        path = inputs[i]
+        message = f"training scan {path.name}"
+        yield ProgressEvent(EventKind.STAGE, done, len(inputs), message=message)
         pre = preprocess_volume(read_volume(path), cfg)
-        trained = [s for s in range(pre.flat.shape[0]) if (i, s) not in held]
+        trained = [s for s in range(pre.flat.shape[0]) if (int(i), s) not in held]
         if trained:
             chunks.append(grid_patches(pre, stride=settings.stride, slices=trained).images)
+            n_patches += len(chunks[-1])
     patches = np.concatenate(chunks).astype(np.float32)
-    rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(patches), size=min(n_max, len(patches)), replace=False))
     mapped = yield from map_to_latent(
         model.generator,
