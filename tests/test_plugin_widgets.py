@@ -505,3 +505,45 @@ def test_score_widget_defaults_to_the_scoring_mode(make_napari_viewer):
     widget.mode.setCurrentText("hybrid")
     widget.steps.setValue(4)
     assert (widget.settings().hybrid_steps, widget.settings().steps) == (4, 4)
+
+
+def test_failed_rescoring_gives_the_earlier_heatmap_back(scored_viewer, qtbot, errors, monkeypatch):
+    """A re-score's partial heatmaps update the earlier residual layer in place; if the
+    re-score fails, that layer gets its earlier data and contrast limits back.
+
+    The failure is a RuntimeError (torch's usual type), which superqt would swallow
+    without ever finishing the job, leaving the widget busy for good."""
+    from types import SimpleNamespace
+
+    from napari_anogan import pipeline
+
+    residual = scored_viewer.layers["scan residual"]
+    before_data = residual.data
+    before_limits = tuple(residual.contrast_limits)
+    names = [layer.name for layer in scored_viewer.layers]
+    shown: dict[str, float] = {}
+
+    def fake_score_volume(volume, model, settings, **region):
+        partial = fake_result()
+        partial.residual = partial.residual * 7.0
+        yield SimpleNamespace(kind="mapping_batch", step=1, total=2, message="", partial=partial)
+        raise RuntimeError("the mapping broke half way")
+
+    def on_data(event):
+        shown.setdefault("max", float(event.source.data.max()))
+
+    residual.events.data.connect(on_data)
+    monkeypatch.setattr(pipeline, "score_volume", fake_score_volume)
+    monkeypatch.setattr("napari_anogan.checkpoint.load_checkpoint", lambda path: object())
+    widget = ScoreWidget(scored_viewer)
+    widget.model_path.setText(__file__)
+    with qtbot.waitSignal(widget.finished, timeout=30_000) as blocker:
+        widget.run_button.click()
+    assert blocker.args == ["error"]
+    assert errors
+    assert "(RuntimeError): the mapping broke half way" in errors[-1]
+    assert shown["max"] == 7.0  # the partial heatmap was shown in the earlier layer
+    assert scored_viewer.layers["scan residual"] is residual
+    assert residual.data is before_data
+    assert tuple(residual.contrast_limits) == pytest.approx(before_limits)
+    assert [layer.name for layer in scored_viewer.layers] == names

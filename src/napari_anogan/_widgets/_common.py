@@ -161,6 +161,15 @@ def notify_info(message: str) -> None:
     show_info(message)
 
 
+class _WorkerRuntimeError(Exception):
+    """A job's RuntimeError, carried out of the worker thread under another type.
+
+    superqt takes a RuntimeError that ends a worker for a sign that its Qt object was
+    deleted: it only warns, and emits neither ``errored`` nor ``finished``, so the widget
+    would wait for its job for ever. :class:`Job` unwraps it again before reporting.
+    """
+
+
 class Job:
     """One long core job (a generator of progress events) run in a napari worker.
 
@@ -216,7 +225,10 @@ class Job:
         def run() -> Generator:
             gen = job(*args, **kwargs)
             self._gen = gen
-            result = yield from gen
+            try:
+                result = yield from gen
+            except RuntimeError as exc:  # torch's usual error type (out of memory, ...)
+                raise _WorkerRuntimeError(str(exc)) from exc
             return result
 
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)
@@ -245,6 +257,8 @@ class Job:
 
     def _errored(self, exc: BaseException) -> None:
         self._outcome = "error"
+        if isinstance(exc, _WorkerRuntimeError) and exc.__cause__ is not None:
+            exc = exc.__cause__
         notify_error(exc, self.what)
 
     def _aborted(self) -> None:
