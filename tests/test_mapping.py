@@ -291,12 +291,18 @@ def test_fold_batch_norm_same_function(models):
         torch.testing.assert_close(df(x), d(x), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("c_in", "bias", "size"), [(16, True, 8), (3, False, 5)])
-def test_sub_pixel_rewrite_is_the_same_transposed_convolution(c_in, bias, size):
+@pytest.mark.parametrize(
+    ("c_in", "bias", "size", "dtype"),
+    [(16, True, 8, torch.float32), (3, False, 5, torch.float32), (3, False, 5, torch.float64)],
+)
+def test_sub_pixel_rewrite_is_the_same_transposed_convolution(c_in, bias, size, dtype):
     torch.manual_seed(c_in)
-    conv = torch.nn.ConvTranspose2d(c_in, 1, 5, stride=2, padding=2, output_padding=1, bias=bias)
+    conv = torch.nn.ConvTranspose2d(
+        c_in, 1, 5, stride=2, padding=2, output_padding=1, bias=bias, dtype=dtype
+    )
     fast = _SubPixelConvTranspose(conv)
-    x = torch.randn(4, c_in, size, size, requires_grad=True)
+    assert {p.dtype for p in fast.parameters()} == {dtype}
+    x = torch.randn(4, c_in, size, size, dtype=dtype, requires_grad=True)
     y, y_fast = conv(x), fast(x)
     assert y_fast.shape == y.shape == (4, 1, 2 * size, 2 * size)
     torch.testing.assert_close(y_fast, y, atol=1e-5, rtol=1e-5)

@@ -363,9 +363,9 @@ class _SubPixelConvTranspose(nn.Module):
                         dj = (c + 2 - kj) // 2 + 1
                         phases[:, a, c, :, di, dj] = w[:, :, ki, kj].T
         # pixel_shuffle reads channel o * 4 + a * 2 + c as phase (a, c) of output o.
-        self.conv = nn.Conv2d(c_in, 4 * c_out, 3, padding=1).to(w.device)
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 3, padding=1, device=w.device, dtype=w.dtype)
         self.conv.weight = nn.Parameter(phases.reshape(4 * c_out, c_in, 3, 3))
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(c_out)
+        bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(c_out)
         self.conv.bias = nn.Parameter(bias.repeat_interleave(4).clone())
 
     @staticmethod
