@@ -247,9 +247,6 @@ class Job:
             self.worker.quit()
 
     def _returned(self, value: Any) -> None:
-        if isinstance(value, Exception):  # superqt hands back RuntimeErrors as values
-            self._errored(value)
-            return
         try:
             self._on_result(value)
         except Exception as exc:  # turning a result into layers failed: report, stay usable

@@ -489,13 +489,14 @@ def _reselect(viewer: Any, image_name: str) -> None:
 
 
 def partial_layer_steps(
-    viewer: Any, partial: PartialLayers, image_name: str, added: list | None = None
+    viewer: Any, partial: PartialLayers, image_name: str, undo: list | None = None
 ) -> Generator[str, None, None]:
     """Show partial heatmaps: update the image layers in place or add them, one per step.
 
-    Yields what was done after each step (as :func:`result_layer_steps`); each layer
-    inserted is appended to ``added``, so a run that is cancelled or fails can take
-    them out again.
+    Yields what was done after each step (as :func:`result_layer_steps`). ``undo``
+    collects what :func:`undo_partial_layers` needs to take this back if the run is
+    cancelled or fails: each layer inserted, and each earlier layer as it was before
+    its first update.
     """
     from napari.layers import Layer
 
@@ -503,6 +504,8 @@ def partial_layer_steps(
         new = Layer.create(*item)
         old = layer_by_name(viewer, new.name)
         if old is not None and _updatable(old, new):
+            if undo is not None and all(layer is not old for layer, _ in undo):
+                undo.append((old, (old.data, old.contrast_limits, old.contrast_limits_range)))
             update_image_layer(old, new)
             yield f"updated {new.name}"
             continue
@@ -510,9 +513,24 @@ def partial_layer_steps(
             viewer.layers.remove(old)
             yield f"removed {new.name}"
         _insert(viewer, new, image_name)
-        if added is not None:
-            added.append(new)
+        if undo is not None:
+            undo.append((new, None))
         yield f"inserted {new.name}"
+
+
+def undo_partial_layers(viewer: Any, undo: list) -> None:
+    """Take partial heatmaps out again (see :func:`partial_layer_steps`).
+
+    Removes the layers they inserted and gives the layers they updated their earlier
+    data and contrast limits.
+    """
+    remove_layers(viewer, [layer for layer, before in undo if before is None])
+    for layer, before in undo:
+        if before is not None and layer in viewer.layers:
+            data, limits, limits_range = before
+            layer.data = data
+            layer.contrast_limits_range = limits_range
+            layer.contrast_limits = limits
 
 
 def update_en_face_markers(viewer: Any) -> None:

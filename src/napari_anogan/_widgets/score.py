@@ -45,9 +45,9 @@ from napari_anogan._widgets._results import (
     PartialLayers,
     boxes_from_shapes,
     partial_layer_steps,
-    remove_layers,
     result_layer_steps,
     score_job,
+    undo_partial_layers,
     update_en_face_markers,
     warm_up,
 )
@@ -137,11 +137,8 @@ class ScoreWidget(QWidget):
         self.layer_steps = StepQueue(budget_ms=0.0, pause_ms=LAYER_STEP_PAUSE_MS, parent=self)
         self._image_layer: Any = None
         self._failed = False
-        #: Layers this run's partial heatmaps inserted (taken out if it does not finish).
-        self._partial_added: list[Any] = []
-        #: An earlier run's residual layer that partial heatmaps update in place, with
-        #: its data and contrast limits (put back if this run does not finish).
-        self._earlier_residual: tuple[Any, Any, tuple, tuple] | None = None
+        #: What this run's partial heatmaps changed (undone if it does not finish).
+        self._partial_undo: list = []
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.job.cancel)
         self.region.currentIndexChanged.connect(self._update_enabled)
@@ -245,7 +242,7 @@ class ScoreWidget(QWidget):
             return
         self._image_layer = layer
         self._failed = False
-        self._partial_added = []
+        self._partial_undo = []
         self.progress.setRange(0, 0)
         self.status.setText(f"scoring {layer.name}…")
         geometry = {
@@ -254,17 +251,8 @@ class ScoreWidget(QWidget):
             "translate": tuple(layer.translate),
             "ndim": layer.ndim,
         }
-        earlier = layer_by_name(self.viewer, layer_name(layer.name, "residual"))
-        self._earlier_residual = None
-        if earlier is None:
+        if layer_by_name(self.viewer, layer_name(layer.name, "residual")) is None:
             self._show_partial(PartialLayers.blank(volume.data.shape, geometry))
-        else:
-            self._earlier_residual = (
-                earlier,
-                earlier.data,
-                tuple(earlier.contrast_limits),
-                tuple(earlier.contrast_limits_range),
-            )
         self.job.start(score_job, volume, model, settings, region, geometry, self.layer_steps.idle)
         self._update_enabled()
 
@@ -291,27 +279,14 @@ class ScoreWidget(QWidget):
     def _finish(self, outcome: str) -> None:
         if self._failed and outcome == "done":
             outcome = "error"
-        if outcome != "done":  # no half-made result: drop or undo the partial heatmaps
-            remove_layers(self.viewer, self._partial_added)
-            self._restore_earlier_residual()
-        self._partial_added = []
-        self._earlier_residual = None
+        if outcome != "done":  # no half-made result: undo the partial heatmaps
+            undo_partial_layers(self.viewer, self._partial_undo)
+        self._partial_undo = []
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if outcome == "done" else 0)
         self.status.setText({"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome])
         self._update_enabled()
         self.finished.emit(outcome)
-
-    def _restore_earlier_residual(self) -> None:
-        """Give an earlier run's residual layer back the heatmap it had before this run."""
-        if self._earlier_residual is None:
-            return
-        layer, data, limits, limits_range = self._earlier_residual
-        if layer not in self.viewer.layers or layer.data is data:
-            return
-        layer.data = data
-        layer.contrast_limits_range = limits_range
-        layer.contrast_limits = limits
 
     def _show_partial(self, partial: Any) -> None:
         """Show the residual heatmap of a partial result while scoring runs.
@@ -333,10 +308,8 @@ class ScoreWidget(QWidget):
             )[1]
             partial = PartialLayers([residual])
         viewer, name = self.viewer, layer.name
-        added = self._partial_added
-        self.layer_steps.submit(
-            "partial", lambda: partial_layer_steps(viewer, partial, name, added)
-        )
+        undo = self._partial_undo
+        self.layer_steps.submit("partial", lambda: partial_layer_steps(viewer, partial, name, undo))
 
     def _show(self, result: Any, layers: list | None = None) -> None:
         """Add (or replace) the result layers, all or none, one layer per event-loop turn.
