@@ -198,7 +198,8 @@ def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
             break
         path = inputs[i]
         message = f"training scan {path.name}"
-        yield ProgressEvent(EventKind.STAGE, done, len(inputs), message=message)
+        expected = max(done + 1, min(len(inputs), TRAINING_SCANS_FOR_FIGURES))
+        yield ProgressEvent(EventKind.STAGE, done, expected, message=message)
         pre = preprocess_volume(read_volume(path), cfg)
         trained = [s for s in range(pre.flat.shape[0]) if (int(i), s) not in held]
         if trained:
