@@ -59,6 +59,33 @@ def test_result_layers_added_over_the_image(scored_viewer):
     cands = scored_viewer.layers["scan candidates"]
     assert len(cands.data) >= 1
     assert "decision" in cands.features.columns
+    # each layer went in hidden and was shown a step later; G(z) and the patch boxes
+    # start hidden (they would cover the scan)
+    hidden = [layer.name for layer in scored_viewer.layers if not layer.visible]
+    assert hidden == ["scan reconstruction", "scan patch scores"]
+
+
+def test_result_layer_steps_insert_hidden_then_show(make_napari_viewer):
+    from napari_anogan._widgets._layers import result_layers
+    from napari_anogan._widgets._results import result_layer_steps
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((S, H, W), np.float32), name="scan")
+    steps = result_layer_steps(
+        viewer, result_layers(fake_result(), "scan", scale=(1, 1, 1)), "scan"
+    )
+    log = []
+    for step in steps:
+        name = step.split(" ", 1)[1]
+        log.append((step, viewer.layers[name].visible))
+    inserted = [step for step, _ in log if step.startswith("inserted")]
+    assert len(inserted) == len(LAYER_KINDS)
+    # a layer is never inserted and drawn for the first time in one step
+    assert all(not visible for step, visible in log if step.startswith("inserted"))
+    shown = [step.split(" ", 1)[1] for step, visible in log if step.startswith("showed")]
+    assert all(visible for step, visible in log if step.startswith("showed"))
+    starts_hidden = ("reconstruction", "patch scores")
+    assert shown == [f"scan {kind}" for kind in LAYER_KINDS if kind not in starts_hidden]
 
 
 def test_rescoring_replaces_layers(scored_viewer):
@@ -429,6 +456,7 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
         if event.value.name == "scan residual":
             seen["residual"] = event.value
             seen["inserted_max"] = float(event.value.data.max())
+            seen["inserted_visible"] = event.value.visible
             event.value.events.data.connect(on_data)
 
     viewer.layers.events.inserted.connect(on_inserted)
@@ -442,6 +470,8 @@ def test_partial_results_show_while_scoring(make_napari_viewer, qtbot, errors, m
     assert isinstance(seen["partial"], PartialLayers)  # prepared in the worker
     # a blank heatmap goes in at the click, then each partial and the result fill it
     assert seen["inserted_max"] == 0.0
+    assert seen["inserted_visible"] is False  # shown a step after its insertion
+    assert viewer.layers["scan residual"].visible
     assert seen["maxima"][0] == 0.5
     assert seen["maxima"][-1] == 1.0
     assert viewer.layers["scan residual"] is seen["residual"]  # updated in place

@@ -391,7 +391,7 @@ def result_layer_steps(
     list of napari layers
         The result's layers now in the viewer.
     """
-    from napari.layers import Layer, Shapes
+    from napari.layers import Layer
 
     # Image layers are cheap to make here (their data is ready) and may be reused.
     items = [
@@ -425,18 +425,8 @@ def result_layer_steps(
                 update_image_layer(old, new)
                 yield f"updated {new.name}"
             else:
-                # A new Shapes layer compiles its shaders (~0.1 s in software GL) when
-                # first drawn: insert it hidden, show it a turn later, so insertion and
-                # that first draw do not freeze the viewer together.
-                show = isinstance(new, Shapes) and new.visible
-                if show:
-                    new.visible = False
-                _insert(viewer, new, image_name)
                 touched.append(new)
-                yield f"inserted {new.name}"
-                if show:
-                    new.visible = True
-                    yield f"showed {new.name}"
+                yield from _insert_steps(viewer, new, image_name)
     except Exception:
         remove_layers(viewer, touched)
         raise
@@ -454,6 +444,23 @@ def remove_layers(viewer: Any, layers: list[Any]) -> None:
         for layer in layers:
             if layer in viewer.layers:
                 viewer.layers.remove(layer)
+
+
+def _insert_steps(viewer: Any, layer: Any, image_name: str) -> Iterator[str]:
+    """Insert a derived layer (see :func:`_insert`) hidden, and show it a step later.
+
+    A new layer's first draw builds its shaders (~40 ms for an image, ~0.1 s for a
+    Shapes layer in software GL) and its insertion costs as much again (layer list,
+    controls): split over two event-loop turns, they do not freeze the viewer together.
+    """
+    show = layer.visible
+    if show:
+        layer.visible = False
+    _insert(viewer, layer, image_name)
+    yield f"inserted {layer.name}"
+    if show and layer in viewer.layers:
+        layer.visible = True
+        yield f"showed {layer.name}"
 
 
 def _insert(viewer: Any, layer: Any, image_name: str) -> None:
@@ -512,10 +519,9 @@ def partial_layer_steps(
         if old is not None:
             viewer.layers.remove(old)
             yield f"removed {new.name}"
-        _insert(viewer, new, image_name)
         if undo is not None:
             undo.append((new, None))
-        yield f"inserted {new.name}"
+        yield from _insert_steps(viewer, new, image_name)
 
 
 def undo_partial_layers(viewer: Any, undo: list) -> None:
