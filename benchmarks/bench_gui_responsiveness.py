@@ -16,6 +16,8 @@ A gap is counted in the phase of the tick that ends it. Run under a display, e.g
 Prints one JSON object per run; with ``--runs N`` (each run a fresh process) a last JSON
 object holds the median of each figure and the load averages seen; ``--jobs 2`` scores
 twice in the same viewer (``rescoring``: the second job replaces the first's layers).
+``--view`` sets napari up as ``napari-anogan view`` does (every widget docked, the
+application's objects frozen out of garbage collection before the sample is opened).
 ``--diagnose`` prints, on stderr, a timeline of the GUI thread's work (each layer step of
 the widget, each canvas paint, each garbage collection) beside the gaps over 100 ms;
 ``--stacks MS`` also samples the GUI thread's Python stack during gaps over MS ms.
@@ -151,9 +153,18 @@ def run_once(args: argparse.Namespace) -> dict:
     from napari_anogan._widgets.score import ScoreWidget
     from napari_anogan.resources import SAMPLE_VOLUME, sample_path
 
-    viewer = napari.Viewer(show=True)
-    viewer.open(str(sample_path(SAMPLE_VOLUME)), plugin="napari-anogan")
-    widget = ScoreWidget(viewer)
+    if args.view:
+        from napari_anogan._widgets.viewer import open_viewer
+
+        viewer = open_viewer(block=False)
+        widget = next(
+            w for name, w in viewer.window.dock_widgets.items() if name.startswith("Score volume")
+        )
+        viewer.open(str(sample_path(SAMPLE_VOLUME)), plugin="napari-anogan")
+    else:
+        viewer = napari.Viewer(show=True)
+        viewer.open(str(sample_path(SAMPLE_VOLUME)), plugin="napari-anogan")
+        widget = ScoreWidget(viewer)
     widget.mode.setCurrentText(args.mode)
     widget.steps.setValue(args.steps)
     # Let the viewer draw the sample first: its first paint is not part of the job.
@@ -338,6 +349,12 @@ def main() -> None:
         type=int,
         default=1,
         help="score this many times in the same viewer (later jobs replace the layers)",
+    )
+    parser.add_argument(
+        "--view",
+        action="store_true",
+        help="set napari up as `napari-anogan view` does (all widgets docked, startup objects "
+        "frozen out of garbage collection) instead of a bare viewer with the Score widget",
     )
     parser.add_argument("--runs", type=int, default=1, help="runs, each in a fresh process")
     parser.add_argument(

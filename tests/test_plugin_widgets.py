@@ -7,7 +7,9 @@ candidate table, threshold, keep/reject and export are tested quickly.
 from __future__ import annotations
 
 import csv
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -389,9 +391,19 @@ def test_open_viewer_docks_widgets_and_opens_path(make_napari_viewer, monkeypatc
     path = tmp_path / "scan.ome.tif"
     write_tiff(path, np.zeros((2, 16, 24), np.uint8), spacing=(100.0, 4.0, 10.0))
     monkeypatch.setattr(napari, "Viewer", lambda **kwargs: make_napari_viewer(**kwargs))
-    viewer = open_viewer(path, block=False)
-    assert [layer.name for layer in viewer.layers] == ["scan"]
-    assert set(WIDGETS) <= {name.split(" (")[0] for name in viewer.window.dock_widgets}
+    try:
+        viewer = open_viewer(path, block=False)
+        assert [layer.name for layer in viewer.layers] == ["scan"]
+        assert set(WIDGETS) <= {name.split(" (")[0] for name in viewer.window.dock_widgets}
+        # the application set up before the scan was opened is frozen out of collection
+        assert gc.get_freeze_count() > 10_000
+        # the scan's layer is not: once removed, it is collected
+        gone = weakref.ref(viewer.layers["scan"])
+        viewer.layers.remove("scan")
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_dock_widgets(make_napari_viewer):
