@@ -151,19 +151,15 @@ def run_once(args: argparse.Namespace) -> dict:
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_anogan._widgets.score import ScoreWidget
+    from napari_anogan._widgets.viewer import open_viewer
     from napari_anogan.resources import SAMPLE_VOLUME, sample_path
 
+    viewer = open_viewer(block=False) if args.view else napari.Viewer(show=True)
+    viewer.open(str(sample_path(SAMPLE_VOLUME)), plugin="napari-anogan")
     if args.view:
-        from napari_anogan._widgets.viewer import open_viewer
-
-        viewer = open_viewer(block=False)
-        widget = next(
-            w for name, w in viewer.window.dock_widgets.items() if name.startswith("Score volume")
-        )
-        viewer.open(str(sample_path(SAMPLE_VOLUME)), plugin="napari-anogan")
+        docked = viewer.window.dock_widgets
+        widget = next(w for name, w in docked.items() if name.startswith("Score volume"))
     else:
-        viewer = napari.Viewer(show=True)
-        viewer.open(str(sample_path(SAMPLE_VOLUME)), plugin="napari-anogan")
         widget = ScoreWidget(viewer)
     widget.mode.setCurrentText(args.mode)
     widget.steps.setValue(args.steps)

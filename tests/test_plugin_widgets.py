@@ -61,8 +61,8 @@ def test_result_layers_added_over_the_image(scored_viewer):
     cands = scored_viewer.layers["scan candidates"]
     assert len(cands.data) >= 1
     assert "decision" in cands.features.columns
-    # each layer went in hidden and was shown a step later; G(z) and the patch boxes
-    # start hidden (they would cover the scan)
+    # every layer inserted hidden was shown again; only G(z) and the patch boxes stay
+    # hidden (they would cover the scan)
     hidden = [layer.name for layer in scored_viewer.layers if not layer.visible]
     assert hidden == ["scan reconstruction", "scan patch scores"]
 

@@ -42,7 +42,7 @@ def dock_widgets(viewer: Any) -> dict[str, Any]:
     return widgets
 
 
-def freeze_startup_objects() -> int:
+def freeze_startup_objects() -> None:
     """Exempt the objects alive now (modules, the viewer, the widgets) from garbage collection.
 
     napari runs a full collection after every layer removal (``gc.collect()``), and with
@@ -52,17 +52,10 @@ def freeze_startup_objects() -> int:
     (the user's layers among them) are collected as before, so nothing opened after this
     call is kept alive by it. Call it once, when the application is set up and before any
     data is opened (:func:`open_viewer` does).
-
-    Returns
-    -------
-    int
-        The number of objects frozen.
     """
     gc.collect()  # what is garbage now must not be frozen
     gc.freeze()
-    frozen = gc.get_freeze_count()
-    logger.debug("%d startup objects exempted from garbage collection", frozen)
-    return frozen
+    logger.debug("%d startup objects exempted from garbage collection", gc.get_freeze_count())
 
 
 def open_viewer(path: str | Path | None = None, *, block: bool = True) -> Any:
