@@ -262,3 +262,55 @@ def test_fig4_training_patches_come_from_a_seeded_subset_of_training_scans(
     few, _ = _training_patches(tiny_model_path, n_max=1)
     assert len(calls) == 1  # one scan has the 8 patches needed to pick 1
     assert few.shape == (1, 1, 64, 64)
+
+
+def _with_z_sensitive_generator(model):
+    """Give the 1-epoch tiny model's G batch-norm statistics of its own activations.
+
+    After its few training batches, G's running statistics are still mostly their initial
+    values, its last ReLU is dead in eval mode and G(z) does not depend on z, so no mapping
+    moves z. Cumulative statistics over prior samples fix that (as 14,600 batches do).
+    """
+    import torch
+
+    from napari_anogan.models import sample_prior
+
+    g = model.generator
+    for layer in g.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None
+    g.train()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(4):
+            g(sample_prior(64, model.model_config, gen))
+    g.eval()
+    return model
+
+
+def test_gan_r_scores_come_from_a_mapping_with_the_reference_loss(synthetic_dir, tiny_model_path):
+    """GAN_R (Table 1): the paper maps with the reference loss itself, so evaluation's
+    reference scores are those of a second mapping with ``discrimination="reference"``,
+    while AnoGAN's scores keep the feature-matching mapping."""
+    from dataclasses import replace
+
+    from napari_anogan.experiment import _score_input, _Scored
+    from napari_anogan.io import read_volume
+    from napari_anogan.mapping import map_to_latent
+    from napari_anogan.pipeline import ScoreSettings, _load_model, _mapping_config, map_volume
+
+    model = _with_z_sensitive_generator(_load_model(tiny_model_path))
+    settings = ScoreSettings(mode="iterative", steps=3, stride=32)
+    path = synthetic_dir / "diseased.ome.tif"
+    out = _Scored()
+    drain(_score_input(path, True, model, settings, None, None, out))
+    _, patches, feature, _ = drain(map_volume(read_volume(path), model, settings))
+    config = replace(_mapping_config(settings), discrimination="reference", keep_images=False)
+    reference = drain(map_to_latent(model.generator, model.discriminator, patches.images, config))
+
+    for name in ("reference_anomaly_score", "reference_discrimination_score"):
+        np.testing.assert_array_equal(out.scores[name][0], getattr(reference, name))
+        assert not np.array_equal(out.scores[name][0], getattr(feature, name))
+    for name in ("anomaly_score", "residual_score", "discrimination_score"):
+        np.testing.assert_array_equal(out.scores[name][0], getattr(feature, name))

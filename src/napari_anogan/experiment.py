@@ -2,17 +2,18 @@
 
 :func:`run_evaluation` scores healthy and diseased test inputs with a trained model, labels
 patches and B-scans from lesion masks (the paper's rule: a patch is positive if it holds a
-lesion pixel), trains the aCAE baseline on the model's own training inputs, and writes
-``metrics.json``, ``table1.md`` and the figures. The metric and plotting functions live in
-:mod:`napari_anogan.evaluate` and :mod:`napari_anogan.figures`; this module only gathers
-the numbers they take.
+lesion pixel), maps every patch twice (AnoGAN's loss of eq. 5, and the GAN_R baseline's
+with the reference discrimination loss), trains the aCAE baseline on the model's own
+training inputs, and writes ``metrics.json``, ``table1.md`` and the figures. The metric
+and plotting functions live in :mod:`napari_anogan.evaluate` and
+:mod:`napari_anogan.figures`; this module only gathers the numbers they take.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,10 @@ PATCH_SCORE_NAMES = (
     "reference_discrimination_score",
     "discriminator_output",
 )
+#: Scores of the GAN_R baseline: taken from a second mapping of the same patches whose loss
+#: uses the reference discrimination loss (the paper: "the corresponding losses were used
+#: for the mapping"), not from the AnoGAN mapping's z.
+GAN_R_SCORE_NAMES = ("reference_anomaly_score", "reference_discrimination_score")
 
 
 def find_mask(path: str | Path, masks_dir: str | Path | None = None) -> Path | None:
@@ -98,8 +103,9 @@ def _score_input(
     out: _Scored,
 ) -> Generator[ProgressEvent, None, None]:
     from napari_anogan.evaluate import patch_labels_from_mask
+    from napari_anogan.mapping import map_to_latent
     from napari_anogan.models.acae import acae_scores
-    from napari_anogan.pipeline import map_volume
+    from napari_anogan.pipeline import _mapping_config, map_volume
     from napari_anogan.scoring import assemble_heatmap
 
     volume = read_volume(path)
@@ -123,9 +129,18 @@ def _score_input(
             logger.warning("%s: no mask; every patch and B-scan counts as anomalous", path)
         labels = np.full(n, anomalous)
         bscan_lab = np.full(volume.shape[0], anomalous)
+    yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"GAN_R mapping of {path.name}")
+    gan_r = yield from map_to_latent(
+        model.generator,
+        model.discriminator,
+        patches.images,
+        replace(_mapping_config(settings), discrimination="reference", keep_images=False),
+        encoder=getattr(model, "encoder", None),
+    )
     slices = patches.coords[:, 0]
     for name in PATCH_SCORE_NAMES:
-        values = np.asarray(getattr(mapped, name), dtype=np.float64)
+        source = gan_r if name in GAN_R_SCORE_NAMES else mapped
+        values = np.asarray(getattr(source, name), dtype=np.float64)
         out.scores.setdefault(name, []).append(values)
         out.bscan_scores.setdefault(name, []).append(
             _bscan_aggregate(name, slices, values, volume.shape[0])
