@@ -81,7 +81,7 @@ def test_score_writes_the_documented_outputs(synthetic_dir, tiny_model_path, tmp
     ("content", "expected"),
     [
         (b"", "empty"),
-        (b"not an image at all", ""),
+        (b"not an image at all", "cannot read as tiff"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_path, capsys, content, expected):
@@ -168,6 +168,7 @@ def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path,
             "recall",
         }
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
+    assert metrics["discriminator_output"]["orientation"] == "1 - score"
     assert "AnoGAN" in (out / "table1.md").read_text()
     for fig in ("fig3_patches.png", "fig4a_roc_models.png", "fig4c_residual_score.png"):
         assert (out / fig).stat().st_size > 5_000

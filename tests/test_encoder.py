@@ -182,4 +182,7 @@ def test_cli_adds_an_encoder_and_scoring_uses_it(synthetic_dir, tiny_model_path,
     volume = read_volume(synthetic_dir / "diseased.ome.tif")
     _, _, mapped, _ = drain(map_volume(volume, loaded, ScoreSettings(batch_size=64)))
     assert mapped.config.mode == "hybrid"
+    # Hybrid, not the encoder alone: every patch took at least the early-stopping
+    # patience (3 steps for K = 10) and at most K steps after the encoder start.
+    assert mapped.steps_taken.min() >= 3
     assert mapped.steps_taken.max() <= ScoreSettings().hybrid_steps

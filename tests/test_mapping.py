@@ -167,6 +167,9 @@ def test_seeded_start_and_events(models, targets):
     g, d = models
     a, b = run(models, x, steps=0, seed=7), run(models, x, steps=0, seed=7)
     np.testing.assert_array_equal(a.z, b.z)
+    assert not np.array_equal(run(models, x, steps=0, seed=8).z, a.z)
+    # Each patch's start depends on the seed only, not on how patches are batched.
+    np.testing.assert_array_equal(run(models, x, steps=0, seed=7, batch_size=2).z, a.z)
     assert a.z.min() >= -1
     assert a.z.max() <= 1
     events = []
@@ -431,7 +434,9 @@ def test_mixed_precision_search_on_cpu(models, targets, encoder):
         with torch.no_grad():
             gz = g(torch.from_numpy(bf16.z))
         np.testing.assert_allclose(bf16.reconstruction, gz.numpy(), atol=1e-5)
-        np.testing.assert_allclose(loss_of(bf16), loss_of(fp32), rtol=0.1, atol=1.0)
+        assert not np.array_equal(bf16.z, fp32.z)  # the search did run in bf16
+        # ... and found fits about as good: mean loss within 20 % of the float32 search's.
+        assert loss_of(bf16).mean() == pytest.approx(loss_of(fp32).mean(), rel=0.2)
 
 
 def test_reference_mode_minimises_the_reference_discrimination_loss(models, targets):

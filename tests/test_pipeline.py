@@ -12,6 +12,7 @@ from napari_anogan.pipeline import (
     score_volume,
     summary_dict,
 )
+from napari_anogan.scoring import percentile_of
 
 FAST = ScoreSettings(steps=3, batch_size=64)
 
@@ -41,9 +42,17 @@ def test_score_volume_outputs_are_in_the_raw_grid(scored):
     assert np.all(table["col"] >= 0)
     assert np.all(table["row"] + table["height"] <= volume.shape[1])
     assert np.all(table["col"] + table["width"] <= volume.shape[2])
-    for column in ("healthy_percentile", "residual_percentile", "discrimination_percentile"):
-        pct = table[column]
-        assert np.all((pct >= 0) & (pct <= 100)), column
+    ref = result.model["reference"]
+    for column, score in (
+        ("healthy_percentile", "anomaly_score"),
+        ("residual_percentile", "residual_score"),
+        ("discrimination_percentile", "discrimination_score"),
+    ):
+        # Each score ranked in the healthy reference of the same score.
+        expected = percentile_of(table[score], np.asarray(ref[score]), np.asarray(ref["levels"]))
+        np.testing.assert_array_equal(table[column], expected, err_msg=column)
+        assert np.all((table[column] >= 0) & (table[column] <= 100)), column
+    assert len(np.unique(table["healthy_percentile"])) > 1
     assert len(result.model["reference"]["levels"]) == len(
         result.model["reference"]["anomaly_score"]
     )

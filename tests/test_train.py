@@ -5,8 +5,9 @@ import torch
 from napari_anogan.checkpoint import load_checkpoint, read_checkpoint
 from napari_anogan.errors import AnoganError, InputError, ModelError
 from napari_anogan.events import EventKind, ProgressEvent, drain
+from napari_anogan.mapping import map_to_latent
 from napari_anogan.models import get_preset
-from napari_anogan.scoring import QUANTILE_LEVELS, percentile_of
+from napari_anogan.scoring import QUANTILE_LEVELS, percentile_of, score_quantiles
 from napari_anogan.train import TrainConfig, holdout_split, train_gan
 
 CFG = get_preset("tiny", patch_size=32)
@@ -85,6 +86,20 @@ def test_short_run_checkpoint_and_events(tmp_path, patches):
         np.testing.assert_array_equal(q, result.reference[name])
     assert float(percentile_of(ref["anomaly_score"][-1] + 1, ref["anomaly_score"])) == 100.0
     assert states_equal(model.generator, result.generator)
+    # The reference is the held-out patches (not training ones) mapped with the reference
+    # settings by the trained G and D: recomputed here, it is the same to float precision.
+    _, hold_idx = holdout_split(len(patches), 0.1, 0)
+    again = drain(
+        map_to_latent(
+            result.generator,
+            result.discriminator,
+            patches[np.sort(hold_idx)],
+            tcfg().reference_mapping(),
+        )
+    )
+    expected = score_quantiles(again.scores(), QUANTILE_LEVELS)
+    for name in ("anomaly_score", "residual_score", "discrimination_score"):
+        np.testing.assert_allclose(ref[name], expected[name], rtol=1e-6)
 
 
 def test_same_seed_same_weights_other_seed_differs(patches):
