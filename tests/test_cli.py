@@ -154,6 +154,7 @@ def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path,
         "residual_score",
         "discrimination_score",
         "reference_anomaly_score",
+        "reference_discrimination_score",
         "discriminator_output",
         "acae",
     ):
@@ -199,15 +200,18 @@ def test_demo_scores_the_bundled_sample_and_finds_its_lesions(tmp_path, capsys):
     assert residual[scored & (mask > 0)].mean() > 1.5 * residual[scored & (mask == 0)].mean()
     candidates = summary["candidates"]
     assert 1 <= len(candidates) <= 20
-    hits = 0
-    for cand in candidates[:3]:
+
+    def on_lesion(cand):
         region = mask[
             cand["slice_start"] : cand["slice_end"] + 1,
             cand["row"] : cand["row"] + cand["height"],
             cand["col"] : cand["col"] + cand["width"],
         ]
-        hits += bool((region > 0).any())
-    assert hits >= 2
+        return bool((region > 0).any())
+
+    # Measured: #1 (the SRF, score 1681 against 1513 for #2), #3 and #4 of 6 hit lesions.
+    assert on_lesion(candidates[0])
+    assert sum(on_lesion(c) for c in candidates[:5]) >= 2
 
 
 def test_bundled_model_is_the_documented_small_model():

@@ -308,3 +308,15 @@ def test_gan_r_scores_come_from_a_mapping_with_the_reference_loss(synthetic_dir,
         assert not np.array_equal(out.scores[name][0], getattr(feature, name))
     for name in ("anomaly_score", "residual_score", "discrimination_score"):
         np.testing.assert_array_equal(out.scores[name][0], getattr(feature, name))
+
+    # A mapping that takes no step (here the random start; the encoder mode alike) has the
+    # same z whatever its loss: the GAN_R scores are the AnoGAN mapping's, mapped once.
+    events = []
+    still = _Scored()
+    no_steps = ScoreSettings(mode="iterative", steps=0, stride=32)
+    drain(_score_input(path, True, model, no_steps, None, None, still), events.append)
+    assert not any("GAN_R" in (e.message or "") for e in events)
+    _, _, start, _ = drain(map_volume(read_volume(path), model, no_steps))
+    np.testing.assert_array_equal(
+        still.scores["reference_anomaly_score"][0], start.reference_anomaly_score
+    )

@@ -448,8 +448,9 @@ def test_reference_mode_minimises_the_reference_discrimination_loss(models, targ
     feature = run(models, x, discrimination="feature", **common)
     reference = run(models, x, discrimination="reference", **common)
     start = run(models, x, steps=0, keep_images=False)
-    # This untrained D gives D^ ~ 0.742 almost everywhere: the margins are small but exact
-    # (float32 on CPU, same seed); with the option ignored both runs would be identical.
-    assert (reference.reference_discrimination_score < feature.reference_discrimination_score).all()
-    assert (reference.reference_discrimination_score < start.reference_discrimination_score).all()
+    # This untrained D gives D^ ~ 0.742 almost everywhere: the margins measured 6e-5 to
+    # 1e-4 per patch, 1,000x float32 rounding; with the option ignored they would be 0.
+    d_ref = reference.reference_discrimination_score
+    assert (feature.reference_discrimination_score - d_ref).min() > 1e-5
+    assert (start.reference_discrimination_score - d_ref).min() > 1e-5
     assert feature.discrimination_score.mean() < reference.discrimination_score.mean()

@@ -34,7 +34,8 @@ PATCH_SCORE_NAMES = (
 )
 #: Scores of the GAN_R baseline: taken from a second mapping of the same patches whose loss
 #: uses the reference discrimination loss (the paper: "the corresponding losses were used
-#: for the mapping"), not from the AnoGAN mapping's z.
+#: for the mapping"), in the same mode and from the same start as AnoGAN's, not from the
+#: AnoGAN mapping's z (the ``encoder`` mode takes no step: both share z = E(x)).
 GAN_R_SCORE_NAMES = ("reference_anomaly_score", "reference_discrimination_score")
 
 
@@ -129,14 +130,17 @@ def _score_input(
             logger.warning("%s: no mask; every patch and B-scan counts as anomalous", path)
         labels = np.full(n, anomalous)
         bscan_lab = np.full(volume.shape[0], anomalous)
-    yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"GAN_R mapping of {path.name}")
-    gan_r = yield from map_to_latent(
-        model.generator,
-        model.discriminator,
-        patches.images,
-        replace(_mapping_config(settings), discrimination="reference", keep_images=False),
-        encoder=getattr(model, "encoder", None),
-    )
+    gan_r_config = replace(_mapping_config(settings), discrimination="reference", keep_images=False)
+    gan_r = mapped
+    if gan_r_config.n_steps > 0:  # z = E(x) whatever the loss: no second mapping to run
+        yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"GAN_R mapping of {path.name}")
+        gan_r = yield from map_to_latent(
+            model.generator,
+            model.discriminator,
+            patches.images,
+            gan_r_config,
+            encoder=getattr(model, "encoder", None),
+        )
     slices = patches.coords[:, 0]
     for name in PATCH_SCORE_NAMES:
         source = gan_r if name in GAN_R_SCORE_NAMES else mapped
