@@ -320,3 +320,12 @@ def test_gan_r_scores_come_from_a_mapping_with_the_reference_loss(synthetic_dir,
     np.testing.assert_array_equal(
         still.scores["reference_anomaly_score"][0], start.reference_anomaly_score
     )
+
+    # Hybrid with K = 0 on a model without an encoder falls back to the 3-step iterative
+    # search: GAN_R follows the mapping that ran, not the requested K = 0.
+    fallback = _Scored()
+    hybrid0 = ScoreSettings(mode="hybrid", hybrid_steps=0, steps=3, stride=32)
+    drain(_score_input(path, True, model, hybrid0, None, None, fallback))
+    np.testing.assert_array_equal(
+        fallback.scores["reference_anomaly_score"][0], reference.reference_anomaly_score
+    )

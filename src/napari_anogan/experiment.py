@@ -106,7 +106,7 @@ def _score_input(
     from napari_anogan.evaluate import patch_labels_from_mask
     from napari_anogan.mapping import map_to_latent
     from napari_anogan.models.acae import acae_scores
-    from napari_anogan.pipeline import _mapping_config, map_volume
+    from napari_anogan.pipeline import map_volume
     from napari_anogan.scoring import assemble_heatmap
 
     volume = read_volume(path)
@@ -130,9 +130,11 @@ def _score_input(
             logger.warning("%s: no mask; every patch and B-scan counts as anomalous", path)
         labels = np.full(n, anomalous)
         bscan_lab = np.full(volume.shape[0], anomalous)
-    gan_r_config = replace(_mapping_config(settings), discrimination="reference", keep_images=False)
+    # The mapping as it ran (a hybrid request without an encoder ran iterative), with the
+    # reference loss. With no step (encoder mode) z = E(x) whatever the loss: reuse it.
+    gan_r_config = replace(mapped.config, discrimination="reference", keep_images=False)
     gan_r = mapped
-    if gan_r_config.n_steps > 0:  # z = E(x) whatever the loss: no second mapping to run
+    if gan_r_config.n_steps > 0:
         yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"GAN_R mapping of {path.name}")
         gan_r = yield from map_to_latent(
             model.generator,
