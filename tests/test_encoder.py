@@ -60,13 +60,14 @@ def test_encoder_shapes_and_output_range():
     assert not e.training
 
 
-def test_training_reduces_the_loss_and_leaves_g_and_d_alone(gan, patches):
+@pytest.mark.parametrize("amp", [False, True])
+def test_training_reduces_the_loss_and_leaves_g_and_d_alone(gan, patches, amp):
     g, d = gan
     g.requires_grad_(True)
     before = [copy.deepcopy(m.state_dict()) for m in (g, d)]
     x = torch.from_numpy(patches)
     events = []
-    res = drain(train_encoder(patches, g, d, ecfg(epochs=8, lr=3e-3)), events.append)
+    res = drain(train_encoder(patches, g, d, ecfg(epochs=8, lr=3e-3, amp=amp)), events.append)
     torch.manual_seed(7)
     untrained_e = Encoder(CFG).eval()
     with torch.no_grad():
@@ -81,10 +82,16 @@ def test_training_reduces_the_loss_and_leaves_g_and_d_alone(gan, patches):
         for k, v in state.items():
             assert torch.equal(m.state_dict()[k], v), k
     assert all(p.requires_grad for p in g.parameters())  # restored
+    assert all(p.is_contiguous() for m in (g, d) for p in m.parameters())  # layout too
     g.requires_grad_(False)
-    again = drain(train_encoder(patches, g, d, ecfg(epochs=8, lr=3e-3)))
+    again = drain(train_encoder(patches, g, d, ecfg(epochs=8, lr=3e-3, amp=amp)))
     for k, v in res.encoder.state_dict().items():  # seeded: same weights
         assert torch.equal(again.encoder.state_dict()[k], v), k
+    other = drain(train_encoder(patches, g, d, ecfg(epochs=8, lr=3e-3, amp=not amp)))
+    # bf16 autocast really ran in one of the two: the weights differ, slightly
+    w, w_other = res.encoder.state_dict(), other.encoder.state_dict()
+    assert any(not torch.equal(w[k], w_other[k]) for k in w)
+    assert all(w[k].dtype == w_other[k].dtype for k in w)
 
 
 def test_checkpoint_round_trip_with_encoder(tmp_path, patches):

@@ -8,7 +8,7 @@ from napari_anogan.events import EventKind, ProgressEvent, drain
 from napari_anogan.mapping import map_to_latent
 from napari_anogan.models import get_preset
 from napari_anogan.scoring import QUANTILE_LEVELS, percentile_of, score_quantiles
-from napari_anogan.train import TrainConfig, holdout_split, train_gan
+from napari_anogan.train import TrainConfig, holdout_split, train_gan, training_amp
 
 CFG = get_preset("tiny", patch_size=32)
 
@@ -102,21 +102,25 @@ def test_short_run_checkpoint_and_events(tmp_path, patches):
         np.testing.assert_allclose(ref[name], expected[name], rtol=1e-6)
 
 
-def test_same_seed_same_weights_other_seed_differs(patches):
-    a = drain(train_gan(patches, CFG, tcfg(reference_steps=0)))
-    b = drain(train_gan(patches, CFG, tcfg(reference_steps=0)))
-    c = drain(train_gan(patches, CFG, tcfg(reference_steps=0, seed=1)))
+@pytest.mark.parametrize("amp", [False, True])
+def test_same_seed_same_weights_other_seed_differs(patches, amp):
+    a = drain(train_gan(patches, CFG, tcfg(reference_steps=0, amp=amp)))
+    b = drain(train_gan(patches, CFG, tcfg(reference_steps=0, amp=amp)))
+    c = drain(train_gan(patches, CFG, tcfg(reference_steps=0, seed=1, amp=amp)))
     assert states_equal(a.generator, b.generator)
     assert states_equal(a.discriminator, b.discriminator)
     assert a.final_losses == b.final_losses
     assert not states_equal(a.generator, c.generator)
 
 
-def test_resume_equals_uninterrupted(tmp_path, patches):
-    straight = drain(train_gan(patches, CFG, tcfg(epochs=2), tmp_path / "a.pt"))
-    drain(train_gan(patches, CFG, tcfg(epochs=1), tmp_path / "b.pt"))
+@pytest.mark.parametrize("amp", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, patches, amp):
+    straight = drain(train_gan(patches, CFG, tcfg(epochs=2, amp=amp), tmp_path / "a.pt"))
+    drain(train_gan(patches, CFG, tcfg(epochs=1, amp=amp), tmp_path / "b.pt"))
     assert read_checkpoint(tmp_path / "b.pt")["reference"]
-    resumed = drain(train_gan(patches, CFG, tcfg(epochs=2), tmp_path / "b.pt", resume=True))
+    resumed = drain(
+        train_gan(patches, CFG, tcfg(epochs=2, amp=amp), tmp_path / "b.pt", resume=True)
+    )
     assert resumed.epochs == 2
     assert states_equal(straight.generator, resumed.generator)
     assert states_equal(straight.discriminator, resumed.discriminator)
@@ -127,6 +131,43 @@ def test_resume_equals_uninterrupted(tmp_path, patches):
         assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
     for name in a["reference"]["quantiles"]:
         assert torch.equal(a["reference"]["quantiles"][name], b["reference"]["quantiles"][name])
+
+
+def test_mixed_precision_training_runs_bf16_and_keeps_float32_weights(tmp_path, patches):
+    """amp=True trains under bf16 autocast (so its weights differ from float32 training's
+    after one epoch), keeps float32 weights and writes them in the standard layout."""
+    fp32 = drain(train_gan(patches, CFG, tcfg(reference_steps=0, amp=False)))
+    path = tmp_path / "amp.pt"
+    bf16 = drain(train_gan(patches, CFG, tcfg(reference_steps=0, amp=True), path))
+    assert all(np.isfinite(v) for v in bf16.final_losses.values())
+    assert not states_equal(fp32.generator, bf16.generator)
+    diff = max(
+        (a - b).abs().max().item()
+        for a, b in zip(
+            fp32.generator.state_dict().values(), bf16.generator.state_dict().values(), strict=True
+        )
+        if a.is_floating_point()
+    )
+    assert diff < 0.05  # the same training, to bf16 rounding: not another model
+    ckpt = read_checkpoint(path)
+    for name in ("generator", "discriminator"):
+        for key, value in ckpt[name].items():
+            assert value.is_contiguous(), key
+            if value.is_floating_point():
+                assert value.dtype == torch.float32, key
+    model = load_checkpoint(path)
+    assert model.training["amp"] is True
+    assert states_equal(model.generator, bf16.generator)
+
+
+def test_training_amp_rule():
+    cpu = torch.device("cpu")
+    assert training_amp(cpu, False) is False
+    assert training_amp(cpu, True) is True
+    # automatic: the mapping's rule (AMX CPUs), whatever this machine has
+    from napari_anogan.mapping import amp_by_default
+
+    assert training_amp(cpu, None) is amp_by_default(cpu)
 
 
 def test_cancel_keeps_last_checkpoint(tmp_path, patches):

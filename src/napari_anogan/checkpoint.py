@@ -106,7 +106,7 @@ class LoadedModel:
 
 
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in state.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def reference_to_checkpoint(

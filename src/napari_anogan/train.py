@@ -50,7 +50,7 @@ from napari_anogan.checkpoint import (
 from napari_anogan.device import resolve_device
 from napari_anogan.errors import AnoganError, InputError, ModelError
 from napari_anogan.events import EventKind, ProgressEvent
-from napari_anogan.mapping import MappingConfig, map_to_latent
+from napari_anogan.mapping import MappingConfig, amp_by_default, map_to_latent
 from napari_anogan.models import Discriminator, ModelConfig, sample_prior
 from napari_anogan.models import Generator as GeneratorNet
 from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
@@ -113,6 +113,12 @@ class TrainConfig:
         deterministic mode made a training step 3x slower there (0.86 s vs 0.28 s per
         batch of 64, small preset, 2 cores). True: on CPU and CUDA (slower cuDNN
         algorithms, best effort).
+    amp : bool or None
+        Mixed precision: the forward passes run under bf16 autocast with channels-last
+        tensors (weights, optimiser and losses stay float32). None (default): where it
+        pays, on CPUs with AMX tiles and on CUDA GPUs with bf16 (see :func:`training_amp`).
+        Measured here (2 cores with AMX, batch of 64): paper preset 1.30 -> 0.58 s per
+        batch, small preset 0.132 -> 0.069 s. Still seeded and reproducible on one machine.
     """
 
     epochs: int = 20
@@ -129,6 +135,7 @@ class TrainConfig:
     reference_max_patches: int = 512
     reference_batch_size: int = 256
     deterministic: bool | None = None
+    amp: bool | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -285,6 +292,50 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
         torch.backends.cudnn.deterministic = prev[2]
         torch.backends.cudnn.benchmark = prev[3]
+
+
+def training_amp(device: torch.device, amp: bool | None) -> bool:
+    """Whether training on ``device`` runs in mixed precision (``amp`` None: automatic).
+
+    Automatic means bf16 where it pays: CPUs with AMX tiles and CUDA GPUs (the same rule
+    as the mapping's, :func:`~napari_anogan.mapping.amp_by_default`), except GPUs without
+    bf16, where fp16 would need loss scaling. Asked-for mixed precision on such a GPU is
+    refused rather than run in fp16 without it.
+
+    Parameters
+    ----------
+    device : torch.device
+    amp : bool or None
+        The setting (:attr:`TrainConfig.amp`, :attr:`EncoderConfig.amp`).
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    AnoganError
+        ``amp=True`` on a CUDA GPU without bf16.
+    """
+    bf16_gpu = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if amp is None:
+        return bf16_gpu and amp_by_default(device)
+    if amp and not bf16_gpu:
+        raise AnoganError(f"mixed-precision training needs bf16, which {device} lacks")
+    return bool(amp)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``enabled``; a no-op context otherwise."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _batch(patches: np.ndarray, idx: np.ndarray, device: torch.device, amp: bool) -> torch.Tensor:
+    """Patches ``idx`` as a float32 tensor on ``device`` (channels-last under amp)."""
+    x = torch.from_numpy(np.asarray(patches[idx], np.float32)).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if amp else x
 
 
 def _check_patches(
@@ -509,8 +560,10 @@ def train_gan(
         torch.manual_seed(_derived_seed(seed, 0))
         g = GeneratorNet(model_config)
         d = Discriminator(model_config)
-    g.to(device)
-    d.to(device)
+    use_amp = training_amp(device, train_config.amp)
+    layout = torch.channels_last if use_amp else torch.contiguous_format
+    g.to(device, memory_format=layout)
+    d.to(device, memory_format=layout)
     betas = (train_config.beta1, 0.999)
     opt_g = torch.optim.Adam(g.parameters(), lr=train_config.lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=train_config.lr, betas=betas)
@@ -559,6 +612,7 @@ def train_gan(
         "history": history,
         "extra": extra,
         "device": str(device),
+        "amp": use_amp,
         "torch_version": torch.__version__,
     }
     if encoder_summary is not None:
@@ -624,13 +678,15 @@ def train_gan(
             sums = dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake"), 0.0)
             for b in range(n_batches):
                 idx = np.sort(order[b * bs : (b + 1) * bs])[part]
-                x = torch.from_numpy(np.asarray(patches[idx], np.float32)).to(device)
+                x = _batch(patches, idx, device, use_amp)
                 z = sample_prior(bs, model_config, z_gen, device)[part]
 
-                # D step: maximise log D(x) + log(1 - D(G(z)))  (eq. 1).
-                fake = g_run(z)
-                logit_real = d_run(x)
-                logit_fake = d_run(fake.detach())
+                # D step: maximise log D(x) + log(1 - D(G(z)))  (eq. 1). Under amp the
+                # passes run in bf16 and the losses in float32.
+                with _autocast(device, use_amp):
+                    fake = g_run(z)
+                    logit_real = d_run(x).float()
+                    logit_fake = d_run(fake.detach()).float()
                 d_loss = F.binary_cross_entropy_with_logits(
                     logit_real, real_label
                 ) + F.binary_cross_entropy_with_logits(logit_fake, fake_label)
@@ -640,7 +696,9 @@ def train_gan(
 
                 # G step: maximise log D(G(z))  (eq. 2, non-saturating form). D's own
                 # module: its gradients here are discarded, so DDP need not reduce them.
-                g_loss = F.binary_cross_entropy_with_logits(d(fake), real_label)
+                with _autocast(device, use_amp):
+                    logit_gen = d(fake).float()
+                g_loss = F.binary_cross_entropy_with_logits(logit_gen, real_label)
                 opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 opt_g.step()
@@ -792,6 +850,9 @@ class EncoderConfig:
         Seed of E's initialisation and of the shuffling.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    amp : bool or None
+        Mixed precision as in :attr:`TrainConfig.amp` (None: where it pays). Measured
+        here: 0.096 -> 0.045 s per batch of 64 (small preset, 2 cores with AMX).
     """
 
     epochs: int = 30
@@ -800,6 +861,7 @@ class EncoderConfig:
     kappa: float = 1.0
     seed: int = 0
     device: str = "auto"
+    amp: bool | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -904,7 +966,9 @@ def train_encoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_derived_seed(config.seed, 5))
         encoder = Encoder(model_config)
-    encoder.to(device).train()
+    use_amp = training_amp(device, config.amp)
+    layout = torch.channels_last if use_amp else torch.contiguous_format
+    encoder.to(device, memory_format=layout).train()
     opt = torch.optim.Adam(encoder.parameters(), lr=config.lr)
     frozen = (generator, discriminator)
     saved = [
@@ -913,17 +977,18 @@ def train_encoder(
     ]
     history: list[dict[str, float]] = []
     logger.info(
-        "training the encoder on %d patches: %d epochs, batch %d, lr %g, kappa %g, %s",
+        "training the encoder on %d patches: %d epochs, batch %d, lr %g, kappa %g, %s%s",
         idx_all.size,
         config.epochs,
         bs,
         config.lr,
         config.kappa,
         device,
+        " (bf16 autocast)" if use_amp else "",
     )
     try:
         for m in frozen:
-            m.eval().requires_grad_(False).to(device)
+            m.eval().requires_grad_(False).to(device, memory_format=layout)
         for epoch in range(config.epochs):
             yield ProgressEvent(
                 EventKind.EPOCH_START,
@@ -936,10 +1001,11 @@ def train_encoder(
             sums = dict.fromkeys(("loss", "image", "feature"), 0.0)
             for b in range(n_batches):
                 batch = np.sort(order[b * bs : (b + 1) * bs])
-                x = torch.from_numpy(np.asarray(patches[batch], np.float32)).to(device)
-                loss, image, feature = encoder_loss(
-                    x, generator, discriminator, encoder, config.kappa
-                )
+                x = _batch(patches, batch, device, use_amp)
+                with _autocast(device, use_amp):
+                    loss, image, feature = encoder_loss(
+                        x, generator, discriminator, encoder, config.kappa
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -982,7 +1048,7 @@ def train_encoder(
             )
     finally:
         for m, (was_training, flags, dev) in zip(frozen, saved, strict=True):
-            m.to(dev)
+            m.to(dev, memory_format=torch.contiguous_format)
             m.train(was_training)
             for p, flag in zip(m.parameters(), flags, strict=True):
                 p.requires_grad_(flag)

@@ -85,9 +85,10 @@ def encoder_loss(
     """
     x_hat = generator(encoder(x))
     with torch.no_grad():
-        fx = discriminator.features(x)
-    f_hat = discriminator.features(x_hat)
-    image = torch.mean((x - x_hat) ** 2)
+        fx = discriminator.features(x).float()
+    f_hat = discriminator.features(x_hat).float()
+    # float32 residuals also under autocast (where G and D run in bf16)
+    image = torch.mean((x.float() - x_hat.float()) ** 2)
     feature = torch.mean((fx - f_hat) ** 2)
     return image + kappa * feature, image, feature
 
