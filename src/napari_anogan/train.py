@@ -117,8 +117,9 @@ class TrainConfig:
         Mixed precision: the forward passes run under bf16 autocast with channels-last
         tensors (weights, optimiser and losses stay float32). None (default): where it
         pays, on CPUs with AMX tiles and on CUDA GPUs with bf16 (see :func:`training_amp`).
-        Measured here (2 cores with AMX, batch of 64): paper preset 1.30 -> 0.58 s per
-        batch, small preset 0.132 -> 0.069 s. Still seeded and reproducible on one machine.
+        Measured here (``benchmarks/bench_train.py``, 2 cores with AMX, batch of 64):
+        small preset 0.117 -> 0.056 s per batch, paper preset 1.30 -> 0.58 s. Still
+        seeded: the same seed gives the same weights on one machine.
     """
 
     epochs: int = 20
@@ -852,7 +853,7 @@ class EncoderConfig:
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     amp : bool or None
         Mixed precision as in :attr:`TrainConfig.amp` (None: where it pays). Measured
-        here: 0.096 -> 0.045 s per batch of 64 (small preset, 2 cores with AMX).
+        here: 0.078 -> 0.035 s per batch of 64 (small preset, 2 cores with AMX).
     """
 
     epochs: int = 30
