@@ -118,7 +118,7 @@ class TrainConfig:
         tensors (weights, optimiser and losses stay float32). None (default): where it
         pays, on CPUs with AMX tiles and on CUDA GPUs with bf16 (see :func:`training_amp`).
         Measured here (``benchmarks/bench_train.py``, 2 cores with AMX, batch of 64):
-        small preset 0.117 -> 0.056 s per batch, paper preset 1.30 -> 0.58 s. Still
+        small preset 0.117 -> 0.056 s per batch, paper preset 1.20 -> 0.53 s. Still
         seeded: the same seed gives the same weights on one machine.
     """
 
@@ -853,7 +853,7 @@ class EncoderConfig:
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     amp : bool or None
         Mixed precision as in :attr:`TrainConfig.amp` (None: where it pays). Measured
-        here: 0.078 -> 0.035 s per batch of 64 (small preset, 2 cores with AMX).
+        here: 0.078 -> 0.035 s per batch of 64 (small preset), 0.80 -> 0.30 s (paper).
     """
 
     epochs: int = 30
