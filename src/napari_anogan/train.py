@@ -50,7 +50,7 @@ from napari_anogan.checkpoint import (
 from napari_anogan.device import resolve_device
 from napari_anogan.errors import AnoganError, InputError, ModelError
 from napari_anogan.events import EventKind, ProgressEvent
-from napari_anogan.mapping import MappingConfig, amp_by_default, map_to_latent
+from napari_anogan.mapping import MappingConfig, _amp_context, amp_by_default, map_to_latent
 from napari_anogan.models import Discriminator, ModelConfig, sample_prior
 from napari_anogan.models import Generator as GeneratorNet
 from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
@@ -326,13 +326,6 @@ def training_amp(device: torch.device, amp: bool | None) -> bool:
     return bool(amp)
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when ``enabled``; a no-op context otherwise."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def _batch(patches: np.ndarray, idx: np.ndarray, device: torch.device, amp: bool) -> torch.Tensor:
     """Patches ``idx`` as a float32 tensor on ``device`` (channels-last under amp)."""
     x = torch.from_numpy(np.asarray(patches[idx], np.float32)).to(device)
@@ -562,6 +555,7 @@ def train_gan(
         g = GeneratorNet(model_config)
         d = Discriminator(model_config)
     use_amp = training_amp(device, train_config.amp)
+    autocast = _amp_context(device, use_amp)  # bf16: training_amp refuses GPUs without it
     layout = torch.channels_last if use_amp else torch.contiguous_format
     g.to(device, memory_format=layout)
     d.to(device, memory_format=layout)
@@ -684,7 +678,7 @@ def train_gan(
 
                 # D step: maximise log D(x) + log(1 - D(G(z)))  (eq. 1). Under amp the
                 # passes run in bf16 and the losses in float32.
-                with _autocast(device, use_amp):
+                with autocast():
                     fake = g_run(z)
                     logit_real = d_run(x).float()
                     logit_fake = d_run(fake.detach()).float()
@@ -697,7 +691,7 @@ def train_gan(
 
                 # G step: maximise log D(G(z))  (eq. 2, non-saturating form). D's own
                 # module: its gradients here are discarded, so DDP need not reduce them.
-                with _autocast(device, use_amp):
+                with autocast():
                     logit_gen = d(fake).float()
                 g_loss = F.binary_cross_entropy_with_logits(logit_gen, real_label)
                 opt_g.zero_grad(set_to_none=True)
@@ -968,6 +962,7 @@ def train_encoder(
         torch.manual_seed(_derived_seed(config.seed, 5))
         encoder = Encoder(model_config)
     use_amp = training_amp(device, config.amp)
+    autocast = _amp_context(device, use_amp)  # bf16: training_amp refuses GPUs without it
     layout = torch.channels_last if use_amp else torch.contiguous_format
     encoder.to(device, memory_format=layout).train()
     opt = torch.optim.Adam(encoder.parameters(), lr=config.lr)
@@ -1003,7 +998,7 @@ def train_encoder(
             for b in range(n_batches):
                 batch = np.sort(order[b * bs : (b + 1) * bs])
                 x = _batch(patches, batch, device, use_amp)
-                with _autocast(device, use_amp):
+                with autocast():
                     loss, image, feature = encoder_loss(
                         x, generator, discriminator, encoder, config.kappa
                     )
