@@ -9,6 +9,12 @@
 Usage::
 
     python scripts/train_bundled_model.py            # ~25 min on 2 CPU cores with AMX
+    python scripts/train_bundled_model.py --reference-only
+
+``--reference-only`` keeps the bundled networks and recomputes only their healthy
+reference (grid patches of the held-out training B-scans, cut as scoring cuts them now),
+for when the scoring grid has changed. On a CPU without AMX a full rebuild trains in
+float32 and gives another model than the bundled one.
 """
 
 from __future__ import annotations
@@ -46,10 +52,24 @@ def main() -> None:
     parser.add_argument("--encoder-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="recompute the healthy reference of --out, keeping its networks",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     os.chdir(ROOT)
+    if args.reference_only:
+        from napari_anogan.events import drain
+        from napari_anogan.pipeline import reference_patches_of
+        from napari_anogan.train import refresh_reference
+
+        patches = drain(reference_patches_of(args.out))
+        reference = drain(refresh_reference(args.out, patches))
+        logger.info("healthy reference of %s: %d patches", args.out, reference["n_patches"])
+        return
     if not (args.data / "train").is_dir():
         subprocess.run(
             [

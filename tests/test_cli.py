@@ -191,11 +191,11 @@ def test_demo_scores_the_bundled_sample_and_finds_its_lesions(tmp_path, capsys):
     assert summary["model"]["model_config"]["preset"] == "small"
     with open(tmp_path / "sample_volume_scores.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == summary["n_patches"] == 548
+    assert len(rows) == summary["n_patches"] == 349  # grid patches centred in the retina
     residual = tifffile.imread(tmp_path / "sample_volume_residual.tif")
     assert residual.shape == (16, 496, 512)
     mask = read_volume(sample_path(SAMPLE_MASK)).data
-    # Mean residual inside the planted lesions: 2.1x that of the scored healthy tissue here.
+    # Mean residual inside the planted lesions: 2.2x that of the scored healthy tissue here.
     scored = residual > 0
     assert residual[scored & (mask > 0)].mean() > 1.5 * residual[scored & (mask == 0)].mean()
     candidates = summary["candidates"]
@@ -209,10 +209,10 @@ def test_demo_scores_the_bundled_sample_and_finds_its_lesions(tmp_path, capsys):
         ]
         return bool((region > 0).any())
 
-    # Measured: #1 (the SRF with an HRF, score 1752 against 1654 for #2, the PED), #2 and
-    # #4 of 7 hit lesions.
+    # Measured: #1 (the SRF with an HRF, score 1751 against 1655 for #2, the PED), #2, #3
+    # (drusen) and #5 (IRF) of 6 hit lesions.
     assert on_lesion(candidates[0])
-    assert sum(on_lesion(c) for c in candidates[:5]) >= 2
+    assert sum(on_lesion(c) for c in candidates[:5]) >= 3
 
 
 def test_bundled_model_is_the_documented_small_model():

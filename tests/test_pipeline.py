@@ -11,6 +11,7 @@ from napari_anogan.pipeline import (
     en_face_projection,
     score_volume,
     summary_dict,
+    train_from_paths,
 )
 from napari_anogan.scoring import percentile_of
 
@@ -207,3 +208,60 @@ def test_training_keeps_held_out_bscans_for_the_reference(synthetic_dir, tmp_pat
         )
     )
     assert load_checkpoint(out).reference["settings"]["mode"] == "hybrid"
+
+
+def test_refresh_reference_recomputes_only_the_healthy_reference(
+    synthetic_dir, tiny_model_path, tmp_path
+):
+    """reference_patches_of rebuilds a model's reference patches from its checkpoint, and
+    refresh_reference maps them again: the same patches give the same reference, other
+    patches another one, and G and D are untouched."""
+    import torch
+
+    from napari_anogan.checkpoint import read_checkpoint
+    from napari_anogan.errors import ModelError
+    from napari_anogan.pipeline import collect_training_patches, reference_patches_of
+    from napari_anogan.preprocess import PreprocessConfig
+    from napari_anogan.train import refresh_reference
+
+    paths = sorted(synthetic_dir.glob("healthy_*.ome.tif"))
+    path = tmp_path / "held_bscans.pt"
+    overrides = {"reference_steps": 5, "reference_max_patches": 16, "holdout_fraction": 0.5}
+    drain(
+        train_from_paths(
+            paths,
+            path,
+            preset="tiny",
+            epochs=1,
+            patches_per_scan=8,
+            batch_size=8,
+            train_overrides=overrides,
+        )
+    )
+    model = load_checkpoint(path)
+    assert model.training["reference_holdout"] == "bscans"
+    ref = drain(reference_patches_of(model))
+    _, expected, _ = drain(
+        collect_training_patches(paths, PreprocessConfig(), 8, seed=0, holdout_fraction=0.5)
+    )
+    np.testing.assert_array_equal(ref, expected)
+
+    before = read_checkpoint(path)
+    new = drain(refresh_reference(path, ref, device="cpu"))
+    for name in ("anomaly_score", "residual_score", "discrimination_score"):
+        np.testing.assert_allclose(new[name], model.reference[name], rtol=1e-6)
+    assert new["n_patches"] == model.reference["n_patches"] == 16
+    other = drain(refresh_reference(path, ref[::-1][:10].copy(), device="cpu"))
+    assert other["n_patches"] == 10
+    assert not np.allclose(other["residual_score"], model.reference["residual_score"])
+    after = read_checkpoint(path)
+    for key in ("generator", "discriminator"):
+        for k, v in before[key].items():
+            assert torch.equal(v, after[key][k]), k
+    assert load_checkpoint(path).reference["n_patches"] == 10
+
+    # the session's tiny model held out patches (6 B-scans x 5 % rounds to none)
+    with pytest.raises(ModelError, match="held-out training patches"):
+        drain(refresh_reference(tiny_model_path, ref, device="cpu"))
+    with pytest.raises(ModelError, match="no held-out B-scans"):
+        drain(reference_patches_of(tiny_model_path))

@@ -17,6 +17,7 @@ from napari_anogan.preprocess import (
     PreprocessConfig,
     PreprocessedVolume,
     detect_boundaries,
+    grid_coords,
     grid_patches,
     normalise_intensity,
     preprocess_volume,
@@ -340,6 +341,13 @@ def test_random_patches_inside_retina_and_seeded(pre_healthy):
     assert len(random_patches(pre, 4, seed=gen)) == 20
 
 
+def _coverage(coords, shape, p):
+    covered = np.zeros(shape, bool)
+    for si, ri, ci in coords:
+        covered[si, ri : ri + p, ci : ci + p] = True
+    return covered
+
+
 def test_grid_patches_cover_the_retina(pre_healthy):
     pre = pre_healthy
     p = pre.config.patch_size
@@ -348,17 +356,47 @@ def test_grid_patches_cover_the_retina(pre_healthy):
     assert set(np.unique(s_idx)) == set(range(5))
     assert np.all((r % 32 == 0) | (r == pre.flat.shape[1] - p))
     assert np.all((c % 32 == 0) | (c == pre.flat.shape[2] - p))
-    covered = np.zeros(pre.flat.shape, bool)
-    for si, ri, ci in g.coords:
-        assert pre.retina_mask[si, ri : ri + p, ci : ci + p].mean() >= 0.1
-        covered[si, ri : ri + p, ci : ci + p] = True
-    assert covered[pre.retina_mask].all()
+    assert _coverage(g.coords, pre.flat.shape, p)[pre.retina_mask].all()
+    for i in (0, len(g) // 2, len(g) - 1):
+        si, ri, ci = g.coords[i]
+        np.testing.assert_array_equal(g.images[i, 0], pre.flat[si, ri : ri + p, ci : ci + p])
     only = grid_patches(pre, stride=64, slices=[1, 3])
     assert set(np.unique(only.coords[:, 0])) == {1, 3}
-    strict = grid_patches(pre, stride=32, min_retina_fraction=0.9)
-    assert len(strict) < len(g)
     with pytest.raises(ValueError, match="slices"):
         grid_patches(pre, slices=[9])
+
+
+def test_grid_keeps_patches_centred_in_the_retina_as_training_draws_them():
+    # A band much taller than this B-scan's retina (as when a lesion elsewhere in the
+    # volume thickens the retina): rows 0-79 vitreous, 80-139 retina, 140-171 choroid.
+    mask = np.zeros((2, 172, 256), bool)
+    mask[:, 80:140] = True
+    c = grid_coords(mask, 64, stride=32)
+    centre = mask[c[:, 0], c[:, 1] + 32, c[:, 2] + 32]
+    assert centre.all()
+    # every grid window whose centre is in the retina is kept, and nothing else is needed
+    assert sorted(set(c[:, 1])) == [64, 96]
+    assert len(c) == 2 * 2 * 7  # 2 slices x 2 rows x 7 columns (0, 32, ..., 192)
+    assert _coverage(c, mask.shape, 64)[mask].all()
+    # the old rule (>= 10 % retina) also took rows 0, 32 and the flush 108: vitreous-
+    # and choroid-centred patches
+    assert not (c[:, 1] < 64).any()
+
+
+def test_grid_adds_the_fewest_off_centre_patches_that_cover_a_steep_edge():
+    # The retina climbs steeply at the left edge: columns 0-15 hold retina only in rows
+    # 0-40, which no retina-centred patch reaches (their centres sit in rows 100-160).
+    mask = np.zeros((1, 200, 128), bool)
+    mask[0, 100:160, :] = True
+    mask[0, 0:40, 0:16] = True
+    c = grid_coords(mask, 64, stride=32)
+    covered = _coverage(c, mask.shape, 64)
+    assert covered[mask].all()
+    off = ~mask[c[:, 0], c[:, 1] + 32, c[:, 2] + 32]
+    # one extra window covers the 40 x 16 strip: row 0, column 0 (the most retina)
+    assert c[off].tolist() == [[0, 0, 0]]
+    # without it the strip would be uncovered
+    assert not _coverage(c[~off], mask.shape, 64)[0, 0:40, 0:16].any()
 
 
 # -- outputs ------------------------------------------------------------------------------

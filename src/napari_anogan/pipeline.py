@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_anogan.candidates import CANDIDATE_COLUMNS, find_candidates
-from napari_anogan.errors import InputError
+from napari_anogan.errors import InputError, ModelError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import Volume, read_volume, safe_stem, write_csv, write_json, write_tiff
 
@@ -876,6 +876,49 @@ def collect_training_patches(
         "n_reference_patches": len(reference),
     }
     return patches, reference, info
+
+
+def reference_patches_of(model) -> Generator[ProgressEvent, None, np.ndarray]:
+    """Grid patches of a model's held-out training B-scans, cut as scoring cuts them.
+
+    The patches :func:`collect_training_patches` gave its healthy reference, from the
+    inputs and held-out B-scans the checkpoint records, with today's grid.
+
+    Parameters
+    ----------
+    model : LoadedModel or path
+
+    Returns
+    -------
+    (M, 1, P, P) ndarray of float32
+
+    Raises
+    ------
+    ModelError
+        If the checkpoint records no held-out B-scans, or its training inputs are gone.
+    """
+    from napari_anogan.preprocess import grid_patches, preprocess_volume
+
+    model = _load_model(model)
+    data = (model.training or {}).get("extra", {}).get("data", {})
+    inputs = [Path(p) for p in data.get("inputs", [])]
+    held: dict[int, list[int]] = {}
+    for i, s in data.get("holdout_bscans", []):
+        held.setdefault(int(i), []).append(int(s))
+    if not held:
+        raise ModelError("the model records no held-out B-scans", model.path)
+    missing = [str(inputs[i]) for i in held if i >= len(inputs) or not inputs[i].exists()]
+    if missing:
+        raise ModelError(f"training inputs not found: {', '.join(missing)}", model.path)
+    cfg = _preprocess_config(model)
+    chunks = []
+    for k, (i, slices) in enumerate(sorted(held.items())):
+        yield ProgressEvent(
+            EventKind.STAGE, k, len(held), message=f"preprocessing {inputs[i].name}"
+        )
+        pre = preprocess_volume(read_volume(inputs[i]), cfg)
+        chunks.append(grid_patches(pre, stride=ScoreSettings().stride, slices=slices).images)
+    return np.concatenate(chunks).astype(np.float32)
 
 
 def train_from_paths(

@@ -1183,3 +1183,79 @@ def add_encoder(
         reference=reference_from_checkpoint(reference),
         encoder=encoder,
     )
+
+
+def refresh_reference(
+    checkpoint_path: str | os.PathLike,
+    reference_patches: np.ndarray,
+    device: str = "auto",
+) -> Generator[ProgressEvent, None, dict[str, Any]]:
+    """Recompute a trained model's healthy reference from new reference patches.
+
+    G, D and the encoder are kept; only the reference distribution is replaced, mapped in
+    the stored reference's mode, with the patches in the order training would use. For a
+    model whose reference came from held-out B-scans (the default) after the way grid
+    patches are cut for scoring has changed: the reference must come from patches cut as
+    the scored ones are, or percentiles and candidates drift.
+
+    Parameters
+    ----------
+    checkpoint_path : path
+        The model; rewritten atomically.
+    reference_patches : (M, C, P, P) float ndarray
+        Grid patches of the model's held-out B-scans
+        (:func:`napari_anogan.pipeline.reference_patches_of`).
+    device : str
+        Device of the reference mapping.
+
+    Yields
+    ------
+    ProgressEvent
+        The reference mapping's events, then CHECKPOINT.
+
+    Returns
+    -------
+    dict
+        The new reference (as :func:`~napari_anogan.checkpoint.reference_from_checkpoint`).
+
+    Raises
+    ------
+    ModelError
+        Unreadable checkpoint, or a model whose reference came from held-out training
+        patches (their patches do not depend on the scoring grid).
+    """
+    from napari_anogan.models.encoder import Encoder
+
+    path = Path(checkpoint_path)
+    data = read_checkpoint(path)
+    model_config = ModelConfig.from_json(data["model_config"])
+    train_config = TrainConfig.from_dict(json.loads(data["train_config"]))
+    training = json.loads(data["training"])
+    if training.get("reference_holdout") != "bscans":
+        raise ModelError(
+            "the model's healthy reference came from held-out training patches, not from "
+            "grid patches of held-out B-scans: there is nothing to recompute",
+            path,
+        )
+    g = GeneratorNet(model_config)
+    d = Discriminator(model_config)
+    g.load_state_dict(data["generator"])
+    d.load_state_dict(data["discriminator"])
+    g.eval()
+    d.eval()
+    encoder = None
+    if data.get("encoder") is not None:
+        encoder = Encoder(model_config)
+        encoder.load_state_dict(data["encoder"])
+        encoder.eval()
+    old = json.loads(data["reference"]["settings"]) if data.get("reference") else {}
+    mode = old.get("mode", "hybrid" if encoder is not None else "iterative")
+    _, ref_set, ref_order = _reference_split(
+        reference_patches, reference_patches, train_config, model_config
+    )
+    mcfg = train_config.reference_mapping(device=str(resolve_device(device)), mode=mode)
+    reference = yield from _healthy_reference(g, d, encoder, ref_set, ref_order, train_config, mcfg)
+    data["reference"] = reference
+    save_checkpoint(path, data)
+    yield ProgressEvent(EventKind.CHECKPOINT, 1, 1, message=str(path))
+    return reference_from_checkpoint(reference)

@@ -134,10 +134,18 @@ def _grid_starts(length: int, size: int, stride: int) -> np.ndarray:
 def grid_patches(
     pre: PreprocessedVolume,
     stride: int = 32,
-    min_retina_fraction: float = 0.1,
     slices: Sequence[int] | None = None,
 ) -> Patches:
-    """Patches on a regular grid over the band, keeping those that overlap the retina.
+    """Grid patches of the band centred in the retina, and the few more covering the rest.
+
+    A grid patch is kept when its centre pixel lies in the retina (between ILM and
+    Bruch's membrane), the rule :func:`random_patches` draws the training patches by. A
+    patch centred in the vitreous or the choroid shows an arrangement the model never saw
+    in training, and its score then says more about the band's height (set by the
+    thickest retina of the volume, so by a lesion elsewhere in it) than about the tissue.
+    Where a steep or thin retina leaves retina pixels outside every such patch (mostly at
+    the band's side edges), the grid patches holding the most retina are added until
+    every retina pixel is covered.
 
     Parameters
     ----------
@@ -145,9 +153,7 @@ def grid_patches(
         Output of :func:`preprocess_volume`.
     stride : int
         Grid step in band pixels (rows and columns); a last row/column of patches is
-        added flush with the band's end so that every pixel is covered.
-    min_retina_fraction : float
-        Keep a patch when at least this fraction of its pixels lies in the retina.
+        added flush with the band's end.
     slices : sequence of int, optional
         B-scans to cut from (default: all).
 
@@ -157,15 +163,35 @@ def grid_patches(
         Ordered by slice, then row, then column.
     """
     size = _check_fits(pre)
-    coords = grid_coords(pre.retina_mask, size, stride, min_retina_fraction, slices)
+    coords = grid_coords(pre.retina_mask, size, stride, slices)
     return Patches(images=cut_patches(pre.flat, coords, size), coords=coords)
+
+
+def _cover_the_rest(retina: np.ndarray, keep: np.ndarray, count: np.ndarray, rows, cols, size):
+    """Add to ``keep`` (in place) the grid windows needed to cover all of ``retina``.
+
+    Greedy set cover, most retina pixels first: a window is added when it holds a retina
+    pixel that no kept window covers yet. ``retina`` is one B-scan's mask, ``keep`` and
+    ``count`` (retina pixels per window) are indexed by grid row and column.
+    """
+    covered = np.zeros(retina.shape, bool)
+    for i, j in np.argwhere(keep):
+        covered[rows[i] : rows[i] + size, cols[j] : cols[j] + size] = True
+    if covered[retina].all():
+        return
+    candidates = np.argwhere(~keep & (count > 0))
+    order = np.argsort(-count[~keep & (count > 0)], kind="stable")
+    for i, j in candidates[order]:
+        window = (slice(rows[i], rows[i] + size), slice(cols[j], cols[j] + size))
+        if (retina[window] & ~covered[window]).any():
+            keep[i, j] = True
+            covered[window] = True
 
 
 def grid_coords(
     retina_mask: np.ndarray,
     size: int,
     stride: int = 32,
-    min_retina_fraction: float = 0.1,
     slices: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Top-left corners of the grid patches of :func:`grid_patches`, from the mask alone.
@@ -176,7 +202,7 @@ def grid_coords(
         Retina pixels of the band (``PreprocessedVolume.retina_mask``).
     size : int
         Patch side.
-    stride, min_retina_fraction, slices
+    stride, slices
         As in :func:`grid_patches`.
 
     Returns
@@ -196,7 +222,12 @@ def grid_coords(
         raise ValueError(f"slices must be in [0, {s - 1}], got {list(slices or [])}")
     rows = _grid_starts(hb, size, stride)
     cols = _grid_starts(wr, size, stride)
-    counts = _box_sums(retina_mask[chosen], size)[:, rows][:, :, cols]
-    keep = counts >= max(1, min_retina_fraction * size * size)
+    half = size // 2
+    mask = retina_mask[chosen]
+    # centred in the retina, with the centre convention of random_patches
+    keep = mask[:, rows + half][:, :, cols + half].copy()
+    counts = _box_sums(mask, size)[:, rows][:, :, cols]
+    for k in range(len(chosen)):
+        _cover_the_rest(mask[k], keep[k], counts[k], rows, cols, size)
     si, ri, ci = np.nonzero(keep)
     return np.stack([chosen[si], rows[ri], cols[ci]], axis=1).astype(np.int64).reshape(-1, 3)
