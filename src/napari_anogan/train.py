@@ -1052,6 +1052,15 @@ def train_encoder(
     return EncoderResult(encoder=encoder, history=history, final_losses=dict(history[-1]))
 
 
+def _frozen_gan(data: dict[str, Any], model_config: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """G and D of a read checkpoint, in eval mode."""
+    g = GeneratorNet(model_config)
+    d = Discriminator(model_config)
+    g.load_state_dict(data["generator"])
+    d.load_state_dict(data["discriminator"])
+    return g.eval(), d.eval()
+
+
 def add_encoder(
     checkpoint_path: str | os.PathLike,
     patches: np.ndarray,
@@ -1126,12 +1135,7 @@ def add_encoder(
             f"{data_fingerprint}, model {recorded})",
             path,
         )
-    g = GeneratorNet(model_config)
-    d = Discriminator(model_config)
-    g.load_state_dict(data["generator"])
-    d.load_state_dict(data["discriminator"])
-    g.eval()
-    d.eval()
+    g, d = _frozen_gan(data, model_config)
     if (training.get("reference_holdout") == "bscans") != (reference_patches is not None):
         raise ModelError(
             "the model's healthy reference came from "
@@ -1237,12 +1241,7 @@ def refresh_reference(
             "grid patches of held-out B-scans: there is nothing to recompute",
             path,
         )
-    g = GeneratorNet(model_config)
-    d = Discriminator(model_config)
-    g.load_state_dict(data["generator"])
-    d.load_state_dict(data["discriminator"])
-    g.eval()
-    d.eval()
+    g, d = _frozen_gan(data, model_config)
     encoder = None
     if data.get("encoder") is not None:
         encoder = Encoder(model_config)

@@ -179,8 +179,9 @@ def _cover_the_rest(retina: np.ndarray, keep: np.ndarray, count: np.ndarray, row
         covered[rows[i] : rows[i] + size, cols[j] : cols[j] + size] = True
     if covered[retina].all():
         return
-    candidates = np.argwhere(~keep & (count > 0))
-    order = np.argsort(-count[~keep & (count > 0)], kind="stable")
+    free = ~keep & (count > 0)
+    candidates = np.argwhere(free)
+    order = np.argsort(-count[free], kind="stable")
     for i, j in candidates[order]:
         window = (slice(rows[i], rows[i] + size), slice(cols[j], cols[j] + size))
         if (retina[window] & ~covered[window]).any():
