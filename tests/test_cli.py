@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from sklearn.metrics import roc_auc_score
 
 from napari_anogan.cli import build_parser, main
 from napari_anogan.pipeline import PATCH_COLUMNS
@@ -170,7 +171,29 @@ def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path,
         }
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
     assert metrics["discriminator_output"]["orientation"] == "1 - score"
-    assert "AnoGAN" in (out / "table1.md").read_text()
+    # One healthy and one diseased eye: each bootstrap stratum holds one eye, so every
+    # resample is the test set itself and the interval is the point AUC.
+    assert metrics["bootstrap"]["n_groups"] == 2
+    for name in ("anomaly_score", "acae"):
+        auc = metrics[name]["patch_auc"]
+        assert metrics[name]["patch_auc_ci"] == pytest.approx([auc, auc], abs=1e-12)
+    assert metrics["acae"]["patch_auc_minus_anogan_ci"] == pytest.approx(
+        [auc - metrics["anomaly_score"]["patch_auc"]] * 2, abs=1e-12
+    )
+    assert "| AnoGAN |" in (out / "table1.md").read_text()
+    with open(out / "patch_scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    entry = metrics["anomaly_score"]
+    assert len(rows) == entry["n_patches"]
+    assert {r["input"] for r in rows} == {"normal.ome.tif", "diseased.ome.tif"}
+    assert sum(int(r["label"]) for r in rows) == entry["n_patches_positive"]
+    lesion = [float(r["lesion_fraction"]) for r in rows]
+    assert all((f > 0) == (r["label"] == "1") for f, r in zip(lesion, rows, strict=True))
+    assert all(r["group"] == "test healthy" for r in rows if r["input"] == "normal.ome.tif")
+    labels = np.array([r["label"] == "1" for r in rows])
+    for name in ("anomaly_score", "acae"):
+        values = np.array([float(r[name]) for r in rows])
+        assert roc_auc_score(labels, values) == pytest.approx(metrics[name]["patch_auc"], abs=1e-12)
     for fig in ("fig3_patches.png", "fig4a_roc_models.png", "fig4c_residual_score.png"):
         assert (out / fig).stat().st_size > 5_000
 

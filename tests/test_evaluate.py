@@ -210,6 +210,52 @@ def test_evaluate_scores_partial_levels_and_missing_rows():
         ev.evaluate_scores({"anomaly_score": [0.1, 0.2]}, np.array([True, True]))
 
 
+def test_bootstrap_aucs_resamples_whole_groups():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(8), 50)
+    labels = (groups >= 4) & (rng.random(400) < 0.4)  # eyes 4-7 diseased
+    # Eye 4's lesions score like healthy patches, the other eyes' are well separated.
+    noisy = labels * np.where(groups == 4, 0.0, 3.0) + rng.normal(size=400)
+    scores = {"anomaly_score": noisy, "residual_score": noisy.copy(), "acae": rng.random(400)}
+    out = ev.bootstrap_aucs(labels, scores, groups, n_resamples=300, seed=1)
+    point = ev.roc(labels, noisy)["auc"]
+    low, high = out["anomaly_score"]["auc_ci"]
+    assert low < point < high
+    assert high - low > 0.02  # one of four diseased eyes missing or doubled moves the AUC
+    assert out["residual_score"]["auc_minus_reference_ci"] == [0.0, 0.0]  # paired, same score
+    assert out["acae"]["auc_minus_reference_ci"][1] < 0  # random score: clearly behind
+    assert "auc_minus_reference_ci" not in out["anomaly_score"]
+    assert ev.bootstrap_aucs(labels, scores, groups, n_resamples=300, seed=1) == out
+    assert ev.bootstrap_aucs(labels, scores, groups, n_resamples=300, seed=2) != out
+    # Patches are not independent: resampling items as if they were gives a narrower interval.
+    naive = ev.bootstrap_aucs(labels, scores, np.arange(400), n_resamples=300, seed=1)
+    assert np.diff(naive["anomaly_score"]["auc_ci"])[0] < high - low
+    # Perfectly separated: every resample has both classes (stratified), AUC 1 throughout.
+    perfect = ev.bootstrap_aucs(labels, {"anomaly_score": labels * 5.0}, groups, n_resamples=50)
+    assert perfect["anomaly_score"]["auc_ci"] == [1.0, 1.0]
+    with pytest.raises(AnoganError, match="group ids"):
+        ev.bootstrap_aucs(labels, scores, groups[:10])
+    with pytest.raises(AnoganError, match="positive and with negative"):
+        ev.bootstrap_aucs(np.ones(400, bool), scores, groups)
+
+
+def test_evaluate_scores_with_groups_adds_intervals_and_table_column():
+    labels = np.array([0, 0, 0, 1, 0, 1, 0, 0, 1, 1], dtype=bool)
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])  # eye 0 healthy, eyes 1 and 2 not
+    scores = {"anomaly_score": np.arange(10.0), "acae": np.arange(10.0)[::-1]}
+    metrics = ev.evaluate_scores(scores, labels, patch_groups=groups, n_resamples=200)
+    assert metrics["bootstrap"]["n_groups"] == 3
+    low, high = metrics["anomaly_score"]["patch_auc_ci"]
+    assert low <= metrics["anomaly_score"]["patch_auc"] <= high
+    assert "patch_auc_minus_anogan_ci" in metrics["acae"]
+    assert "bscan_auc_ci" not in metrics["anomaly_score"]
+    table = ev.table1(metrics)
+    assert "| AUC | AUC 95 % CI | B-scan AUC |" in table
+    ci = f"{low:.3f}-{high:.3f}"
+    assert f"| {metrics['anomaly_score']['patch_auc']:.3f} | {ci} |" in table
+    assert "AUC 95 % CI" not in ev.table1(ev.evaluate_scores(scores, labels))
+
+
 def test_plots_write_png(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 2 == 0

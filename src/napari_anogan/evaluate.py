@@ -430,12 +430,117 @@ def roc_curves(scores: Mapping[str, np.ndarray], labels: np.ndarray) -> dict[str
     return curves
 
 
+def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    drawn = weights > 0
+    if labels[drawn].all() or not labels[drawn].any():
+        return math.nan
+    return float(roc_auc_score(labels[drawn], scores[drawn], sample_weight=weights[drawn]))
+
+
+def bootstrap_aucs(
+    labels: np.ndarray,
+    scores: Mapping[str, np.ndarray],
+    groups: np.ndarray,
+    *,
+    reference: str | None = "anomaly_score",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Confidence intervals of AUCs by resampling whole groups (eyes, volumes).
+
+    Patches of one eye are not independent, so the items are resampled by group: a
+    stratified cluster bootstrap that draws, with replacement, as many groups with a
+    positive item as there are and as many without, keeping all items of each group
+    drawn. The interval is the percentile interval of the resampled AUCs. For every other
+    score, the interval of its AUC minus the ``reference`` score's AUC on the same
+    resamples (paired) says whether the two are told apart.
+
+    Parameters
+    ----------
+    labels : (N,) bool array
+        True for anomalous items.
+    scores : dict of str to (N,) array
+        Raw scores by name (oriented with :func:`orient_scores`); non-finite values are
+        left out of that score's AUC.
+    groups : (N,) array
+        Group of each item (for example the index of its input volume).
+    reference : str or None
+        Score to compare the others with; None or absent: no differences.
+    n_resamples : int
+        Number of bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+    level : float
+        Coverage of the intervals.
+
+    Returns
+    -------
+    dict of str to dict
+        Per score: ``auc_ci`` [low, high]; for scores other than the reference also
+        ``auc_minus_reference_ci`` [low, high] and ``reference``. Bounds are None where
+        no resample had both classes.
+
+    Raises
+    ------
+    AnoganError
+        If lengths differ or no group holds a positive or a negative item.
+    """
+    labels = np.asarray(labels).ravel().astype(bool)
+    groups = np.asarray(groups).ravel()
+    if groups.shape != labels.shape:
+        raise AnoganError(f"{groups.size} group ids given for {labels.size} labels")
+    ids, index = np.unique(groups, return_inverse=True)
+    has_pos = np.bincount(index, weights=labels, minlength=ids.size) > 0
+    has_neg = np.bincount(index, weights=~labels, minlength=ids.size) > 0
+    if not has_pos.any() or not has_neg.any():
+        raise AnoganError("the bootstrap needs groups with positive and with negative items")
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_resamples, ids.size))
+    for stratum in (np.flatnonzero(has_pos), np.flatnonzero(~has_pos)):
+        if stratum.size:
+            draws = rng.choice(stratum, size=(n_resamples, stratum.size), replace=True)
+            np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
+    weights = counts[:, index]
+    aucs = {}
+    for name, values in scores.items():
+        values = orient_scores(name, values).ravel()
+        if values.shape != labels.shape:
+            raise AnoganError(f"score {name!r} has {values.size} values for {labels.size} labels")
+        keep = np.isfinite(values)
+        lab, val = labels[keep], values[keep]
+        aucs[name] = np.array([_weighted_auc(lab, val, w[keep]) for w in weights])
+    tail = 100 * (1 - level) / 2
+
+    def interval(values: np.ndarray) -> list[float | None]:
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return [None, None]
+        low, high = np.percentile(values, [tail, 100 - tail])
+        return [float(low), float(high)]
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in aucs.items():
+        out[name] = {"auc_ci": interval(values)}
+        if reference in aucs and name != reference:
+            out[name]["auc_minus_reference_ci"] = interval(values - aucs[reference])
+            out[name]["reference"] = reference
+    return out
+
+
 def evaluate_scores(
     patch_scores: Mapping[str, np.ndarray] | None,
     patch_labels: np.ndarray | None,
     bscan_scores: Mapping[str, np.ndarray] | None = None,
     bscan_labels: np.ndarray | None = None,
     pixel: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    *,
+    patch_groups: np.ndarray | None = None,
+    bscan_groups: np.ndarray | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Compute the ``metrics.json`` structure.
 
@@ -452,6 +557,12 @@ def evaluate_scores(
         True for anomalous B-scans.
     pixel : tuple (residual, mask, valid), optional
         Arguments of :func:`pixel_auroc`; ``valid`` may be None.
+    patch_groups, bscan_groups : (N,) and (M,) arrays, optional
+        Input volume (eye) of each patch and B-scan. When given, AUCs get 95 % intervals
+        from :func:`bootstrap_aucs` (resampling whole inputs, compared with AnoGAN's
+        ``anomaly_score``).
+    n_resamples, seed : int
+        Bootstrap resamples and their seed.
 
     Returns
     -------
@@ -461,7 +572,11 @@ def evaluate_scores(
         "n_patches_positive", "n_bscans", "n_bscans_positive"}, ..., "pixel_auroc"}``.
         Levels not given are None. ``youden`` is at patch level when patch scores are given
         (the paper's Table 1), else at B-scan level. ``orientation`` is ``"1 - score"`` for
-        scores where high means normal, else ``"score"``.
+        scores where high means normal, else ``"score"``. With groups, each entry also
+        holds ``patch_auc_ci`` / ``bscan_auc_ci`` ([low, high]) and, except for
+        ``anomaly_score``, ``patch_auc_minus_anogan_ci`` / ``bscan_auc_minus_anogan_ci``
+        (an interval excluding 0 tells the score apart from AnoGAN's), and
+        ``metrics["bootstrap"]`` records how the intervals were drawn.
 
     Raises
     ------
@@ -506,6 +621,27 @@ def evaluate_scores(
             if entry["youden"] is None:
                 entry["youden"] = entry["bscan_youden"]
         metrics[name] = entry
+    boot = {"patch": (patch_scores, patch_labels, patch_groups)}
+    boot["bscan"] = (bscan_scores, bscan_labels, bscan_groups)
+    for level, (level_scores, level_labels, level_groups) in boot.items():
+        if level_groups is None or not level_scores:
+            continue
+        intervals = bootstrap_aucs(
+            level_labels, level_scores, level_groups, n_resamples=n_resamples, seed=seed
+        )
+        for name, ci in intervals.items():
+            metrics[name][f"{level}_auc_ci"] = ci["auc_ci"]
+            if "auc_minus_reference_ci" in ci:
+                metrics[name][f"{level}_auc_minus_anogan_ci"] = ci["auc_minus_reference_ci"]
+        metrics["bootstrap"] = {
+            "unit": "input volume",
+            "stratified": "inputs with and without a positive item",
+            "n_groups": int(np.unique(level_groups).size),
+            "n_resamples": n_resamples,
+            "level": 0.95,
+            "seed": seed,
+            "interval": "percentile",
+        }
     metrics["pixel_auroc"] = None if pixel is None else pixel_auroc(*pixel)
     return metrics
 
@@ -557,7 +693,8 @@ def table1(metrics: Mapping[str, Any], *, rows: Sequence[tuple[str, str]] = TABL
     patch-level AUC and ``B-scan AUC`` the B-scan-level one. Rows: aCAE (``acae``), P_D
     (``discriminator_output``, scored as ``1 - P_D`` so that higher is more anomalous),
     GAN_R (``reference_anomaly_score``) and AnoGAN (``anomaly_score``). A score missing
-    from ``metrics`` shows as ``–``.
+    from ``metrics`` shows as ``–``. Where the metrics hold bootstrap intervals (see
+    :func:`evaluate_scores`), an ``AUC 95 % CI`` column follows ``AUC``.
 
     Parameters
     ----------
@@ -571,7 +708,9 @@ def table1(metrics: Mapping[str, Any], *, rows: Sequence[tuple[str, str]] = TABL
     str
         A Markdown table (header, separator and one line per row), newline-terminated.
     """
-    header = ["", "Precision", "Recall", "Sensitivity", "Specificity", "AUC", "B-scan AUC"]
+    with_ci = any((metrics.get(name) or {}).get("patch_auc_ci") for _, name in rows)
+    header = ["", "Precision", "Recall", "Sensitivity", "Specificity", "AUC"]
+    header += ["AUC 95 % CI", "B-scan AUC"] if with_ci else ["B-scan AUC"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
@@ -585,9 +724,12 @@ def table1(metrics: Mapping[str, Any], *, rows: Sequence[tuple[str, str]] = TABL
             _fmt(youden.get("recall"), 4),
             _fmt(youden.get("sensitivity"), 4),
             _fmt(youden.get("specificity"), 4),
-            _fmt(entry.get("patch_auc"), 2),
-            _fmt(entry.get("bscan_auc"), 2),
+            _fmt(entry.get("patch_auc"), 3),
         ]
+        if with_ci:
+            low, high = entry.get("patch_auc_ci") or (None, None)
+            cells.append(f"{_fmt(low, 3)}-{_fmt(high, 3)}")
+        cells.append(_fmt(entry.get("bscan_auc"), 2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

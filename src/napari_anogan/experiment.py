@@ -4,8 +4,9 @@
 patches and B-scans from lesion masks (the paper's rule: a patch is positive if it holds a
 lesion pixel), maps every patch twice (AnoGAN's loss of eq. 5, and the GAN_R baseline's
 with the reference discrimination loss), trains the aCAE baseline on the model's own
-training inputs, and writes ``metrics.json``, ``table1.md`` and the figures. The metric
-and plotting functions live in :mod:`napari_anogan.evaluate` and
+training inputs, and writes ``metrics.json`` (AUCs with eye-level bootstrap intervals),
+``table1.md``, ``patch_scores.csv`` (every test patch: box, label, lesion fraction,
+scores) and the figures. The metric and plotting functions live in :mod:`napari_anogan.evaluate` and
 :mod:`napari_anogan.figures`; this module only gathers the numbers they take.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from napari_anogan.errors import InputError
 from napari_anogan.events import EventKind, ProgressEvent
-from napari_anogan.io import read_volume
+from napari_anogan.io import read_volume, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class _Scored:
     pixel_residual: list[np.ndarray] = field(default_factory=list)
     pixel_mask: list[np.ndarray] = field(default_factory=list)
     pixel_valid: list[np.ndarray] = field(default_factory=list)
+    patch_inputs: list[np.ndarray] = field(default_factory=list)
+    bscan_inputs: list[np.ndarray] = field(default_factory=list)
+    tables: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def cat(self, name: str) -> np.ndarray:
         return np.concatenate(self.scores[name]) if self.scores.get(name) else np.array([])
@@ -158,6 +162,25 @@ def _score_input(
         out.bscan_scores.setdefault("acae", []).append(
             _bscan_aggregate("acae", slices, a, volume.shape[0])
         )
+    index = len(out.labels)
+    out.patch_inputs.append(np.full(n, index))
+    out.bscan_inputs.append(np.full(volume.shape[0], index))
+    boxes = np.array(
+        [pre.geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in patches.coords],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+    table = {
+        "input": np.full(n, path.name),
+        "group": np.full(n, "diseased" if anomalous else "test healthy"),
+        "slice": slices.astype(np.int64),
+        "row": boxes[:, 0],
+        "col": boxes[:, 1],
+        "height": boxes[:, 2] - boxes[:, 0],
+        "width": boxes[:, 3] - boxes[:, 1],
+        "flat_row": patches.coords[:, 1].astype(np.int64),
+        "flat_col": patches.coords[:, 2].astype(np.int64),
+        "label": np.asarray(labels, bool).astype(np.int64),
+    }
     out.labels.append(np.asarray(labels, bool))
     out.bscan_labels.append(np.asarray(bscan_lab, bool))
     out.images.append(patches.images[:, 0])
@@ -165,6 +188,7 @@ def _score_input(
     out.groups.append(np.full(n, "diseased" if anomalous else "test healthy"))
     if mask is not None:
         out.masks.append(patch_masks(mask_flat, patches.coords, size))
+        table["lesion_fraction"] = out.masks[-1].mean(axis=(1, 2))
         residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
         residual_raw = pre.geometry.flat_to_raw_image(residual_flat)
         out.pixel_residual.append(np.nan_to_num(residual_raw, nan=0.0))
@@ -172,6 +196,22 @@ def _score_input(
         out.pixel_valid.append(np.isfinite(residual_raw))
     else:
         out.masks.append(np.zeros((n, size, size), dtype=bool))
+        table["lesion_fraction"] = np.full(n, np.nan)
+    for name, values in out.scores.items():
+        table[name] = values[-1]
+    out.tables.append(table)
+
+
+def _write_patch_table(tables: list[dict[str, np.ndarray]], path: Path) -> None:
+    """One row per test patch: where it is, its label and every score."""
+    columns = list(tables[0]) if tables else ["input"]
+
+    def rows():
+        for table in tables:
+            for i in range(len(table["input"])):
+                yield {name: table[name][i] for name in columns}
+
+    write_csv(path, rows(), columns=columns)
 
 
 def patch_masks(mask_flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
@@ -270,7 +310,7 @@ def run_evaluation(
     normal, anomalous : sequence of path
         Healthy and diseased test inputs (cases not used for training).
     outdir : path
-        Folder for ``metrics.json``, ``table1.md`` and the figures.
+        Folder for ``metrics.json``, ``table1.md``, ``patch_scores.csv`` and the figures.
     settings : ScoreSettings, optional
         Mapping settings (default: the scoring defaults, hybrid mapping, λ = 0.1).
     masks : path, optional
@@ -336,10 +376,18 @@ def run_evaluation(
             np.concatenate(scored.pixel_valid),
         )
     metrics = evaluate_scores(
-        patch_scores, labels, bscan_scores, np.concatenate(scored.bscan_labels), pixel
+        patch_scores,
+        labels,
+        bscan_scores,
+        np.concatenate(scored.bscan_labels),
+        pixel,
+        patch_groups=np.concatenate(scored.patch_inputs),
+        bscan_groups=np.concatenate(scored.bscan_inputs),
+        seed=settings.seed,
     )
     metrics["settings"] = settings.to_dict()
     save_metrics(metrics, outdir / "metrics.json")
+    _write_patch_table(scored.tables, outdir / "patch_scores.csv")
     (outdir / "table1.md").write_text(table1(metrics) + "\n")
     if figures:
         yield ProgressEvent(EventKind.STAGE, 0, 0, message="figures")
