@@ -190,6 +190,10 @@ def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path,
     lesion = [float(r["lesion_fraction"]) for r in rows]
     assert all((f > 0) == (r["label"] == "1") for f, r in zip(lesion, rows, strict=True))
     assert all(r["group"] == "test healthy" for r in rows if r["input"] == "normal.ome.tif")
+    # The diseased eye's mask labels its IRF 1 and SRF 2 (synthetic.LESION_LABELS).
+    kinds = [int(r["lesion_label"]) for r in rows]
+    assert all((k > 0) == (r["label"] == "1") for k, r in zip(kinds, rows, strict=True))
+    assert set(kinds) == {0, 1, 2}
     labels = np.array([r["label"] == "1" for r in rows])
     for name in ("anomaly_score", "acae"):
         values = np.array([float(r[name]) for r in rows])

@@ -256,6 +256,22 @@ def test_evaluate_scores_with_groups_adds_intervals_and_table_column():
     assert "AUC 95 % CI" not in ev.table1(ev.evaluate_scores(scores, labels))
 
 
+def test_patch_windows_keep_labels_and_dominant_label():
+    from napari_anogan.experiment import dominant_labels, patch_masks
+
+    labels = np.zeros((1, 6, 6), dtype=np.uint8)
+    labels[0, 0, 0] = 3
+    labels[0, 1, :3] = 5
+    labels[0, 5, 5] = 2
+    coords = np.array([[0, 0, 0], [0, 3, 3], [0, 4, 0]])
+    windows = patch_masks(labels, coords, 4)
+    assert windows.dtype == np.uint8
+    assert windows[0].tolist()[:2] == [[3, 0, 0, 0], [5, 5, 5, 0]]
+    assert windows[1].sum() == 2  # the window reaching past the edge is padded with 0
+    assert dominant_labels(windows).tolist() == [5, 2, 0]
+    assert patch_masks(labels > 0, coords, 4).dtype == bool
+
+
 def test_plots_write_png(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 2 == 0

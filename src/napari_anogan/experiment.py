@@ -117,7 +117,10 @@ def _score_input(
     mask_path = find_mask(path, masks_dir)
     mask = None
     if mask_path is not None:
-        mask = read_volume(mask_path).data > 0
+        lesion_labels = np.asarray(read_volume(mask_path).data)
+        if not np.issubdtype(lesion_labels.dtype, np.integer):
+            lesion_labels = (lesion_labels > 0).astype(np.uint8)
+        mask = lesion_labels > 0
         if mask.shape != volume.shape:
             raise InputError(
                 f"mask shape {mask.shape} differs from its scan {volume.shape}", mask_path
@@ -189,6 +192,8 @@ def _score_input(
     if mask is not None:
         out.masks.append(patch_masks(mask_flat, patches.coords, size))
         table["lesion_fraction"] = out.masks[-1].mean(axis=(1, 2))
+        labels_flat = pre.geometry.raw_to_flat_image(lesion_labels)
+        table["lesion_label"] = dominant_labels(patch_masks(labels_flat, patches.coords, size))
         residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
         residual_raw = pre.geometry.flat_to_raw_image(residual_flat)
         out.pixel_residual.append(np.nan_to_num(residual_raw, nan=0.0))
@@ -196,7 +201,9 @@ def _score_input(
         out.pixel_valid.append(np.isfinite(residual_raw))
     else:
         out.masks.append(np.zeros((n, size, size), dtype=bool))
-        table["lesion_fraction"] = np.full(n, np.nan)
+        # Without a mask a healthy input has no lesion; a diseased one's are unknown.
+        table["lesion_fraction"] = np.full(n, np.nan if anomalous else 0.0)
+        table["lesion_label"] = np.full(n, -1 if anomalous else 0)
     for name, values in out.scores.items():
         table[name] = values[-1]
     out.tables.append(table)
@@ -215,14 +222,23 @@ def _write_patch_table(tables: list[dict[str, np.ndarray]], path: Path) -> None:
 
 
 def patch_masks(mask_flat: np.ndarray, coords: np.ndarray, size: int) -> np.ndarray:
-    """Cut the (S, Hb, Wr) flat mask into the (N, P, P) windows of the patches."""
+    """Cut the (S, Hb, Wr) flat mask (bool or labels) into the (N, P, P) patch windows."""
     s, r, c = (coords[:, i][:, None, None] for i in range(3))
     rr = np.arange(size)[None, :, None]
     cc = np.arange(size)[None, None, :]
     rows = np.clip(r + rr, 0, mask_flat.shape[1] - 1)
     cols = np.clip(c + cc, 0, mask_flat.shape[2] - 1)
     inside = (r + rr < mask_flat.shape[1]) & (c + cc < mask_flat.shape[2])
-    return mask_flat[s, rows, cols] & inside
+    return np.where(inside, mask_flat[s, rows, cols], 0).astype(mask_flat.dtype)
+
+
+def dominant_labels(windows: np.ndarray) -> np.ndarray:
+    """Most frequent non-zero label in each (P, P) window of a label mask; 0 where none."""
+    values = np.unique(windows[windows != 0])
+    if not values.size:
+        return np.zeros(len(windows), dtype=np.int64)
+    counts = np.stack([(windows == v).sum(axis=(1, 2)) for v in values], axis=1)
+    return np.where(counts.max(axis=1) > 0, values[counts.argmax(axis=1)], 0).astype(np.int64)
 
 
 #: Training scans preprocessed at least for Fig. 4c,d's 'training healthy' patches.
