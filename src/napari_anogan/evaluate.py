@@ -621,9 +621,11 @@ def evaluate_scores(
             if entry["youden"] is None:
                 entry["youden"] = entry["bscan_youden"]
         metrics[name] = entry
-    boot = {"patch": (patch_scores, patch_labels, patch_groups)}
-    boot["bscan"] = (bscan_scores, bscan_labels, bscan_groups)
-    for level, (level_scores, level_labels, level_groups) in boot.items():
+    levels = {
+        "patch": (patch_scores, patch_labels, patch_groups),
+        "bscan": (bscan_scores, bscan_labels, bscan_groups),
+    }
+    for level, (level_scores, level_labels, level_groups) in levels.items():
         if level_groups is None or not level_scores:
             continue
         intervals = bootstrap_aucs(
@@ -633,15 +635,18 @@ def evaluate_scores(
             metrics[name][f"{level}_auc_ci"] = ci["auc_ci"]
             if "auc_minus_reference_ci" in ci:
                 metrics[name][f"{level}_auc_minus_anogan_ci"] = ci["auc_minus_reference_ci"]
-        metrics["bootstrap"] = {
-            "unit": "input volume",
-            "stratified": "inputs with and without a positive item",
-            "n_groups": int(np.unique(level_groups).size),
-            "n_resamples": n_resamples,
-            "level": 0.95,
-            "seed": seed,
-            "interval": "percentile",
-        }
+        metrics.setdefault(
+            "bootstrap",
+            {
+                "unit": "input volume",
+                "stratified": "inputs with and without a positive item",
+                "n_groups": int(np.unique(level_groups).size),
+                "n_resamples": n_resamples,
+                "level": 0.95,
+                "seed": seed,
+                "interval": "percentile",
+            },
+        )
     metrics["pixel_auroc"] = None if pixel is None else pixel_auroc(*pixel)
     return metrics
 

@@ -110,7 +110,7 @@ def _score_input(
     from napari_anogan.evaluate import patch_labels_from_mask
     from napari_anogan.mapping import map_to_latent
     from napari_anogan.models.acae import acae_scores
-    from napari_anogan.pipeline import map_volume
+    from napari_anogan.pipeline import map_volume, raw_boxes
     from napari_anogan.scoring import assemble_heatmap
 
     volume = read_volume(path)
@@ -129,7 +129,8 @@ def _score_input(
     size = patches.images.shape[-1]
     n = len(patches.coords)
     if mask is not None:
-        mask_flat = pre.geometry.raw_to_flat_image(mask.astype(np.uint8)) > 0
+        labels_flat = pre.geometry.raw_to_flat_image(lesion_labels)
+        mask_flat = labels_flat > 0
         labels = patch_labels_from_mask(mask_flat, patches.coords, size)
         bscan_lab = mask.reshape(mask.shape[0], -1).any(axis=1)
     else:
@@ -168,13 +169,11 @@ def _score_input(
     index = len(out.labels)
     out.patch_inputs.append(np.full(n, index))
     out.bscan_inputs.append(np.full(volume.shape[0], index))
-    boxes = np.array(
-        [pre.geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in patches.coords],
-        dtype=np.int64,
-    ).reshape(-1, 4)
+    boxes = raw_boxes(pre.geometry, patches.coords, size)
+    group = np.full(n, "diseased" if anomalous else "test healthy")
     table = {
         "input": np.full(n, path.name),
-        "group": np.full(n, "diseased" if anomalous else "test healthy"),
+        "group": group,
         "slice": slices.astype(np.int64),
         "row": boxes[:, 0],
         "col": boxes[:, 1],
@@ -188,12 +187,12 @@ def _score_input(
     out.bscan_labels.append(np.asarray(bscan_lab, bool))
     out.images.append(patches.images[:, 0])
     out.recons.append(mapped.reconstruction[:, 0])
-    out.groups.append(np.full(n, "diseased" if anomalous else "test healthy"))
+    out.groups.append(group)
     if mask is not None:
-        out.masks.append(patch_masks(mask_flat, patches.coords, size))
+        windows = patch_masks(labels_flat, patches.coords, size)
+        out.masks.append(windows > 0)
         table["lesion_fraction"] = out.masks[-1].mean(axis=(1, 2))
-        labels_flat = pre.geometry.raw_to_flat_image(lesion_labels)
-        table["lesion_label"] = dominant_labels(patch_masks(labels_flat, patches.coords, size))
+        table["lesion_label"] = dominant_labels(windows)
         residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
         residual_raw = pre.geometry.flat_to_raw_image(residual_flat)
         out.pixel_residual.append(np.nan_to_num(residual_raw, nan=0.0))

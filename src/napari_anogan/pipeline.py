@@ -426,6 +426,28 @@ def _back_project(
     return out
 
 
+def raw_boxes(geometry, coords: np.ndarray, size: int) -> np.ndarray:
+    """(N, 4) raw-grid boxes (row0, col0, row1, col1) of the band patches at ``coords``.
+
+    Parameters
+    ----------
+    geometry : Geometry
+        The volume's preprocessing geometry.
+    coords : (N, 3) int array
+        (slice, band row, band column) of each patch's top-left corner.
+    size : int
+        Patch side in band pixels.
+
+    Returns
+    -------
+    (N, 4) int64 array
+    """
+    return np.array(
+        [geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in coords],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+
+
 def _volume_result(
     volume: Volume,
     model,
@@ -445,10 +467,7 @@ def _volume_result(
     from napari_anogan.scoring import aggregate_bscans, percentile_of, volume_score
 
     s_count = volume.shape[0]
-    boxes_raw = np.array(
-        [geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in coords],
-        dtype=np.int64,
-    ).reshape(-1, 4)
+    boxes_raw = raw_boxes(geometry, coords, size)
     ref = model.reference or {}
     reference = ref.get("anomaly_score")
 
