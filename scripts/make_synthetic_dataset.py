@@ -1,8 +1,8 @@
 """Write a synthetic OCT data set: healthy training eyes and a disjoint labelled test set.
 
 Every eye is a different seed of :func:`napari_anogan.synthetic.make_volume`; training,
-test-healthy and test-diseased eyes never share a seed (and none uses the bundled
-sample's seed 2017). Layout::
+test and validation eyes never share a seed (each group has 1,000 seeds of its own, and
+none uses the bundled sample's seed 2017). Layout::
 
     OUT/train/healthy_XXX.ome.tif           healthy eyes for training
     OUT/test_normal/normal_XXX.ome.tif      unseen healthy eyes
@@ -37,6 +37,7 @@ NORMAL_SEED0 = 3000
 DISEASED_SEED0 = 5000
 VALIDATION_NORMAL_SEED0 = 4000
 VALIDATION_DISEASED_SEED0 = 6000
+SEEDS_PER_GROUP = 1000
 
 
 def make_dataset(
@@ -51,6 +52,8 @@ def make_dataset(
     n_validation: int = 0,
 ) -> None:
     """Write the data set to ``out`` (see the module docstring)."""
+    if max(n_train, n_normal, n_diseased, n_validation) > SEEDS_PER_GROUP:
+        raise SystemExit(f"at most {SEEDS_PER_GROUP} eyes per group (their seeds would overlap)")
     shape = {"n_slices": slices, "height": height, "width": width}
     (out / "train").mkdir(parents=True, exist_ok=True)
     for i in range(n_train):
