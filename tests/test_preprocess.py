@@ -164,6 +164,36 @@ def test_min_cost_rows_respects_band_and_penalty():
     assert np.all(flat == flat[0, 0])
 
 
+def test_min_cost_rows_restarts_where_bands_step_apart():
+    # The allowed band steps down by 18 rows at column 5, more than max_jump: the path
+    # restarts there (it used to backtrack through unreachable rows into an IndexError).
+    rng = np.random.default_rng(3)
+    cost = rng.random((2, 40, 10)) + 0.01
+    lower = np.array([[2] * 5 + [20] * 5, [20] * 5 + [2] * 5])
+    upper = lower + 2
+    rows = min_cost_rows(cost, max_jump=3, lower=lower, upper=upper)
+    assert np.all((rows >= lower) & (rows <= upper))
+    # each side of the step is the cheapest path within its own band
+    for s in range(2):
+        for cols in (slice(0, 5), slice(5, 10)):
+            part = min_cost_rows(
+                cost[s : s + 1, :, cols],
+                max_jump=3,
+                lower=lower[s : s + 1, cols],
+                upper=upper[s : s + 1, cols],
+            )
+            np.testing.assert_array_equal(rows[s, cols], part[0])
+
+
+def test_preprocessing_of_an_eye_whose_bm_bands_step_apart():
+    # Validation eye 6002 of make_synthetic_dataset.py (HRF and a PED): its BM search band
+    # steps by more than max_jump where the RPE lifts, which crashed preprocessing.
+    syn = make_volume(16, 496, 512, lesions=["hrf", "ped"], seed=6002)
+    pre = preprocess_volume(Volume(syn.data, spacing=syn.spacing, name="validation_002"))
+    assert np.abs(pre.ilm - syn.ilm).mean() < 1.0  # measured 0.23 px
+    assert np.abs(pre.bm - syn.bm).mean() < 1.0  # measured 0.24 px
+
+
 # -- boundaries ---------------------------------------------------------------------------
 
 

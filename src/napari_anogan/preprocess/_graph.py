@@ -67,6 +67,10 @@ def min_cost_rows(
     jumps = np.arange(-max_jump, max_jump + 1)
     cum = cost[:, :, 0].copy()
     back = np.zeros((s, h, w), np.int8)
+    # Where no allowed row of a column is within max_jump of an allowed row of the
+    # previous one (bands that step apart), the path restarts there from the previous
+    # column's best row: restart[b, j] is that row, -1 where the path is continuous.
+    restart = np.full((s, w), -1, np.int64)
     shifted = np.empty((len(jumps), s, h))
     for j in range(1, w):
         shifted.fill(np.inf)
@@ -81,11 +85,17 @@ def min_cost_rows(
             if d:
                 shifted[k] += jump_penalty * abs(d)
         best = np.argmin(shifted, axis=0)
-        cum = np.take_along_axis(shifted, best[None], axis=0)[0] + cost[:, :, j]
+        reached = np.take_along_axis(shifted, best[None], axis=0)[0] + cost[:, :, j]
+        cut = ~np.isfinite(reached).any(axis=1)
+        if cut.any():
+            restart[cut, j] = np.argmin(cum[cut], axis=1)
+            reached[cut] = cum[cut].min(axis=1, keepdims=True) + cost[cut, :, j]
+        cum = reached
         back[:, :, j] = jumps[best]
     path = np.empty((s, w), np.int64)
     path[:, -1] = np.argmin(cum, axis=1)
     idx = np.arange(s)
     for j in range(w - 1, 0, -1):
-        path[:, j - 1] = path[:, j] + back[idx, path[:, j], j]
+        step = path[:, j] + back[idx, path[:, j], j]
+        path[:, j - 1] = np.where(restart[:, j] >= 0, restart[:, j], step)
     return path
