@@ -12,8 +12,8 @@ Usage::
     python scripts/train_bundled_model.py --reference-only
 
 ``--reference-only`` keeps the bundled networks and recomputes only their healthy
-reference (grid patches of the held-out training B-scans, cut as scoring cuts them now),
-for when the scoring grid has changed. On a CPU without AMX a full rebuild trains in
+reference (grid patches of the held-out training B-scans, cut as scoring cuts them now,
+mapped with the scoring default λ), for when the scoring grid or λ has changed. On a CPU without AMX a full rebuild trains in
 float32 and gives another model than the bundled one.
 """
 
@@ -64,10 +64,11 @@ def main() -> None:
     if args.reference_only:
         from napari_anogan.events import drain
         from napari_anogan.pipeline import reference_patches_of
+        from napari_anogan.scoring import SCORING_LAM
         from napari_anogan.train import refresh_reference
 
         patches = drain(reference_patches_of(args.out))
-        reference = drain(refresh_reference(args.out, patches))
+        reference = drain(refresh_reference(args.out, patches, lam=SCORING_LAM))
         logger.info("healthy reference of %s: %d patches", args.out, reference["n_patches"])
         return
     if not (args.data / "train").is_dir():

@@ -13,7 +13,7 @@ from napari_anogan.pipeline import (
     summary_dict,
     train_from_paths,
 )
-from napari_anogan.scoring import percentile_of
+from napari_anogan.scoring import SCORING_LAM, percentile_of
 
 FAST = ScoreSettings(steps=3, batch_size=64)
 
@@ -259,9 +259,37 @@ def test_refresh_reference_recomputes_only_the_healthy_reference(
         for k, v in before[key].items():
             assert torch.equal(v, after[key][k]), k
     assert load_checkpoint(path).reference["n_patches"] == 10
+    # another lambda: stored in the reference's settings and as the model's reference_lam;
+    # R alone does not depend on it at the same z, A does
+    assert model.reference["settings"]["lam"] == SCORING_LAM
+    relam = drain(refresh_reference(path, ref, device="cpu", lam=0.2))
+    reloaded = load_checkpoint(path)
+    assert reloaded.reference["settings"]["lam"] == 0.2
+    assert reloaded.train_config["reference_lam"] == 0.2
+    assert not np.allclose(relam["anomaly_score"], new["anomaly_score"])
 
     # the session's tiny model held out patches (6 B-scans x 5 % rounds to none)
     with pytest.raises(ModelError, match="held-out training patches"):
         drain(refresh_reference(tiny_model_path, ref, device="cpu"))
     with pytest.raises(ModelError, match="no held-out B-scans"):
         drain(reference_patches_of(tiny_model_path))
+
+
+def test_scoring_with_another_lambda_than_the_reference_warns_once(
+    synthetic_dir, tiny_model_path, caplog
+):
+    """Percentiles compare A = (1 - λ) R + λ D with the reference's A: another λ is
+    another score, said once per model and λ."""
+    from dataclasses import replace
+
+    volume = read_volume(synthetic_dir / "normal.ome.tif")
+    model = load_checkpoint(tiny_model_path)
+    ref_lam = model.reference["settings"]["lam"]
+    assert ref_lam == SCORING_LAM
+    with caplog.at_level("WARNING", logger="napari_anogan.pipeline"):
+        drain(score_volume(volume, model, replace(FAST, lam=ref_lam), slices=[0]))
+        assert "reference was mapped with lambda" not in caplog.text
+        for _ in range(2):
+            drain(score_volume(volume, model, replace(FAST, lam=0.35), slices=[0]))
+    message = f"scored with lambda 0.35 but its healthy reference was mapped with lambda {ref_lam}"
+    assert caplog.text.count(message) == 1

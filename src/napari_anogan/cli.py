@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 from napari_anogan.errors import AnoganError
+from napari_anogan.scoring import SCORING_LAM
 
 logger = logging.getLogger("napari_anogan")
 
@@ -252,7 +253,13 @@ def _add_score_options(p: argparse.ArgumentParser, *, default_steps: int | None 
         default=None,
         help="steps K after the encoder start in the hybrid mode (default 10)",
     )
-    p.add_argument("--lam", type=float, default=0.1, help="lambda of eq. (5)/(6) (paper: 0.1)")
+    p.add_argument(
+        "--lam",
+        type=float,
+        default=SCORING_LAM,
+        help=f"lambda of eq. (5)/(6) (default {SCORING_LAM}, chosen on a validation set; "
+        "paper: 0.1)",
+    )
     p.add_argument("--stride", type=int, default=32, help="patch grid stride in pixels")
     p.add_argument("--batch-size", type=int, default=256, help="patches mapped at once")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -20,6 +20,7 @@ from napari_anogan.candidates import CANDIDATE_COLUMNS, find_candidates
 from napari_anogan.errors import InputError, ModelError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import Volume, read_volume, safe_stem, write_csv, write_json, write_tiff
+from napari_anogan.scoring import SCORING_LAM
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class ScoreSettings:
     steps : int
         Mapping steps Γ of the ``iterative`` mode (paper: 500).
     lam : float
-        λ of eq. (5) and (6) (paper: 0.1).
+        λ of eq. (5) and (6): default 0.7, chosen on a validation set
+        (:data:`~napari_anogan.mapping.SCORING_LAM`); the paper's is 0.1.
     stride : int
         Patch grid stride in the flattened band, in pixels.
     batch_size : int
@@ -77,7 +79,7 @@ class ScoreSettings:
 
     mode: str = "hybrid"
     steps: int = 500
-    lam: float = 0.1
+    lam: float = SCORING_LAM
     stride: int = 32
     batch_size: int = 256
     device: str = "auto"
@@ -448,6 +450,30 @@ def raw_boxes(geometry, coords: np.ndarray, size: int) -> np.ndarray:
     ).reshape(-1, 4)
 
 
+_WARNED_MISMATCH: set[tuple] = set()
+
+
+def _warn_reference_mismatch(path, ref_settings: dict | None, settings: ScoreSettings) -> None:
+    """Warn once per model and λ when the healthy reference was mapped with another λ.
+
+    A percentile compares a patch's A = (1 - λ) R + λ D with the held-out healthy
+    patches' A: under another λ the two are not the same score, and the candidates,
+    chosen by percentile, shift.
+    """
+    ref_lam = (ref_settings or {}).get("lam")
+    key = (str(path), settings.lam)
+    if ref_lam is None or ref_lam == settings.lam or key in _WARNED_MISMATCH:
+        return
+    _WARNED_MISMATCH.add(key)
+    logger.warning(
+        "%s: scored with lambda %g but its healthy reference was mapped with lambda %g: "
+        "healthy percentiles and candidates compare unlike scores",
+        path or "model",
+        settings.lam,
+        ref_lam,
+    )
+
+
 def _volume_result(
     volume: Volume,
     model,
@@ -469,6 +495,7 @@ def _volume_result(
     s_count = volume.shape[0]
     boxes_raw = raw_boxes(geometry, coords, size)
     ref = model.reference or {}
+    _warn_reference_mismatch(getattr(model, "path", None), ref.get("settings"), settings)
     reference = ref.get("anomaly_score")
 
     def healthy_percentile(name: str) -> np.ndarray:

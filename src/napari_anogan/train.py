@@ -30,7 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Generator, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.mapping import MappingConfig, _amp_context, amp_by_default, map_to_latent
 from napari_anogan.models import Discriminator, ModelConfig, sample_prior
 from napari_anogan.models import Generator as GeneratorNet
-from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
+from napari_anogan.scoring import QUANTILE_LEVELS, SCORING_LAM, score_quantiles
 
 __all__ = [
     "EncoderConfig",
@@ -132,7 +132,7 @@ class TrainConfig:
     n_samples: int = 16
     holdout_fraction: float = 0.05
     reference_steps: int = 500
-    reference_lam: float = 0.1
+    reference_lam: float = SCORING_LAM
     reference_max_patches: int = 512
     reference_batch_size: int = 256
     deterministic: bool | None = None
@@ -1193,6 +1193,7 @@ def refresh_reference(
     checkpoint_path: str | os.PathLike,
     reference_patches: np.ndarray,
     device: str = "auto",
+    lam: float | None = None,
 ) -> Generator[ProgressEvent, None, dict[str, Any]]:
     """Recompute a trained model's healthy reference from new reference patches.
 
@@ -1211,6 +1212,10 @@ def refresh_reference(
         (:func:`napari_anogan.pipeline.reference_patches_of`).
     device : str
         Device of the reference mapping.
+    lam : float, optional
+        λ of the reference mapping (and of the scores), stored as the model's
+        ``reference_lam``; default: the model's own. Give the λ the model will be scored
+        with, or percentiles compare unlike scores.
 
     Yields
     ------
@@ -1234,6 +1239,9 @@ def refresh_reference(
     data = read_checkpoint(path)
     model_config = ModelConfig.from_json(data["model_config"])
     train_config = TrainConfig.from_dict(json.loads(data["train_config"]))
+    if lam is not None:
+        train_config = replace(train_config, reference_lam=float(lam))
+        data["train_config"] = json.dumps(train_config.to_dict(), sort_keys=True)
     training = json.loads(data["training"])
     if training.get("reference_holdout") != "bscans":
         raise ModelError(
