@@ -6,12 +6,15 @@ written by ``scripts/make_synthetic_dataset.py``) and a model trained on the hea
 training eyes (with an encoder: ``napari-anogan train --encoder``), the grid patches of
 every ``--slice-step``-th B-scan are mapped with:
 
-* ``iterative-500 (paper)``: random start, 500 steps, no early stopping, last iterate;
+* ``iterative-500 (paper)``: random start, 500 steps, no early stopping, last iterate,
+  the paper's λ = 0.1;
 * ``iterative-500``: the same with early stopping and best iterate (the library default
-  for the iterative mode);
+  for the iterative mode) and ``--lam``;
 * ``hybrid K``: encoder start, then K steps (early stopping, best iterate) for each K of
   ``--hybrid-steps``;
 * ``encoder``: z = E(x) only.
+
+Every mode but the paper's maps and scores with ``--lam`` (default: scoring's, 0.7).
 
 A patch is positive if it holds a lesion pixel (the paper's rule), a B-scan if its mask
 does; a B-scan's score is the mean of its top-3 patch anomaly scores. Prints ONE JSON
@@ -41,7 +44,7 @@ from napari_anogan.experiment import find_mask
 from napari_anogan.io import read_volume
 from napari_anogan.mapping import MappingConfig, amp_by_default, map_to_latent
 from napari_anogan.preprocess import PreprocessConfig, grid_patches, preprocess_volume
-from napari_anogan.scoring import aggregate_bscans
+from napari_anogan.scoring import SCORING_LAM, aggregate_bscans
 
 
 def test_set(model, data: Path, slice_step: int, stride: int):
@@ -126,6 +129,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--hybrid-steps", type=int, nargs="*", default=[5, 10, 20, 50])
     parser.add_argument("--lr", type=float, default=None, help="hybrid Adam lr")
+    parser.add_argument("--lam", type=float, default=SCORING_LAM, help="λ of eq. (5)/(6)")
     parser.add_argument("--skip-paper", action="store_true", help="skip iterative-500 (slow)")
     parser.add_argument("--volume", action="store_true", help="also time a 49-B-scan volume")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -145,13 +149,15 @@ def main() -> None:
     )
     amp = {"auto": None, "on": True, "off": False}[args.amp]
     base = {"batch_size": args.batch_size, "device": "cpu", "keep_images": False, "amp": amp}
+    paper = {**base, "lam": 0.1}
+    base["lam"] = args.lam
     hyb = {} if args.lr is None else {"lr": args.lr}
     methods = []
     if not args.skip_paper:
         methods.append(
             (
                 "iterative-500 (paper)",
-                MappingConfig(mode="iterative", early_stop=False, keep_best=False, **base),
+                MappingConfig(mode="iterative", early_stop=False, keep_best=False, **paper),
             )
         )
         methods.append(("iterative-500", MappingConfig(mode="iterative", **base)))
@@ -165,6 +171,7 @@ def main() -> None:
         "preset": model.model_config.preset,
         "test_files": files,
         "slice_step": args.slice_step,
+        "lam": args.lam,
         "n_patches": len(x),
         "n_positive_patches": int(labels.sum()),
         "n_bscans": len(bscan_labels),
