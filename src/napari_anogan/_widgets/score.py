@@ -100,6 +100,12 @@ class ScoreWidget(QWidget):
         self.mode.setCurrentText(defaults.mode)
         self._mode_changed(self.mode.currentText())
         self.lam = _spin(QDoubleSpinBox(), 0.0, 1.0, defaults.lam, step=0.05)
+        self.lam.setToolTip(
+            "weight of the discrimination loss in the mapping and of D in the anomaly score "
+            f"A = (1 - lambda) R + lambda D; {defaults.lam} was chosen on a validation set "
+            "(the paper: 0.1); percentiles compare with the model's healthy reference, "
+            "mapped with its own lambda"
+        )
         self.stride = _spin(QSpinBox(), 4, 256, defaults.stride)
         self.device = QComboBox()
         for label, value in device_choices():
