@@ -59,7 +59,7 @@ def test_score_volume_outputs_are_in_the_raw_grid(scored):
     )
     np.testing.assert_allclose(
         table["anomaly_score"],
-        0.9 * table["residual_score"] + 0.1 * table["discrimination_score"],
+        (1 - FAST.lam) * table["residual_score"] + FAST.lam * table["discrimination_score"],
         rtol=1e-9,
     )
     assert result.bscan_scores.shape == (volume.shape[0],)
