@@ -13,8 +13,8 @@ Usage::
 
 ``--reference-only`` keeps the bundled networks and recomputes only their healthy
 reference (grid patches of the held-out training B-scans, cut as scoring cuts them now,
-mapped with the scoring default λ), for when the scoring grid or λ has changed. On a CPU without AMX a full rebuild trains in
-float32 and gives another model than the bundled one.
+mapped with the scoring default λ), for when the scoring grid or λ has changed. On a CPU
+without AMX a full rebuild trains in float32 and gives another model than the bundled one.
 """
 
 from __future__ import annotations
