@@ -259,8 +259,8 @@ def test_refresh_reference_recomputes_only_the_healthy_reference(
         for k, v in before[key].items():
             assert torch.equal(v, after[key][k]), k
     assert load_checkpoint(path).reference["n_patches"] == 10
-    # another lambda: stored in the reference's settings and as the model's reference_lam;
-    # R alone does not depend on it at the same z, A does
+    # another lambda: stored in the reference's settings and as the model's reference_lam,
+    # and the reference's A changes with it
     assert model.reference["settings"]["lam"] == SCORING_LAM
     relam = drain(refresh_reference(path, ref, device="cpu", lam=0.2))
     reloaded = load_checkpoint(path)

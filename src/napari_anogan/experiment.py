@@ -327,7 +327,7 @@ def run_evaluation(
     outdir : path
         Folder for ``metrics.json``, ``table1.md``, ``patch_scores.csv`` and the figures.
     settings : ScoreSettings, optional
-        Mapping settings (default: the scoring defaults, hybrid mapping, λ = 0.7).
+        Mapping settings (default: the scoring defaults: hybrid mapping, λ = ``SCORING_LAM``).
     masks : path, optional
         Folder of lesion masks named like their inputs (``X_mask.ext`` beside an input is
         found without it).

@@ -54,7 +54,7 @@ class ScoreSettings:
         Mapping steps Γ of the ``iterative`` mode (paper: 500).
     lam : float
         λ of eq. (5) and (6): default 0.7, chosen on a validation set
-        (:data:`~napari_anogan.mapping.SCORING_LAM`); the paper's is 0.1.
+        (:data:`~napari_anogan.scoring.SCORING_LAM`); the paper's is 0.1.
     stride : int
         Patch grid stride in the flattened band, in pixels.
     batch_size : int
