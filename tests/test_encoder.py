@@ -13,7 +13,7 @@ from napari_anogan.io import read_volume
 from napari_anogan.mapping import MappingConfig, map_to_latent
 from napari_anogan.models import Discriminator, Generator, get_preset, sample_prior
 from napari_anogan.models.encoder import Encoder, encode, encoder_loss
-from napari_anogan.pipeline import ScoreSettings, _mapping_config, map_volume
+from napari_anogan.pipeline import ScoreSettings, _mapping_config, score_volume
 from napari_anogan.train import EncoderConfig, TrainConfig, add_encoder, train_encoder, train_gan
 
 CFG = get_preset("tiny", patch_size=32)
@@ -187,7 +187,8 @@ def test_cli_adds_an_encoder_and_scoring_uses_it(synthetic_dir, tiny_model_path,
     assert loaded.encoder is not None
     assert loaded.reference["settings"]["mode"] == "hybrid"
     volume = read_volume(synthetic_dir / "diseased.ome.tif")
-    _, _, mapped, _ = drain(map_volume(volume, loaded, ScoreSettings(batch_size=64)))
+    settings = ScoreSettings(batch_size=64)
+    mapped = drain(score_volume(volume, loaded, settings, keep_patches=True)).mapped.mapping
     assert mapped.config.mode == "hybrid"
     # Hybrid, not the encoder alone: every patch took at least the early-stopping
     # patience (3 steps for K = 10) and at most K steps after the encoder start.

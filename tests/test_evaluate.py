@@ -354,14 +354,15 @@ def test_gan_r_scores_come_from_a_mapping_with_the_reference_loss(synthetic_dir,
     from napari_anogan.experiment import _score_input, _Scored
     from napari_anogan.io import read_volume
     from napari_anogan.mapping import map_to_latent
-    from napari_anogan.pipeline import ScoreSettings, _load_model, _mapping_config, map_volume
+    from napari_anogan.pipeline import ScoreSettings, _load_model, _mapping_config, score_volume
 
     model = _load_model(tiny_model_path)
     settings = ScoreSettings(mode="iterative", steps=3, stride=32)
     path = synthetic_dir / "diseased.ome.tif"
     out = _Scored()
     drain(_score_input(path, True, model, settings, None, None, out))
-    _, patches, feature, _ = drain(map_volume(read_volume(path), model, settings))
+    patches = drain(score_volume(read_volume(path), model, settings, keep_patches=True)).mapped
+    feature = patches.mapping
     config = replace(_mapping_config(settings), discrimination="reference", keep_images=False)
     reference = drain(map_to_latent(model.generator, model.discriminator, patches.images, config))
 
@@ -378,7 +379,9 @@ def test_gan_r_scores_come_from_a_mapping_with_the_reference_loss(synthetic_dir,
     no_steps = ScoreSettings(mode="iterative", steps=0, stride=32)
     drain(_score_input(path, True, model, no_steps, None, None, still), events.append)
     assert not any("GAN_R" in (e.message or "") for e in events)
-    _, _, start, _ = drain(map_volume(read_volume(path), model, no_steps))
+    start = drain(
+        score_volume(read_volume(path), model, no_steps, keep_patches=True)
+    ).mapped.mapping
     np.testing.assert_array_equal(
         still.scores["reference_anomaly_score"][0], start.reference_anomaly_score
     )

@@ -364,7 +364,6 @@ def test_volume_names_never_write_outside_the_output_folder(tiny_model_path, tmp
     from napari_anogan.io import Volume
     from napari_anogan.pipeline import (
         ScoreSettings,
-        score_to_files,
         score_volume,
         write_score_outputs,
     )
@@ -376,7 +375,7 @@ def test_volume_names_never_write_outside_the_output_folder(tiny_model_path, tmp
     out = tmp_path / "deep" / "out"
     out.mkdir(parents=True)
     settings = ScoreSettings(mode="iterative", steps=1, device="cpu")
-    _, streamed = drain(score_to_files(volume, tiny_model_path, out, settings))
+    streamed = drain(score_volume(volume, tiny_model_path, settings, outdir=out)).outputs
     result = drain(score_volume(volume, tiny_model_path, settings))
     (out / "mem").mkdir()
     in_memory = write_score_outputs(result, out / "mem")

@@ -125,7 +125,7 @@ def test_partial_heatmaps_arrive_as_batches_finish(synthetic_dir, tiny_model_pat
 
     volume = read_volume(synthetic_dir / "diseased.ome.tif")
     settings = ScoreSettings(steps=2, batch_size=16, mode="iterative")
-    job = score_volume(volume, tiny_model_path, settings)
+    job = score_volume(volume, tiny_model_path, settings, partial_results=True)
     partials = []
     while True:
         try:

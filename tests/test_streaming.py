@@ -1,9 +1,9 @@
 """Big volumes: lazy reading, slice-by-slice TIFF writing, chunked (streamed) scoring.
 
-The streamed path (``score_to_files``, what ``napari-anogan score`` runs) is compared
-with the in-memory one (``score_volume`` + ``write_score_outputs``): bit for bit with
-one chunk; with one-B-scan chunks the preprocessing, patch grid and heatmaps are still
-identical and the patch scores equal to float32 rounding of batched convolutions.
+Scoring to files in chunks (``score_volume(..., outdir=...)``, what ``napari-anogan
+score`` runs) is compared with the whole volume in memory: with one-B-scan chunks the
+preprocessing, patch grid and heatmaps are identical and the patch scores equal to
+float32 rounding of batched convolutions (one chunk: tests/test_one_scoring_path.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from napari_anogan.io import readers as io_readers
 from napari_anogan.pipeline import (
     PATCH_COLUMNS,
     ScoreSettings,
-    score_to_files,
     score_volume,
     write_score_outputs,
 )
@@ -95,7 +94,7 @@ def test_lazy_nan_is_an_input_error_naming_the_file_when_read(tmp_path, tiny_mod
     volume = read_volume(path, lazy=True)  # no full scan at open time
     (tmp_path / "out").mkdir()
     with pytest.raises(InputError, match="NaN") as err:
-        drain(score_to_files(volume, tiny_model_path, tmp_path / "out", SETTINGS))
+        drain(score_volume(volume, tiny_model_path, SETTINGS, outdir=tmp_path / "out"))
     assert "nan.npy" in str(err.value)
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -180,34 +179,19 @@ def in_memory(volume_path, tiny_model_path, tmp_path_factory):
     return result, write_score_outputs(result, out)
 
 
-def test_streamed_in_one_chunk_is_bit_for_bit_the_in_memory_result(
-    in_memory, volume_path, tiny_model_path, tmp_path
-):
-    ref, ref_paths = in_memory
-    volume = read_volume(volume_path, lazy=True)
-    result, paths = drain(
-        score_to_files(volume, tiny_model_path, tmp_path, SETTINGS, chunk_slices=None)
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
-    np.testing.assert_array_equal(
-        tifffile.imread(paths["residual"]), tifffile.imread(ref_paths["residual"])
-    )
-    assert paths["scores"].read_bytes() == ref_paths["scores"].read_bytes()
-    assert _summary(paths["summary"]) == _summary(ref_paths["summary"])
-    np.testing.assert_array_equal(result.en_face, ref.en_face)
-    np.testing.assert_array_equal(np.asarray(result.residual), ref.residual)
-    assert result.reconstruction is None
-
-
 def test_streamed_in_one_bscan_chunks_equals_in_memory_to_float32_rounding(
     in_memory, volume_path, tiny_model_path, tmp_path
 ):
     ref, ref_paths = in_memory
     volume = read_volume(volume_path, lazy=True)
     events = []
-    result, paths = drain(
-        score_to_files(volume, tiny_model_path, tmp_path, SETTINGS, chunk_slices=1), events.append
+    result = drain(
+        score_volume(volume, tiny_model_path, SETTINGS, outdir=tmp_path, chunk_slices=1),
+        events.append,
     )
+    paths = result.outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
+    assert result.reconstruction is None
     got, expected = _rows(paths["scores"]), _rows(ref_paths["scores"])
     assert len(got) == len(expected) > 0
     for name in ("slice", "row", "col", "height", "width"):  # same patch grid, raw boxes
@@ -235,8 +219,8 @@ def test_streamed_slices_and_boxes_match_in_memory(volume_path, tiny_model_path,
         ref = drain(score_volume(volume, tiny_model_path, SETTINGS, **region))
         out = tmp_path / str(len(list(tmp_path.iterdir())))
         out.mkdir()
-        got, _ = drain(
-            score_to_files(volume, tiny_model_path, out, SETTINGS, chunk_slices=2, **region)
+        got = drain(
+            score_volume(volume, tiny_model_path, SETTINGS, outdir=out, chunk_slices=2, **region)
         )
         for name in ("slice", "row", "col", "flat_row", "flat_col"):
             np.testing.assert_array_equal(got.patches[name], ref.patches[name])
@@ -244,7 +228,7 @@ def test_streamed_slices_and_boxes_match_in_memory(volume_path, tiny_model_path,
             got.patches["anomaly_score"], ref.patches["anomaly_score"], rtol=1e-6
         )
     with pytest.raises(InputError, match="no patch"):
-        drain(score_to_files(volume, tiny_model_path, out, SETTINGS, boxes=[(0, 0, 0, 2, 2)]))
+        drain(score_volume(volume, tiny_model_path, SETTINGS, outdir=out, boxes=[(0, 0, 0, 2, 2)]))
 
 
 def test_streamed_scoring_memory_does_not_grow_with_the_number_of_bscans(tiny_model_path, tmp_path):
@@ -260,7 +244,7 @@ def test_streamed_scoring_memory_does_not_grow_with_the_number_of_bscans(tiny_mo
         settings = ScoreSettings(mode="iterative", steps=1, device="cpu")
         tracemalloc.start()
         try:
-            drain(score_to_files(volume, tiny_model_path, out, settings, chunk_slices=3))
+            drain(score_volume(volume, tiny_model_path, settings, outdir=out, chunk_slices=3))
             peaks[n] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

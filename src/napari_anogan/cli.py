@@ -142,7 +142,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         return _cmd_score_dask(args)
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.io import read_volume
-    from napari_anogan.pipeline import score_to_files
+    from napari_anogan.pipeline import score_volume
 
     model = load_checkpoint(args.model)
     settings = _score_settings(args)
@@ -150,8 +150,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for path in args.inputs:
         # lazy: a TIFF or .npy volume is read a chunk of B-scans at a time
         volume = read_volume(path, lazy=True)
-        job = score_to_files(volume, model, outdir, settings, chunk_slices=args.chunk_slices)
-        result, _ = _drain(job, f"score {volume.name}", quiet=args.quiet)
+        job = score_volume(volume, model, settings, outdir=outdir, chunk_slices=args.chunk_slices)
+        result = _drain(job, f"score {volume.name}", quiet=args.quiet)
         print(_summary_line(result))
     return 0
 

@@ -97,9 +97,9 @@ def score_fingerprint(model_path: str | os.PathLike, settings) -> str:
 
 
 def _paths(outdir: Path, name: str) -> dict[str, Path]:
-    from napari_anogan.pipeline import _output_paths
+    from napari_anogan.pipeline import output_paths
 
-    return _output_paths(name, outdir)
+    return output_paths(name, outdir)
 
 
 def already_scored(path: str | os.PathLike, outdir: str | os.PathLike, fingerprint: str):
@@ -134,7 +134,7 @@ def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: st
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.events import drain
     from napari_anogan.io import read_volume, write_json
-    from napari_anogan.pipeline import score_to_files, summary_dict
+    from napari_anogan.pipeline import SCORE_CHUNK_SLICES, score_volume, summary_dict
 
     model = load_checkpoint(model_path)
     # lazy and chunked: a worker's memory does not grow with the number of B-scans
@@ -146,7 +146,9 @@ def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: st
     # The lazy reads run here, in this task: inside a worker dask would otherwise send
     # them to the cluster as tasks of their own (where another volume may kill them).
     with dask.config.set(scheduler="synchronous"):
-        result, written = drain(score_to_files(volume, model, out, settings))
+        job = score_volume(volume, model, settings, outdir=out, chunk_slices=SCORE_CHUNK_SLICES)
+        result = drain(job)
+    written = result.outputs
     summary = summary_dict(result)
     summary["fingerprint"] = fingerprint
     write_json(written["summary"], summary)

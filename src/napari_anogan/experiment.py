@@ -110,7 +110,7 @@ def _score_input(
     from napari_anogan.evaluate import patch_labels_from_mask
     from napari_anogan.mapping import map_to_latent
     from napari_anogan.models.acae import acae_scores
-    from napari_anogan.pipeline import map_volume, raw_boxes
+    from napari_anogan.pipeline import score_volume
     from napari_anogan.scoring import assemble_heatmap
 
     volume = read_volume(path)
@@ -125,11 +125,12 @@ def _score_input(
             raise InputError(
                 f"mask shape {mask.shape} differs from its scan {volume.shape}", mask_path
             )
-    pre, patches, mapped, _ = yield from map_volume(volume, model, settings)
+    scored = yield from score_volume(volume, model, settings, keep_patches=True)
+    geometry, patches, mapped = scored.geometry, scored.mapped, scored.mapped.mapping
     size = patches.images.shape[-1]
     n = len(patches.coords)
     if mask is not None:
-        labels_flat = pre.geometry.raw_to_flat_image(lesion_labels)
+        labels_flat = geometry.raw_to_flat_image(lesion_labels)
         mask_flat = labels_flat > 0
         labels = patch_labels_from_mask(mask_flat, patches.coords, size)
         bscan_lab = mask.reshape(mask.shape[0], -1).any(axis=1)
@@ -169,16 +170,15 @@ def _score_input(
     index = len(out.labels)
     out.patch_inputs.append(np.full(n, index))
     out.bscan_inputs.append(np.full(volume.shape[0], index))
-    boxes = raw_boxes(pre.geometry, patches.coords, size)
     group = np.full(n, "diseased" if anomalous else "test healthy")
     table = {
         "input": np.full(n, path.name),
         "group": group,
         "slice": slices.astype(np.int64),
-        "row": boxes[:, 0],
-        "col": boxes[:, 1],
-        "height": boxes[:, 2] - boxes[:, 0],
-        "width": boxes[:, 3] - boxes[:, 1],
+        "row": scored.patches["row"],
+        "col": scored.patches["col"],
+        "height": scored.patches["height"],
+        "width": scored.patches["width"],
         "flat_row": patches.coords[:, 1].astype(np.int64),
         "flat_col": patches.coords[:, 2].astype(np.int64),
         "label": np.asarray(labels, bool).astype(np.int64),
@@ -193,8 +193,8 @@ def _score_input(
         out.masks.append(windows > 0)
         table["lesion_fraction"] = out.masks[-1].mean(axis=(1, 2))
         table["lesion_label"] = dominant_labels(windows)
-        residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
-        residual_raw = pre.geometry.flat_to_raw_image(residual_flat)
+        residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, geometry.band_shape)
+        residual_raw = geometry.flat_to_raw_image(residual_flat)
         out.pixel_residual.append(np.nan_to_num(residual_raw, nan=0.0))
         out.pixel_mask.append(mask)
         out.pixel_valid.append(np.isfinite(residual_raw))

@@ -533,6 +533,54 @@ def _frozen(models: list[nn.Module], device: torch.device) -> Iterator[None]:
                 p.requires_grad_(flag)
 
 
+def resolve_mode(config: MappingConfig, encoder: nn.Module | None) -> MappingConfig:
+    """Return the mapping that will run: ``hybrid`` without an encoder becomes ``iterative``.
+
+    Parameters
+    ----------
+    config : MappingConfig
+        The requested mapping.
+    encoder : nn.Module or None
+        The model's encoder, if it has one.
+
+    Returns
+    -------
+    MappingConfig
+        ``config``, or a copy with ``mode="iterative"`` (logged as a warning).
+
+    Raises
+    ------
+    AnoganError
+        An unknown mode, or the ``encoder`` mode without an encoder.
+    """
+    if config.mode not in MAPPING_MODES:
+        raise AnoganError(f"mapping mode {config.mode!r} is not available; use {MAPPING_MODES}")
+    if config.mode in ENCODER_MODES and encoder is None:
+        if config.mode == "encoder":
+            raise AnoganError(
+                "mapping mode 'encoder' needs a trained encoder and this model has none; "
+                "add one with `napari-anogan train --encoder --resume ...` (same inputs and "
+                "settings as the model's training) or use the iterative mode"
+            )
+        logger.warning(
+            "mapping mode 'hybrid' needs an encoder and this model has none: falling back "
+            "to the paper's iterative mapping (%d steps from a random start)",
+            config.steps,
+        )
+        config = replace(config, mode="iterative")
+    return config
+
+
+def random_start(n: int, z_dim: int, seed: int) -> torch.Tensor:
+    """Seeded random start codes z ~ U[-1, 1) of the iterative mapping, shape (n, z_dim).
+
+    All drawn at once from one seeded CPU generator: a patch's start does not depend on
+    the batch size, the device or how a volume is cut into chunks.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.rand(n, z_dim, generator=gen) * 2.0 - 1.0
+
+
 def map_to_latent(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -599,22 +647,7 @@ def map_to_latent(
     >>> res.z.shape, res.residual_image.shape, res.anomaly_score.shape
     ((3, 16), (3, 1, 32, 32), (3,))
     """
-    config = config or MappingConfig()
-    if config.mode not in MAPPING_MODES:
-        raise AnoganError(f"mapping mode {config.mode!r} is not available; use {MAPPING_MODES}")
-    if config.mode in ENCODER_MODES and encoder is None:
-        if config.mode == "encoder":
-            raise AnoganError(
-                "mapping mode 'encoder' needs a trained encoder and this model has none; "
-                "add one with `napari-anogan train --encoder --resume ...` (same inputs and "
-                "settings as the model's training) or use the iterative mode"
-            )
-        logger.warning(
-            "mapping mode 'hybrid' needs an encoder and this model has none: falling back "
-            "to the paper's iterative mapping (%d steps from a random start)",
-            config.steps,
-        )
-        config = replace(config, mode="iterative")
+    config = resolve_mode(config or MappingConfig(), encoder)
     if z_init is not None and config.mode != "iterative":
         raise InputError(f"z_init is only used by the iterative mode, not {config.mode!r}")
     x_all = _as_patch_array(patches, generator)
@@ -628,10 +661,7 @@ def map_to_latent(
     z_start: torch.Tensor | None = None
     if config.mode == "iterative":
         if z_init is None:
-            # All start codes drawn at once from one seeded CPU generator: a patch's
-            # start does not depend on the batch size or the device.
-            gen = torch.Generator().manual_seed(int(config.seed))
-            z_start = torch.rand(n, mcfg.z_dim, generator=gen) * 2.0 - 1.0
+            z_start = random_start(n, mcfg.z_dim, config.seed)
         else:
             z_start = torch.as_tensor(np.asarray(z_init, dtype=np.float32))
             if tuple(z_start.shape) != (n, mcfg.z_dim):

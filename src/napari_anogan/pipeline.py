@@ -7,12 +7,14 @@ value is the result: the CLI drains it with a progress bar, the GUI runs it in a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,10 +109,10 @@ class VolumeResult:
         Raw shape (S, H, W).
     reconstruction : (S, H, W) ndarray of float32 or None
         G(z) back-projected, in the raw grey units of the input; NaN where no patch.
-        None from :func:`score_to_files` (streamed: not an output, not kept).
+        None when scored to files (``outdir``: not an output, not kept).
     residual : (S, H, W) ndarray of float32 (or dask array)
         Residual heatmap |x - G(z)| (in normalised [-1, 1] units, so 0..2); 0 where no patch.
-        From :func:`score_to_files`: a lazy (dask) view of the written TIFF.
+        Scored to files (``outdir``): a lazy (dask) view of the written TIFF.
     patches : dict of str to (N,) ndarray
         Patch table: :data:`PATCH_COLUMNS` (raw boxes) plus ``flat_row``, ``flat_col``,
         ``residual_percentile`` and ``discrimination_percentile`` (each component ranked
@@ -128,6 +130,12 @@ class VolumeResult:
     settings, model : dict
         Settings and model description (with the healthy reference quantiles under
         ``model["reference"]``), for the summary.
+    outputs : dict of str to Path
+        Files written (``residual``, ``scores``, ``summary``); empty when kept in memory.
+    geometry : Geometry or None
+        The preprocessing geometry (band <-> raw grid) of the volume.
+    mapped : MappedPatches or None
+        Patch images and mapping result, when asked for (``keep_patches``).
     """
 
     name: str
@@ -143,6 +151,29 @@ class VolumeResult:
     candidates: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    geometry: Any = None
+    mapped: MappedPatches | None = None
+
+
+@dataclass
+class MappedPatches:
+    """The grid patches of a volume and their latent mapping (kept for evaluation).
+
+    Attributes
+    ----------
+    coords : (N, 3) ndarray of int
+        (slice, band row, band column) of each patch's top-left corner.
+    images : (N, 1, P, P) ndarray of float32
+        The patches, in [-1, 1].
+    mapping : MappingResult
+        What :func:`~napari_anogan.mapping.map_to_latent` returned for them (its
+        ``config`` is the mapping as it ran, after any fallback).
+    """
+
+    coords: np.ndarray
+    images: np.ndarray
+    mapping: Any
 
 
 def _load_model(model):
@@ -206,106 +237,116 @@ def _select_patches(coords, size, geometry, boxes):
     return keep
 
 
-def map_volume(
-    volume: Volume,
-    model,
-    settings: ScoreSettings | None = None,
-    *,
-    slices: Sequence[int] | None = None,
-    boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
-    partial_results: bool = False,
-) -> Generator[ProgressEvent, None, tuple]:
-    """Preprocess a volume with the model's settings and map its grid patches to z.
+def _grid(plan, chunks, size: int, stride: int, slices, boxes) -> np.ndarray:
+    """(N, 3) band coordinates of the grid patches to score, chunk by chunk, in order."""
+    from napari_anogan.preprocess import grid_coords
 
-    The first half of :func:`score_volume`, for callers (evaluation) that need the
-    patches themselves. Returns ``(preprocessed, patches, mapping_result, model)``.
-    With ``partial_results``, ``MAPPING_BATCH`` events carry a partial
-    :class:`VolumeResult` (heatmaps of the patches mapped so far) in ``event.partial``.
-    """
-    from napari_anogan.mapping import map_to_latent
-    from napari_anogan.preprocess import grid_patches, preprocess_volume
-
-    settings = settings or ScoreSettings()
-    model = _load_model(model)
-    pre_config = _preprocess_config(model)
-    _check_model_fits(model, pre_config)
-    yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
-    pre = preprocess_volume(volume, pre_config)
-    patches = grid_patches(pre, stride=settings.stride, slices=slices)
+    s_count = plan.n_slices
+    wanted = None if slices is None else {int(i) for i in slices}
+    if wanted is not None and any(not 0 <= i < s_count for i in wanted):
+        raise ValueError(f"slices must be in [0, {s_count - 1}], got {sorted(wanted)}")
+    parts = []
+    for a, b in chunks:
+        local = None if wanted is None else [i - a for i in sorted(wanted) if a <= i < b]
+        c = grid_coords(plan.retina_mask(a, b), size, stride, slices=local)
+        c[:, 0] += a
+        parts.append(c)
+    coords = np.concatenate(parts)
     if boxes:
-        keep = _select_patches(patches.coords, patches.images.shape[-1], pre.geometry, boxes)
-        patches = type(patches)(images=patches.images[keep], coords=patches.coords[keep])
-    if len(patches.coords) == 0:
-        raise InputError("no patch of the requested region overlaps the retina", volume.source)
-    logger.info("%s: mapping %d patches", volume.name, len(patches.coords))
-    job = map_to_latent(
-        model.generator,
-        model.discriminator,
-        patches.images,
-        _mapping_config(settings),
-        encoder=getattr(model, "encoder", None),
-    )
-    if partial_results:
-        job = _with_partial_heatmaps(job, volume, pre, patches)
-    mapped = yield from job
-    return pre, patches, mapped, model
+        coords = coords[_select_patches(coords, size, plan.geometry, boxes)]
+    return coords
+
+
+SCORE_CHUNK_SLICES = 16
+"""B-scans preprocessed, mapped and written at a time when scoring to files (CLI, Dask)."""
 
 
 PARTIAL_EVERY_S = 1.0
 """Partial heatmaps are rebuilt at most this often while a volume is being mapped."""
 
 
-def _with_partial_heatmaps(job, volume: Volume, pre, patches) -> Generator:
-    """Pass a mapping job's events on, adding the heatmaps so far to ``MAPPING_BATCH``.
+class _PartialHeatmaps:
+    """The heatmaps of the patches mapped so far, for a viewer to show as batches finish.
 
-    The partial result is a :class:`VolumeResult` whose residual and reconstruction hold
-    the patches mapped so far (the patch table stays empty until the end).
+    :meth:`attach` puts a :class:`VolumeResult` (residual and reconstruction of the
+    patches mapped so far, empty patch table) in ``event.partial`` of ``MAPPING_BATCH``
+    events, at most every :data:`PARTIAL_EVERY_S` seconds and at the last batch.
     """
-    shape = pre.flat.shape
-    total = np.zeros(shape, np.float64)
-    recon = np.zeros(shape, np.float64)
-    count = np.zeros(shape, np.int32)
-    size = patches.images.shape[-1]
-    last = 0.0
-    lo, hi = pre.intensity_range
-    empty = {name: np.zeros(0) for name in (*PATCH_COLUMNS, "flat_row", "flat_col")}
+
+    def __init__(self, volume: Volume, plan, coords: np.ndarray, size: int) -> None:
+        shape = plan.geometry.band_shape
+        self.volume, self.plan, self.coords, self.size = volume, plan, coords, size
+        self.total = np.zeros(shape, np.float64)
+        self.recon = np.zeros(shape, np.float64)
+        self.count = np.zeros(shape, np.int32)
+        self.last = 0.0
+
+    def attach(self, event: ProgressEvent, offset: int) -> None:
+        """Add a chunk's scored batch (patch ``offset`` onwards) and maybe attach heatmaps."""
+        part = event.partial
+        if event.kind != EventKind.MAPPING_BATCH or not isinstance(part, dict):
+            return
+        size = self.size
+        for i, k in enumerate(part["index"]):
+            s, r, c = self.coords[offset + k]
+            window = (s, slice(r, r + size), slice(c, c + size))
+            self.total[window] += part["residual_image"][i, 0]
+            self.recon[window] += part["reconstruction"][i, 0]
+            self.count[window] += 1
+        now = time.monotonic()
+        if now - self.last < PARTIAL_EVERY_S and event.step < event.total:
+            event.partial = None
+            return
+        self.last = now
+        plan, volume = self.plan, self.volume
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.count > 0, self.total / self.count, np.nan)
+            mean_recon = np.where(self.count > 0, self.recon / self.count, np.nan)
+        residual = np.nan_to_num(plan.geometry.flat_to_raw_image(mean), nan=0.0)
+        lo, hi = plan.intensity_range
+        reconstruction = lo + (plan.geometry.flat_to_raw_image(mean_recon) + 1) * 0.5 * (hi - lo)
+        empty = {name: np.zeros(0) for name in (*PATCH_COLUMNS, "flat_row", "flat_col")}
+        event.partial = VolumeResult(
+            name=volume.name,
+            shape=tuple(volume.shape),
+            reconstruction=reconstruction.astype(np.float32),
+            residual=residual.astype(np.float32),
+            patches=empty,
+            bscan_scores=np.full(volume.shape[0], np.nan),
+            volume_score=float("nan"),
+            ilm=plan.ilm,
+            bm=plan.bm,
+            en_face=en_face_projection(residual, plan.ilm, plan.bm),
+        )
+
+
+def _rebase(event: ProgressEvent, done: int, n_chunk: int, n_total: int) -> ProgressEvent:
+    """Turn a chunk's mapping event into progress of the whole volume."""
+    if event.kind == EventKind.MAPPING_BATCH:
+        step, total = done + event.step, n_total
+    elif event.kind == EventKind.MAPPING_STEP and n_chunk and event.total:
+        per_patch = event.total / n_chunk
+        step, total = round(done * per_patch + event.step), round(n_total * per_patch)
+    else:
+        return event
+    event.step, event.total = int(step), int(total)
+    if event.kind == EventKind.MAPPING_BATCH:
+        event.message = f"mapped {step}/{n_total} patches"
+    return event
+
+
+def _volume_progress(job, done: int, n_chunk: int, n_total: int, partial, offset: int):
+    """Pass a chunk's mapping events on as progress of the whole volume; return its result."""
     while True:
         try:
             event = next(job)
         except StopIteration as stop:
             return stop.value
-        part = event.partial
-        if event.kind == EventKind.MAPPING_BATCH and isinstance(part, dict):
-            for i, k in enumerate(part["index"]):
-                s, r, c = patches.coords[k]
-                window = (s, slice(r, r + size), slice(c, c + size))
-                total[window] += part["residual_image"][i, 0]
-                recon[window] += part["reconstruction"][i, 0]
-                count[window] += 1
-            now = time.monotonic()
-            if now - last >= PARTIAL_EVERY_S or event.step >= event.total:
-                last = now
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = np.where(count > 0, total / count, np.nan)
-                    mean_recon = np.where(count > 0, recon / count, np.nan)
-                residual = np.nan_to_num(pre.geometry.flat_to_raw_image(mean), nan=0.0)
-                reconstruction = lo + (pre.geometry.flat_to_raw_image(mean_recon) + 1) * 0.5 * (
-                    hi - lo
-                )
-                event.partial = VolumeResult(
-                    name=volume.name,
-                    shape=tuple(volume.shape),
-                    reconstruction=reconstruction.astype(np.float32),
-                    residual=residual.astype(np.float32),
-                    patches=empty,
-                    bscan_scores=np.full(volume.shape[0], np.nan),
-                    volume_score=float("nan"),
-                    ilm=pre.ilm,
-                    bm=pre.bm,
-                    en_face=en_face_projection(residual, pre.ilm, pre.bm),
-                )
-            else:
-                event.partial = None
+        event = _rebase(event, done, n_chunk, n_total)
+        if partial is not None:
+            partial.attach(event, offset)
+        else:
+            event.partial = None
         yield event
 
 
@@ -314,20 +355,43 @@ def score_volume(
     model,
     settings: ScoreSettings | None = None,
     *,
+    outdir: str | Path | None = None,
+    chunk_slices: int | None = None,
     slices: Sequence[int] | None = None,
     boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
-    partial_results: bool = True,
+    partial_results: bool = False,
+    keep_patches: bool = False,
 ) -> Generator[ProgressEvent, None, VolumeResult]:
-    """Score a volume with a healthy model.
+    """Score a volume with a healthy model: the one scoring path of every caller.
+
+    The volume is processed ``chunk_slices`` B-scans at a time: the preprocessing is
+    planned in a few passes over the data
+    (:func:`~napari_anogan.preprocess.plan_preprocessing`), then every chunk is read,
+    flattened, cut into grid patches, mapped to z, back-projected to the raw grid and
+    either kept (``outdir=None``: the GUI, ``evaluate``) or appended to
+    ``<stem>_residual.tif`` (``outdir``: the CLI, Dask, ``demo``) before the next one;
+    only per-patch scores and (S, W) arrays are kept for the whole volume. The random
+    latent starts are drawn for all patches at once, so a patch's start does not depend
+    on the chunks. With one chunk (``chunk_slices=None``, the default) every number is
+    the same whatever the output; with smaller chunks each chunk's patches are mapped in
+    their own batches, so scores equal the one-chunk ones up to float32 rounding of
+    batched convolutions.
 
     Parameters
     ----------
     volume : Volume
-        The scan, as read by :func:`napari_anogan.io.read_volume`.
+        The scan, as read by :func:`napari_anogan.io.read_volume` (``data`` may be lazy).
     model : LoadedModel or path
         A model from :func:`napari_anogan.checkpoint.load_checkpoint`, or its file.
     settings : ScoreSettings, optional
-        Mapping and grid settings; defaults to the paper's.
+        Mapping and grid settings; defaults to :class:`ScoreSettings`'s.
+    outdir : str or Path, optional
+        Existing folder: write ``<stem>_residual.tif`` chunk by chunk, then
+        ``<stem>_scores.csv`` and ``<stem>_summary.json`` (:func:`output_paths`), each to a
+        temporary name renamed when complete. The result's ``residual`` is then a lazy
+        (dask) view of the TIFF and its ``reconstruction`` is None (not an output).
+    chunk_slices : int or None
+        B-scans per chunk; None or 0: the whole volume in one chunk.
     slices : sequence of int, optional
         Score only these B-scans.
     boxes : sequence of (slice, row0, col0, row1, col1), optional
@@ -336,57 +400,131 @@ def score_volume(
         Attach the heatmaps so far to ``MAPPING_BATCH`` events (``event.partial``, a
         :class:`VolumeResult` with an empty patch table), at most every
         :data:`PARTIAL_EVERY_S` seconds, so a viewer can show results as batches finish.
+    keep_patches : bool
+        Keep the patch images and the mapping result in ``result.mapped``
+        (:class:`MappedPatches`; evaluation); needs one chunk.
 
     Yields
     ------
     ProgressEvent
-        Preprocessing, then mapping progress.
+        STAGE, then the mapping's events as progress of the whole volume, DONE.
 
     Returns
     -------
     VolumeResult
-        Heatmaps, patch table, B-scan and volume scores, candidates (raw pixel grid).
+        Heatmaps, patch table, B-scan and volume scores, candidates (raw pixel grid);
+        ``outputs`` holds the written files by kind.
 
     Raises
     ------
     InputError
-        If no patch of the requested region overlaps the retina.
+        If no patch of the requested region overlaps the retina, or the input is bad.
     ModelError
         If the model's patch size or preprocessing does not fit.
+    OutputError
+        If an output cannot be written.
     """
+    from napari_anogan.io import TiffSliceWriter
+    from napari_anogan.mapping import map_to_latent, random_start, resolve_mode
+    from napari_anogan.preprocess import cut_patches, plan_preprocessing
     from napari_anogan.scoring import assemble_heatmap
 
     settings = settings or ScoreSettings()
-    pre, patches, mapped, model = yield from map_volume(
-        volume, model, settings, slices=slices, boxes=boxes, partial_results=partial_results
+    model = _load_model(model)
+    pre_config = _preprocess_config(model)
+    _check_model_fits(model, pre_config)
+    paths = output_paths(volume.name, outdir) if outdir is not None else {}
+    yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
+    s_count = volume.shape[0]
+    step = int(chunk_slices) if chunk_slices else s_count
+    plan = plan_preprocessing(volume, pre_config, max_chunk_slices=step)
+    size = pre_config.patch_size
+    chunks = _slice_chunks(s_count, step)
+    coords = _grid(plan, chunks, size, settings.stride, slices, boxes)
+    n = len(coords)
+    if n == 0:
+        raise InputError("no patch of the requested region overlaps the retina", volume.source)
+    if keep_patches and len(chunks) > 1:
+        raise ValueError("keep_patches needs the whole volume in one chunk (chunk_slices=None)")
+    encoder = getattr(model, "encoder", None)
+    mcfg = resolve_mode(_mapping_config(settings), encoder)
+    z_start = None
+    if mcfg.mode == "iterative":
+        z_start = random_start(n, model.model_config.z_dim, mcfg.seed).numpy()
+    logger.info("%s: mapping %d patches in %d chunks", volume.name, n, len(chunks))
+    in_memory = outdir is None
+    residual_all = np.empty(volume.shape, np.float32) if in_memory else None
+    recon_all = np.empty(volume.shape, np.float32) if in_memory else None
+    partial = _PartialHeatmaps(volume, plan, coords, size) if partial_results else None
+    en_face = np.zeros((s_count, volume.shape[2]), np.float32)
+    score_parts: dict[str, list[np.ndarray]] = {}
+    kept = None
+    chunk_of = np.searchsorted(coords[:, 0], [a for a, _ in chunks] + [s_count])
+    done = 0
+    writer = (
+        contextlib.nullcontext()
+        if in_memory
+        else TiffSliceWriter(paths["residual"], volume.shape, np.float32)
     )
-    geometry = pre.geometry
-    residual_flat = assemble_heatmap(mapped.residual_image, patches.coords, pre.flat.shape)
-    recon_flat = assemble_heatmap(mapped.reconstruction, patches.coords, pre.flat.shape)
-    residual = _back_project(geometry, residual_flat, fill_nan=0.0)
-    del residual_flat
-    reconstruction = _back_project(geometry, recon_flat, intensity_range=pre.intensity_range)
-    del recon_flat
-    en_face = np.concatenate(
-        [
-            en_face_projection(residual[a:b], pre.ilm[a:b], pre.bm[a:b])
-            for a, b in _slice_chunks(volume.shape[0], BACK_PROJECT_SLICES)
-        ]
-    )
+    with writer:
+        for k, (a, b) in enumerate(chunks):
+            lo, hi = int(chunk_of[k]), int(chunk_of[k + 1])
+            sub = plan.geometry.sub(a, b)
+            residual_flat = np.full(sub.band_shape, np.nan, np.float32)
+            recon_flat = residual_flat
+            if hi > lo:
+                local = coords[lo:hi] - np.array([a, 0, 0])
+                images = cut_patches(plan.band(a, b), local, size)
+                job = map_to_latent(
+                    model.generator,
+                    model.discriminator,
+                    images,
+                    mcfg,
+                    z_init=None if z_start is None else z_start[lo:hi],
+                    encoder=encoder,
+                )
+                mapped = yield from _volume_progress(job, done, hi - lo, n, partial, lo)
+                residual_flat = assemble_heatmap(mapped.residual_image, local, sub.band_shape)
+                if in_memory:
+                    recon_flat = assemble_heatmap(mapped.reconstruction, local, sub.band_shape)
+                for name, values in mapped.scores().items():
+                    score_parts.setdefault(name, []).append(np.asarray(values))
+                if keep_patches:
+                    kept = MappedPatches(coords=coords, images=images, mapping=mapped)
+                del images, mapped
+                done += hi - lo
+            if in_memory:
+                residual = _back_project(sub, residual_flat, fill_nan=0.0, out=residual_all[a:b])
+                _back_project(
+                    sub, recon_flat, intensity_range=plan.intensity_range, out=recon_all[a:b]
+                )
+            else:
+                residual = _back_project(sub, residual_flat, fill_nan=0.0)
+                writer.write(residual)
+            for c0, c1 in _slice_chunks(b - a, BACK_PROJECT_SLICES):
+                en_face[a + c0 : a + c1] = en_face_projection(
+                    residual[c0:c1], plan.ilm[a + c0 : a + c1], plan.bm[a + c0 : a + c1]
+                )
+            del residual, residual_flat, recon_flat
+    scores = {name: np.concatenate(parts) for name, parts in score_parts.items()}
     result = _volume_result(
         volume,
         model,
         settings,
-        patches.coords,
-        mapped.scores(),
-        geometry,
-        pre.config.patch_size,
-        residual=residual,
-        reconstruction=reconstruction,
-        ilm=pre.ilm,
-        bm=pre.bm,
+        coords,
+        scores,
+        plan.geometry,
+        size,
+        residual=residual_all if in_memory else read_volume(paths["residual"], lazy=True).data,
+        reconstruction=recon_all,
+        ilm=plan.ilm,
+        bm=plan.bm,
         en_face=en_face,
     )
+    result.geometry, result.mapped = plan.geometry, kept
+    if not in_memory:
+        _write_tables(result, paths)
+        result.outputs = paths
     yield ProgressEvent(EventKind.DONE, 1, 1, message=f"{volume.name} scored")
     return result
 
@@ -547,199 +685,6 @@ def _volume_result(
     )
 
 
-SCORE_CHUNK_SLICES = 16
-"""B-scans preprocessed, mapped and written at a time by :func:`score_to_files`."""
-
-
-def _rebase(event: ProgressEvent, done: int, n_chunk: int, n_total: int) -> ProgressEvent:
-    """Turn a chunk's mapping event into progress of the whole volume."""
-    if event.kind == EventKind.MAPPING_BATCH:
-        step, total = done + event.step, n_total
-    elif event.kind == EventKind.MAPPING_STEP and n_chunk and event.total:
-        per_patch = event.total / n_chunk
-        step, total = round(done * per_patch + event.step), round(n_total * per_patch)
-    else:
-        return event
-    event.step, event.total = int(step), int(total)
-    if event.kind == EventKind.MAPPING_BATCH:
-        event.message = f"mapped {step}/{n_total} patches"
-    return event
-
-
-def score_to_files(
-    volume: Volume,
-    model,
-    outdir: str | Path,
-    settings: ScoreSettings | None = None,
-    *,
-    chunk_slices: int | None = SCORE_CHUNK_SLICES,
-    slices: Sequence[int] | None = None,
-    boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
-) -> Generator[ProgressEvent, None, tuple[VolumeResult, dict[str, Path]]]:
-    """Score a volume chunk by chunk and write the ``score`` outputs as it goes.
-
-    Memory stays bounded whatever the number of B-scans: the preprocessing is planned
-    in a few passes over the data (:func:`~napari_anogan.preprocess.plan_preprocessing`,
-    one chunk of float images at a time), then every chunk of ``chunk_slices`` B-scans
-    is read, flattened, cut into patches, mapped, back-projected and appended to
-    ``<stem>_residual.tif`` (:class:`~napari_anogan.io.TiffSliceWriter`) before the
-    next one; only per-patch scores and (S, W) boundary arrays are kept for the whole
-    volume. The table and summary are written at the end. Every output is written to
-    a temporary name and renamed when complete.
-
-    What equals :func:`score_volume` + :func:`write_score_outputs`: the preprocessing,
-    patch grid and patch images (bit for bit, for every chunk size); the random
-    latent starts (drawn for all patches at once, then split); and, with
-    ``chunk_slices=None`` (one chunk), every output bit for bit. With smaller chunks
-    each chunk's patches are mapped in their own batches, so scores and heatmaps equal
-    the whole-volume ones up to float32 rounding of batched convolutions (a few units
-    in the last place, as when ``batch_size`` changes).
-
-    Parameters
-    ----------
-    volume : Volume
-        The scan; ``data`` may be lazy (``read_volume(..., lazy=True)``).
-    model : LoadedModel or path
-        The healthy model.
-    outdir : str or Path
-        Existing output folder.
-    settings : ScoreSettings, optional
-        Mapping and grid settings.
-    chunk_slices : int or None
-        B-scans per chunk; None or 0: the whole volume in one chunk.
-    slices, boxes
-        As in :func:`score_volume`.
-
-    Yields
-    ------
-    ProgressEvent
-        STAGE, then the mapping's events as progress of the whole volume, DONE.
-
-    Returns
-    -------
-    result : VolumeResult
-        Patch table, scores, candidates, boundaries and en-face map; ``residual`` is a
-        lazy (dask) view of the written TIFF and ``reconstruction`` is None (it is not
-        an output).
-    paths : dict of str to Path
-        ``residual``, ``scores`` and ``summary`` files.
-
-    Raises
-    ------
-    InputError, ModelError, OutputError
-        Bad input, a model that does not fit, an unwritable output folder.
-    """
-    import torch
-
-    from napari_anogan.io import TiffSliceWriter
-    from napari_anogan.mapping import map_to_latent
-    from napari_anogan.preprocess import cut_patches, grid_coords, plan_preprocessing
-    from napari_anogan.scoring import assemble_heatmap
-
-    settings = settings or ScoreSettings()
-    model = _load_model(model)
-    pre_config = _preprocess_config(model)
-    _check_model_fits(model, pre_config)
-    paths = _output_paths(volume.name, outdir)
-    yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
-    s_count = volume.shape[0]
-    step = int(chunk_slices) if chunk_slices else s_count
-    # preprocessing chunks: about 8 MiB of float images, at most the scoring chunk
-    plan = plan_preprocessing(volume, pre_config, max_chunk_slices=step)
-    geometry = plan.geometry
-    size = pre_config.patch_size
-    chunks = _slice_chunks(s_count, step)
-    wanted = None if slices is None else {int(i) for i in slices}
-    coords_parts = []
-    for a, b in chunks:
-        chunk_slices_wanted = None if wanted is None else [i - a for i in wanted if a <= i < b]
-        c = grid_coords(plan.retina_mask(a, b), size, settings.stride, slices=chunk_slices_wanted)
-        c[:, 0] += a
-        coords_parts.append(c)
-    coords = np.concatenate(coords_parts)
-    if wanted is not None and any(not 0 <= i < s_count for i in wanted):
-        raise ValueError(f"slices must be in [0, {s_count - 1}], got {sorted(wanted)}")
-    if boxes:
-        coords = coords[_select_patches(coords, size, geometry, boxes)]
-    n = len(coords)
-    if n == 0:
-        raise InputError("no patch of the requested region overlaps the retina", volume.source)
-    mcfg = _mapping_config(settings)
-    encoder = getattr(model, "encoder", None)
-    if mcfg.mode == "hybrid" and encoder is None:
-        from dataclasses import replace
-
-        logger.warning(
-            "mapping mode 'hybrid' needs an encoder and this model has none: falling back "
-            "to the paper's iterative mapping (%d steps from a random start)",
-            mcfg.steps,
-        )
-        mcfg = replace(mcfg, mode="iterative")
-    z_start = None
-    if mcfg.mode == "iterative":
-        # as map_to_latent draws them: all at once from one seeded CPU generator
-        gen = torch.Generator().manual_seed(int(mcfg.seed))
-        z_start = (torch.rand(n, model.model_config.z_dim, generator=gen) * 2.0 - 1.0).numpy()
-    logger.info("%s: mapping %d patches in %d chunks", volume.name, n, len(chunks))
-    score_parts: dict[str, list[np.ndarray]] = {}
-    en_face = np.zeros((s_count, volume.shape[2]), np.float32)
-    chunk_of = np.searchsorted(coords[:, 0], [a for a, _ in chunks] + [s_count])
-    done = 0
-    with TiffSliceWriter(paths["residual"], volume.shape, np.float32) as writer:
-        for k, (a, b) in enumerate(chunks):
-            lo, hi = int(chunk_of[k]), int(chunk_of[k + 1])
-            sub = geometry.sub(a, b)
-            residual_flat = np.full((b - a, *geometry.band_shape[1:]), np.nan, np.float32)
-            if hi > lo:
-                local = coords[lo:hi] - np.array([a, 0, 0])
-                images = cut_patches(plan.band(a, b), local, size)
-                job = map_to_latent(
-                    model.generator,
-                    model.discriminator,
-                    images,
-                    mcfg,
-                    z_init=None if z_start is None else z_start[lo:hi],
-                    encoder=encoder,
-                )
-                while True:
-                    try:
-                        event = next(job)
-                    except StopIteration as stop:
-                        mapped = stop.value
-                        break
-                    yield _rebase(event, done, hi - lo, n)
-                del images
-                residual_flat = assemble_heatmap(mapped.residual_image, local, sub.band_shape)
-                for name, values in mapped.scores().items():
-                    score_parts.setdefault(name, []).append(np.asarray(values))
-                del mapped
-                done += hi - lo
-            residual = _back_project(sub, residual_flat, fill_nan=0.0)
-            writer.write(residual)
-            en_face[a:b] = en_face_projection(residual, plan.ilm[a:b], plan.bm[a:b])
-            del residual, residual_flat
-    scores = {name: np.concatenate(parts) for name, parts in score_parts.items()}
-    from napari_anogan.io import read_volume
-
-    result = _volume_result(
-        volume,
-        model,
-        settings,
-        coords,
-        scores,
-        geometry,
-        size,
-        residual=read_volume(paths["residual"], lazy=True).data,
-        reconstruction=None,
-        ilm=plan.ilm,
-        bm=plan.bm,
-        en_face=en_face,
-    )
-    _write_tables(result, paths)
-    yield ProgressEvent(EventKind.DONE, 1, 1, message=f"{volume.name} scored")
-    return result, paths
-
-
 def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> np.ndarray:
     """Mean residual between ILM and BM for every (slice, column): an en-face anomaly map.
 
@@ -776,7 +721,7 @@ def _model_description(model) -> dict:
     }
 
 
-def _output_paths(name: str, outdir: str | Path) -> dict[str, Path]:
+def output_paths(name: str, outdir: str | Path) -> dict[str, Path]:
     """Output files of a volume, checked to stay inside ``outdir``."""
     outdir = Path(outdir)
     stem = safe_stem(name)
@@ -794,7 +739,7 @@ def write_score_outputs(result: VolumeResult, outdir: str | Path) -> dict[str, P
     volume name made safe as a file name (:func:`safe_stem`), so outputs stay inside
     ``outdir``.
     """
-    paths = _output_paths(result.name, outdir)
+    paths = output_paths(result.name, outdir)
     write_tiff(paths["residual"], np.asarray(result.residual, dtype=np.float32))
     _write_tables(result, paths)
     return paths
@@ -1101,8 +1046,8 @@ def run_demo(
     settings = settings or DEMO_SETTINGS
     volume = read_volume(sample_path(SAMPLE_VOLUME))
     mask = read_volume(sample_path(SAMPLE_MASK)).data
-    result = yield from score_volume(volume, sample_path(BUNDLED_MODEL), settings)
-    paths = write_score_outputs(result, outdir)
+    result = yield from score_volume(volume, sample_path(BUNDLED_MODEL), settings, outdir=outdir)
+    paths = result.outputs
     lines = [
         f"napari-anogan demo: bundled sample {volume.name} {volume.shape} scored with the "
         f"bundled small model ({_mode_text(settings)}; the paper maps with 500 steps "

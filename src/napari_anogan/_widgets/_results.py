@@ -138,7 +138,7 @@ def score_job(
         model = load_checkpoint(model)
     place = {k: geometry[k] for k in ("scale", "translate", "ndim")}
     with gui_torch_threads():
-        job = pipeline.score_volume(volume, model, settings, **region)
+        job = pipeline.score_volume(volume, model, settings, partial_results=True, **region)
         while True:
             try:
                 event = next(job)
