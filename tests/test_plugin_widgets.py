@@ -370,7 +370,7 @@ def test_score_widget_offers_only_scans(scored_viewer):
 
 def test_train_widget_input_errors(make_napari_viewer, errors, tmp_path):
     widget = TrainWidget(make_napari_viewer())
-    assert widget.preset.currentText() == "small"
+    assert widget.preset.currentText() == "paper"  # the CLI's default too
     widget.start()
     assert "add healthy scans" in errors[-1]
     widget.set_paths([tmp_path])

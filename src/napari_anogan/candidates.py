@@ -15,6 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
+from napari_anogan import settings as defaults
+
 CANDIDATE_COLUMNS = (
     "rank",
     "slice_start",
@@ -34,7 +36,7 @@ def find_candidates(
     patches: Mapping[str, np.ndarray],
     *,
     stride: int,
-    threshold: float = 99.0,
+    threshold: float = defaults.PERCENTILE_THRESHOLD,
     by: str = "healthy_percentile",
 ) -> list[dict]:
     """Join anomalous patches into ranked candidate regions.

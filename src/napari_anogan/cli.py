@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
+from napari_anogan import settings as defaults
 from napari_anogan.errors import AnoganError
-from napari_anogan.scoring import SCORING_LAM
 
 logger = logging.getLogger("napari_anogan")
 
@@ -122,19 +122,16 @@ def _train_job(args: argparse.Namespace, *, device: str) -> Generator:
 def _score_settings(args: argparse.Namespace):
     from napari_anogan.pipeline import ScoreSettings
 
-    kwargs = {
-        "mode": args.mapping,
-        "lam": args.lam,
-        "stride": args.stride,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "seed": args.seed,
-    }
-    if args.steps is not None:
-        kwargs["steps"] = args.steps
-    if args.hybrid_steps is not None:
-        kwargs["hybrid_steps"] = args.hybrid_steps
-    return ScoreSettings(**kwargs)
+    return ScoreSettings(
+        mode=args.mapping,
+        steps=args.steps,
+        hybrid_steps=args.hybrid_steps,
+        lam=args.lam,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+    )
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -235,35 +232,47 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _add_score_options(p: argparse.ArgumentParser, *, default_steps: int | None = None) -> None:
+def _add_score_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mapping",
         choices=("iterative", "encoder", "hybrid"),
-        default="hybrid",
-        help="latent mapping: hybrid = encoder start + a few steps (default; falls back to "
+        default=defaults.MAPPING_MODE,
+        help="latent mapping: hybrid = encoder start + a few steps (falls back to "
         "iterative for a model without an encoder), encoder = encoder only, iterative = "
-        "the paper's 500-step search",
+        "the paper's random-start search",
     )
     p.add_argument(
-        "--steps", type=int, default=default_steps, help="iterative mapping steps (paper: 500)"
+        "--steps",
+        type=int,
+        default=defaults.MAPPING_STEPS,
+        help="iterative mapping steps (paper: 500)",
     )
     p.add_argument(
         "--hybrid-steps",
         type=int,
-        default=None,
-        help="steps K after the encoder start in the hybrid mode (default 10)",
+        default=defaults.HYBRID_STEPS,
+        help="steps K after the encoder start in the hybrid mode",
     )
     p.add_argument(
         "--lam",
         type=float,
-        default=SCORING_LAM,
-        help=f"lambda of eq. (5)/(6) (default {SCORING_LAM}, chosen on a validation set; "
-        "paper: 0.1)",
+        default=defaults.SCORING_LAM,
+        help="lambda of eq. (5)/(6), chosen on a validation set (paper: 0.1)",
     )
-    p.add_argument("--stride", type=int, default=32, help="patch grid stride in pixels")
-    p.add_argument("--batch-size", type=int, default=256, help="patches mapped at once")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random latent start")
+    p.add_argument(
+        "--stride", type=int, default=defaults.SCORE_STRIDE, help="patch grid stride in pixels"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.SCORE_BATCH_SIZE, help="patches mapped at once"
+    )
+    p.add_argument("--device", default=defaults.DEVICE, help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--seed", type=int, default=defaults.SEED, help="seed of the random latent start"
+    )
+
+
+_HELP = argparse.ArgumentDefaultsHelpFormatter
+"""Every ``--help`` shows each option's default (the values of :mod:`napari_anogan.settings`)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,28 +280,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-anogan",
         description="Unsupervised anomaly detection in retinal OCT with AnoGAN.",
+        formatter_class=_HELP,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    sub = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("preprocess", help="normalise, find retina boundaries, flatten")
+    def sub(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, formatter_class=_HELP)
+
+    p = sub("preprocess", help="normalise, find retina boundaries, flatten")
     p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--target-width", type=int, default=256, help="columns when spacing unknown")
-    p.add_argument("--margin-above", type=int, default=16, help="rows kept above the ILM")
-    p.add_argument("--margin-below", type=int, default=32, help="rows kept below BM")
+    p.add_argument(
+        "--target-width",
+        type=int,
+        default=defaults.TARGET_WIDTH,
+        help="columns when spacing unknown",
+    )
+    p.add_argument(
+        "--margin-above", type=int, default=defaults.MARGIN_ABOVE, help="rows kept above the ILM"
+    )
+    p.add_argument(
+        "--margin-below", type=int, default=defaults.MARGIN_BELOW, help="rows kept below BM"
+    )
     p.set_defaults(func=_cmd_preprocess)
 
-    p = sub.add_parser("train", help="train a healthy model")
+    p = sub("train", help="train a healthy model")
     p.add_argument("inputs", nargs="+", help="healthy volumes, B-scans or folders")
     p.add_argument("-o", "--output", required=True, help="model checkpoint to write (.pt)")
-    p.add_argument("--preset", default="paper", choices=("paper", "small", "tiny"))
-    p.add_argument("--epochs", type=int, default=20, help="training epochs (paper: 20)")
-    p.add_argument("--patches-per-scan", type=int, default=64, help="random patches per B-scan")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--preset",
+        default=defaults.TRAIN_PRESET,
+        choices=("paper", "small", "tiny"),
+        help="model widths: the paper's DCGAN, a CPU-sized one, a test-sized one",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=defaults.TRAIN_EPOCHS, help="training epochs (paper: 20)"
+    )
+    p.add_argument(
+        "--patches-per-scan",
+        type=int,
+        default=defaults.PATCHES_PER_SCAN,
+        help="random patches per B-scan",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.TRAIN_BATCH_SIZE, help="patches per step"
+    )
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of weights and patches")
+    p.add_argument("--device", default=defaults.DEVICE, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument(
         "--encoder",
@@ -300,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train the f-AnoGAN encoder (fast hybrid/encoder scoring); with --resume "
         "on a finished model (same inputs and options), adds one to it",
     )
-    p.add_argument("--encoder-epochs", type=int, default=None, help="encoder epochs")
+    p.add_argument(
+        "--encoder-epochs", type=int, default=defaults.ENCODER_EPOCHS, help="encoder epochs"
+    )
     p.add_argument(
         "--ddp",
         action="store_true",
@@ -310,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("score", help="score volumes with a healthy model")
+    p = sub("score", help="score volumes with a healthy model")
     p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
     p.add_argument("-m", "--model", required=True, help="model checkpoint")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -326,20 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk-slices",
         type=_non_negative_int,
-        default=16,
+        default=defaults.SCORE_CHUNK_SLICES,
         help="B-scans preprocessed, mapped and written at a time (bounds memory whatever the "
-        "number of B-scans); 0 = the whole volume at once (then bit for bit the in-memory "
-        "result; smaller chunks differ only by float32 rounding)",
+        "number of B-scans); 0 = the whole volume at once (smaller chunks differ from it only "
+        "by float32 rounding)",
     )
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("evaluate", help="ROC/AUC of a model on labelled test data")
+    p = sub("evaluate", help="ROC/AUC of a model on labelled test data")
     p.add_argument("-m", "--model", required=True, help="model checkpoint")
     p.add_argument("--normal", nargs="+", required=True, help="healthy test inputs")
     p.add_argument("--anomalous", nargs="+", required=True, help="diseased test inputs")
     p.add_argument("--masks", help="folder of lesion masks (same stem as the input)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--acae-epochs", type=int, default=5, help="epochs of the aCAE baseline")
+    p.add_argument(
+        "--acae-epochs", type=int, default=defaults.ACAE_EPOCHS, help="epochs of the aCAE baseline"
+    )
     p.add_argument(
         "--acae-train",
         nargs="+",
@@ -348,11 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="score the bundled sample with the bundled model")
+    p = sub("demo", help="score the bundled sample with the bundled model")
     p.add_argument("-o", "--output", default="anogan-demo", help="output folder")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("view", help="open napari with the plugin's widgets")
+    p = sub("view", help="open napari with the plugin's widgets")
     p.add_argument("path", nargs="?", help="file or folder to open")
     p.set_defaults(func=_cmd_view)
     return parser

@@ -134,7 +134,8 @@ def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: st
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.events import drain
     from napari_anogan.io import read_volume, write_json
-    from napari_anogan.pipeline import SCORE_CHUNK_SLICES, score_volume, summary_dict
+    from napari_anogan.pipeline import score_volume, summary_dict
+    from napari_anogan.settings import SCORE_CHUNK_SLICES
 
     model = load_checkpoint(model_path)
     # lazy and chunked: a worker's memory does not grow with the number of B-scans

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_anogan import settings as defaults
 from napari_anogan.errors import InputError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import read_volume, write_csv
@@ -311,9 +312,9 @@ def run_evaluation(
     outdir: str | Path,
     settings=None,
     masks: str | Path | None = None,
-    acae_epochs: int = 5,
+    acae_epochs: int = defaults.ACAE_EPOCHS,
     acae_train: Sequence[str | Path] | None = None,
-    patches_per_scan: int = 64,
+    patches_per_scan: int = defaults.PATCHES_PER_SCAN,
     figures: bool = True,
 ) -> Generator[ProgressEvent, None, dict]:
     """Evaluate a model on labelled test data, as in the paper's section 3.

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_anogan import settings as defaults
 from napari_anogan.device import resolve_device
 from napari_anogan.errors import AnoganError, InputError
 from napari_anogan.events import EventKind, ProgressEvent
@@ -145,19 +146,19 @@ class MappingConfig:
         Return reconstructions and residual images (N x P x P each); False saves memory.
     """
 
-    steps: int = 500
-    lam: float = 0.1
-    lr: float = 0.05
+    steps: int = defaults.MAPPING_STEPS
+    lam: float = defaults.PAPER_LAM
+    lr: float = defaults.MAPPING_LR
     discrimination: str = "feature"
-    mode: str = "iterative"
-    hybrid_steps: int = 10
-    early_stop: bool = True
-    tolerance: float = 1e-3
+    mode: str = "iterative"  # the paper's; scoring's default is defaults.MAPPING_MODE
+    hybrid_steps: int = defaults.HYBRID_STEPS
+    early_stop: bool = defaults.EARLY_STOP
+    tolerance: float = defaults.TOLERANCE
     patience: int | None = None
     keep_best: bool = True
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "auto"
+    batch_size: int = defaults.SCORE_BATCH_SIZE
+    seed: int = defaults.SEED
+    device: str = defaults.DEVICE
     amp: bool | None = None
     compile: bool = False
     report_every: int = 10

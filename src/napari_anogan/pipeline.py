@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_anogan import settings as defaults
 from napari_anogan.candidates import CANDIDATE_COLUMNS, find_candidates
 from napari_anogan.errors import InputError, ModelError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import Volume, read_volume, safe_stem, write_csv, write_json, write_tiff
-from napari_anogan.scoring import SCORING_LAM
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ScoreSettings:
         Mapping steps Γ of the ``iterative`` mode (paper: 500).
     lam : float
         λ of eq. (5) and (6): default 0.7, chosen on a validation set
-        (:data:`~napari_anogan.scoring.SCORING_LAM`); the paper's is 0.1.
+        (:data:`~napari_anogan.settings.SCORING_LAM`); the paper's is 0.1.
     stride : int
         Patch grid stride in the flattened band, in pixels.
     batch_size : int
@@ -79,17 +79,17 @@ class ScoreSettings:
         10 % of the mode's steps, at least 3 (iterative-500: 50, hybrid-10: 3).
     """
 
-    mode: str = "hybrid"
-    steps: int = 500
-    lam: float = SCORING_LAM
-    stride: int = 32
-    batch_size: int = 256
-    device: str = "auto"
-    seed: int = 0
-    percentile_threshold: float = 99.0
-    hybrid_steps: int = 10
-    early_stop: bool = True
-    tolerance: float = 1e-3
+    mode: str = defaults.MAPPING_MODE
+    steps: int = defaults.MAPPING_STEPS
+    lam: float = defaults.SCORING_LAM
+    stride: int = defaults.SCORE_STRIDE
+    batch_size: int = defaults.SCORE_BATCH_SIZE
+    device: str = defaults.DEVICE
+    seed: int = defaults.SEED
+    percentile_threshold: float = defaults.PERCENTILE_THRESHOLD
+    hybrid_steps: int = defaults.HYBRID_STEPS
+    early_stop: bool = defaults.EARLY_STOP
+    tolerance: float = defaults.TOLERANCE
     patience: int | None = None
 
     def to_dict(self) -> dict:
@@ -255,10 +255,6 @@ def _grid(plan, chunks, size: int, stride: int, slices, boxes) -> np.ndarray:
     if boxes:
         coords = coords[_select_patches(coords, size, plan.geometry, boxes)]
     return coords
-
-
-SCORE_CHUNK_SLICES = 16
-"""B-scans preprocessed, mapped and written at a time when scoring to files (CLI, Dask)."""
 
 
 PARTIAL_EVERY_S = 1.0
@@ -789,7 +785,7 @@ def collect_training_patches(
     seed: int = 0,
     *,
     holdout_fraction: float = 0.0,
-    reference_stride: int = 32,
+    reference_stride: int = defaults.SCORE_STRIDE,
 ) -> Generator[ProgressEvent, None, tuple[np.ndarray, np.ndarray, dict]]:
     """Read healthy scans, preprocess them and draw random training patches.
 
@@ -916,12 +912,12 @@ def train_from_paths(
     paths: Sequence[str | Path],
     output: str | Path,
     *,
-    preset: str = "paper",
-    epochs: int = 20,
-    patches_per_scan: int = 64,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: str = "auto",
+    preset: str = defaults.TRAIN_PRESET,
+    epochs: int = defaults.TRAIN_EPOCHS,
+    patches_per_scan: int = defaults.PATCHES_PER_SCAN,
+    batch_size: int = defaults.TRAIN_BATCH_SIZE,
+    seed: int = defaults.SEED,
+    device: str = defaults.DEVICE,
     resume: bool = False,
     preprocess_config=None,
     model_overrides: dict | None = None,

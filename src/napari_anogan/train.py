@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_anogan import ddp as _ddp
+from napari_anogan import settings as defaults
 from napari_anogan.checkpoint import (
     FORMAT_VERSION,
     read_checkpoint,
@@ -53,7 +54,7 @@ from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.mapping import MappingConfig, _amp_context, amp_by_default, map_to_latent
 from napari_anogan.models import Discriminator, ModelConfig, sample_prior
 from napari_anogan.models import Generator as GeneratorNet
-from napari_anogan.scoring import QUANTILE_LEVELS, SCORING_LAM, score_quantiles
+from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
 
 __all__ = [
     "EncoderConfig",
@@ -122,19 +123,19 @@ class TrainConfig:
         seeded: the same seed gives the same weights on one machine.
     """
 
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    seed: int = 0
-    device: str = "auto"
+    epochs: int = defaults.TRAIN_EPOCHS
+    batch_size: int = defaults.TRAIN_BATCH_SIZE
+    lr: float = defaults.TRAIN_LR
+    beta1: float = defaults.TRAIN_BETA1
+    seed: int = defaults.SEED
+    device: str = defaults.DEVICE
     sample_every: int = 200
     n_samples: int = 16
-    holdout_fraction: float = 0.05
-    reference_steps: int = 500
-    reference_lam: float = SCORING_LAM
-    reference_max_patches: int = 512
-    reference_batch_size: int = 256
+    holdout_fraction: float = defaults.HOLDOUT_FRACTION
+    reference_steps: int = defaults.REFERENCE_STEPS
+    reference_lam: float = defaults.SCORING_LAM
+    reference_max_patches: int = defaults.REFERENCE_MAX_PATCHES
+    reference_batch_size: int = defaults.REFERENCE_BATCH_SIZE
     deterministic: bool | None = None
     amp: bool | None = None
 
@@ -850,12 +851,12 @@ class EncoderConfig:
         here: 0.078 -> 0.035 s per batch of 64 (small preset), 0.80 -> 0.30 s (paper).
     """
 
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-4
-    kappa: float = 1.0
-    seed: int = 0
-    device: str = "auto"
+    epochs: int = defaults.ENCODER_EPOCHS
+    batch_size: int = defaults.ENCODER_BATCH_SIZE
+    lr: float = defaults.ENCODER_LR
+    kappa: float = defaults.ENCODER_KAPPA
+    seed: int = defaults.SEED
+    device: str = defaults.DEVICE
     amp: bool | None = None
 
     def __post_init__(self) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_anogan import settings as defaults
+
 LayerData = tuple[Any, dict, str]
 
 #: Layer kinds added for one scored image, in the order they are added (bottom to top).
@@ -133,7 +135,7 @@ def score_bar_layer(
     name: str,
     *,
     image_height: int,
-    threshold: float = 99.0,
+    threshold: float = defaults.PERCENTILE_THRESHOLD,
     ndim: int = 3,
     **meta: Any,
 ) -> LayerData:
@@ -554,7 +556,7 @@ def result_layers(
     """
     settings = getattr(result, "settings", {}) or {}
     if threshold is None:
-        threshold = float(settings.get("percentile_threshold", 99.0))
+        threshold = float(settings.get("percentile_threshold", defaults.PERCENTILE_THRESHOLD))
     if candidates is None:
         candidates = list(getattr(result, "candidates", []) or [])
     common = _placement(scale, translate, ndim, image_name)

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_anogan import settings as defaults
 from napari_anogan._widgets._common import (
     RESULT_KEY,
     LayerCombo,
@@ -182,7 +183,7 @@ class CandidatesWidget(QWidget):
         self.threshold.setRange(0.0, 100.0)
         self.threshold.setDecimals(4)
         self.threshold.setSingleStep(0.5)
-        self.threshold.setValue(99.0)
+        self.threshold.setValue(defaults.PERCENTILE_THRESHOLD)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
         for column, tip in enumerate(TOOLTIPS):
@@ -256,7 +257,7 @@ class CandidatesWidget(QWidget):
             self._fill_table()
             return
         threshold = (layer.metadata.get("threshold") if layer is not None else None) or float(
-            (result.settings or {}).get("percentile_threshold", 99.0)
+            (result.settings or {}).get("percentile_threshold", defaults.PERCENTILE_THRESHOLD)
         )
         if not np.isfinite(np.asarray(result.patches.get("healthy_percentile", []), float)).any():
             # a model without a healthy reference: only raw scores can be thresholded
@@ -290,7 +291,7 @@ class CandidatesWidget(QWidget):
         self.threshold.blockSignals(True)
         if by == "healthy_percentile":
             self.threshold.setRange(0.0, 100.0)
-            self.threshold.setValue(99.0)
+            self.threshold.setValue(defaults.PERCENTILE_THRESHOLD)
         else:
             self._set_score_range(result)
         self.threshold.blockSignals(False)

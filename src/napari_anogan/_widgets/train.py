@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_anogan import settings as defaults
 from napari_anogan._widgets._common import (
     Job,
     browse_row,
@@ -76,10 +77,10 @@ class TrainWidget(QWidget):
         remove = QPushButton("Remove")
         self.preset = QComboBox()
         self.preset.addItems(_presets())
-        self.preset.setCurrentText("small")
-        self.epochs = _spin(1, 1000, 20)
-        self.patches_per_scan = _spin(1, 10000, 64)
-        self.reference_steps = _spin(0, 5000, _default_reference_steps())
+        self.preset.setCurrentText(defaults.TRAIN_PRESET)
+        self.epochs = _spin(1, 1000, defaults.TRAIN_EPOCHS)
+        self.patches_per_scan = _spin(1, 10000, defaults.PATCHES_PER_SCAN)
+        self.reference_steps = _spin(0, 5000, defaults.REFERENCE_STEPS)
         self.reference_steps.setToolTip(
             "mapping steps used to score held-out healthy patches after training; "
             "use the steps you will score with, so healthy percentiles are calibrated"
@@ -277,12 +278,6 @@ def samples_placement(
     size = float(span[0]) if span[0] > 0 else float(height)
     step = size / max(height, 1)
     return (step, step), (float(low[0]), float(high[1] + 0.05 * max(span[1], size)))
-
-
-def _default_reference_steps() -> int:
-    from napari_anogan.train import TrainConfig
-
-    return int(TrainConfig().reference_steps)
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_anogan import settings as defaults
 from napari_anogan._atomic import atomic_path
 from napari_anogan.errors import InputError, ModelError
 from napari_anogan.events import EventKind, ProgressEvent
@@ -170,7 +171,7 @@ def _sample_grid(x: torch.Tensor, x_hat: torch.Tensor, k: int = 8) -> np.ndarray
 def train_acae(
     patches: np.ndarray | torch.Tensor,
     config: ModelConfig,
-    epochs: int = 5,
+    epochs: int = defaults.ACAE_EPOCHS,
     batch_size: int = 64,
     lr: float = 2e-4,
     seed: int = 0,

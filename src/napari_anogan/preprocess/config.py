@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_anogan import settings as defaults
+
 logger = logging.getLogger(__name__)
 
 #: Row spacing (um) the row-based settings refer to: a Spectralis B-scan, 496 rows over 1.9 mm.
@@ -33,41 +35,41 @@ class PreprocessConfig:
     """
 
     #: Columns after resampling when the column spacing of the input is unknown.
-    target_width: int = 256
+    target_width: int = defaults.TARGET_WIDTH
     #: Column spacing (um) to resample to when ``Volume.spacing[2]`` is known (paper: ~22 um).
-    column_spacing_um: float = 22.0
+    column_spacing_um: float = defaults.COLUMN_SPACING_UM
     #: Grey value percentile (whole volume) mapped to -1; darker values are clipped.
-    low_percentile: float = 1.0
+    low_percentile: float = defaults.LOW_PERCENTILE
     #: Grey value percentile (whole volume) mapped to +1; brighter values are clipped.
-    high_percentile: float = 99.9
+    high_percentile: float = defaults.HIGH_PERCENTILE
     #: Rows kept above the highest ILM in the flattened band.
-    margin_above: int = 16
+    margin_above: int = defaults.MARGIN_ABOVE
     #: Rows kept below Bruch's membrane in the flattened band.
-    margin_below: int = 32
+    margin_below: int = defaults.MARGIN_BELOW
     #: Fixed band height in rows; None = thickest retina of the volume + margins (>= patch_size).
     band_height: int | None = None
     #: Side of the square patches in pixels (paper: 64).
-    patch_size: int = 64
+    patch_size: int = defaults.PATCH_SIZE
     #: Gaussian smoothing (rows) of the image before boundary detection, in pixels.
-    smooth_rows: float = 2.0
+    smooth_rows: float = defaults.SMOOTH_ROWS
     #: Gaussian smoothing (columns) of the image before boundary detection, in resampled columns.
-    smooth_cols: float = 1.5
+    smooth_cols: float = defaults.SMOOTH_COLS
     #: Largest change of a boundary row from one resampled column to the next (graph search).
-    max_jump: int = 4
+    max_jump: int = defaults.MAX_JUMP
     #: Cost of a boundary path per row of jump between neighbouring columns (smoothness).
-    jump_penalty: float = 0.05
+    jump_penalty: float = defaults.JUMP_PENALTY
     #: Thinnest retina (ILM to BM) searched for, in rows.
-    min_thickness: int = 12
+    min_thickness: int = defaults.MIN_THICKNESS
     #: Thickest retina (ILM to BM) searched for, in rows.
-    max_thickness: int = 300
+    max_thickness: int = defaults.MAX_THICKNESS
     #: Half height (rows) of the band around the neighbour-slice consensus in the second pass.
-    slice_band: int = 12
+    slice_band: int = defaults.SLICE_BAND
     #: The RPE is searched at least this many rows under the ILM (never the nerve fibre layer).
-    min_rpe_depth: int = 20
+    min_rpe_depth: int = defaults.MIN_RPE_DEPTH
     #: Gaussian smoothing of the final boundaries along columns (resampled columns).
-    boundary_smooth_cols: float = 1.0
+    boundary_smooth_cols: float = defaults.BOUNDARY_SMOOTH_COLS
     #: Gaussian smoothing of the final boundaries across B-scans (slices); 0 = none.
-    boundary_smooth_slices: float = 0.0
+    boundary_smooth_slices: float = defaults.BOUNDARY_SMOOTH_SLICES
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serialisable dict."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_anogan import settings as defaults
 from napari_anogan.preprocess.flatten import PreprocessedVolume
 
 
@@ -133,7 +134,7 @@ def _grid_starts(length: int, size: int, stride: int) -> np.ndarray:
 
 def grid_patches(
     pre: PreprocessedVolume,
-    stride: int = 32,
+    stride: int = defaults.SCORE_STRIDE,
     slices: Sequence[int] | None = None,
 ) -> Patches:
     """Grid patches of the band centred in the retina, and the few more covering the rest.
@@ -192,7 +193,7 @@ def _cover_the_rest(retina: np.ndarray, keep: np.ndarray, count: np.ndarray, row
 def grid_coords(
     retina_mask: np.ndarray,
     size: int,
-    stride: int = 32,
+    stride: int = defaults.SCORE_STRIDE,
     slices: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Top-left corners of the grid patches of :func:`grid_patches`, from the mask alone.

@@ -1,0 +1,122 @@
+"""Every user-facing default, defined once with the reason for its value.
+
+The config dataclasses (:class:`~napari_anogan.preprocess.PreprocessConfig`,
+:class:`~napari_anogan.mapping.MappingConfig`, :class:`~napari_anogan.training.TrainConfig`,
+:class:`~napari_anogan.training.EncoderConfig`, :class:`~napari_anogan.pipeline.ScoreSettings`),
+the command line's defaults and the widgets' initial values all read them from here.
+This module imports nothing of the project, so every layer may import it.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------ general
+
+#: Compute device: the first GPU when there is one, else the CPU.
+DEVICE = "auto"
+#: Seed of every random choice (latent starts, patch positions, weights): runs repeat.
+SEED = 0
+
+# ------------------------------------------------------------------------ preprocessing
+
+#: Columns after resampling when the input's column spacing is unknown (paper: ~256 for 6 mm).
+TARGET_WIDTH = 256
+#: Column spacing (um) resampled to when the input's is known (paper: ~22 um).
+COLUMN_SPACING_UM = 22.0
+#: Grey-value percentile mapped to -1 (darker clipped): robust to a few black pixels.
+LOW_PERCENTILE = 1.0
+#: Grey-value percentile mapped to +1 (brighter clipped): robust to specular highlights.
+HIGH_PERCENTILE = 99.9
+#: Rows kept above the highest ILM in the flattened band: patches include some vitreous.
+MARGIN_ABOVE = 16
+#: Rows kept below Bruch's membrane: patches include the choroid, where PEDs push down.
+MARGIN_BELOW = 32
+#: Side of the square patches in pixels (paper: 64).
+PATCH_SIZE = 64
+
+# Boundary search (ILM and Bruch's membrane); lengths in rows of a 3.87 um/row B-scan.
+#: Gaussian smoothing (rows) before edge detection: suppresses speckle, keeps layer edges.
+SMOOTH_ROWS = 2.0
+#: Gaussian smoothing (resampled columns) before edge detection.
+SMOOTH_COLS = 1.5
+#: Largest change of a boundary row between neighbouring columns: boundaries are smooth.
+MAX_JUMP = 4
+#: Path cost per row of jump between neighbouring columns: prefers straight boundaries.
+JUMP_PENALTY = 0.05
+#: Thinnest retina (ILM to BM, rows) searched for: thinner than any fovea.
+MIN_THICKNESS = 12
+#: Thickest retina (ILM to BM, rows) searched for: room for large detachments.
+MAX_THICKNESS = 300
+#: Half height (rows) of the band around the neighbour-slice consensus in the second pass.
+SLICE_BAND = 12
+#: The RPE is searched at least this many rows under the ILM (never the nerve fibre layer).
+MIN_RPE_DEPTH = 20
+#: Smoothing of the final boundaries along columns (resampled columns).
+BOUNDARY_SMOOTH_COLS = 1.0
+#: Smoothing of the final boundaries across B-scans; 0: B-scans may be far apart.
+BOUNDARY_SMOOTH_SLICES = 0.0
+
+# ----------------------------------------------------------------------------- training
+
+#: Model preset: the paper's DCGAN widths (``small`` is the CPU-sized one bundled).
+TRAIN_PRESET = "paper"
+#: GAN training epochs (paper: 20).
+TRAIN_EPOCHS = 20
+#: GAN training batch size (paper: 64).
+TRAIN_BATCH_SIZE = 64
+#: Random training patches per healthy B-scan: many per scan, each centred in the retina.
+PATCHES_PER_SCAN = 64
+#: Adam learning rate of G and D (DCGAN's).
+TRAIN_LR = 2e-4
+#: Adam beta1 of G and D (DCGAN's: 0.5 keeps the GAN stable).
+TRAIN_BETA1 = 0.5
+#: Fraction of healthy B-scans held out of training for the healthy score reference.
+HOLDOUT_FRACTION = 0.05
+#: Mapping steps of the healthy reference when it is mapped iteratively (paper's Gamma).
+REFERENCE_STEPS = 500
+#: Held-out patches mapped for the healthy reference (bounds training's last stage).
+REFERENCE_MAX_PATCHES = 512
+#: Patches mapped at once for the healthy reference.
+REFERENCE_BATCH_SIZE = 256
+#: Encoder (f-AnoGAN izi_f) training epochs: the budget its learning rate was chosen at.
+ENCODER_EPOCHS = 30
+#: Encoder training batch size.
+ENCODER_BATCH_SIZE = 64
+#: Encoder Adam learning rate: lower loss than 3e-4 and 1e-3 after 30 epochs, measured.
+ENCODER_LR = 1e-4
+#: Weight kappa of the feature term in the encoder loss (f-AnoGAN's izi_f: 1).
+ENCODER_KAPPA = 1.0
+
+# ------------------------------------------------------------------------------ scoring
+
+#: lambda of eq. (5)/(6) when scoring: chosen on a validation set (paper, from faces: 0.1).
+SCORING_LAM = 0.7
+"""The smallest of 0.1, 0.3, ..., 0.9 within 0.005 patch AUC of the best on 10 + 10 validation
+eyes (a rule fixed before the sweep); D's features see small, local lesions (docs/results.md)."""
+
+#: lambda of the paper (eq. 5 and 6), the default of a bare MappingConfig.
+PAPER_LAM = 0.1
+#: Latent mapping: encoder start + K steps; measured 77x faster and better than 500 steps.
+MAPPING_MODE = "hybrid"
+#: Steps Gamma of the iterative mapping (paper: 500).
+MAPPING_STEPS = 500
+#: Steps K after the encoder start in the hybrid mode: best patch AUC of K = 5-50, measured.
+HYBRID_STEPS = 10
+#: Adam learning rate of z: 0.05 measured best (against 0.01, 0.02 and 0.1).
+MAPPING_LR = 0.05
+#: Freeze a patch's search once its loss stops improving: fewer steps, AUC unchanged.
+EARLY_STOP = True
+#: Early stopping: a step improves a patch if it lowers its best loss by this fraction.
+TOLERANCE = 1e-3
+#: Patch grid stride in the flattened band: half a 64-pixel patch, so patches overlap.
+SCORE_STRIDE = 32
+#: Patches mapped at once: bounds memory (G and D activations of one batch).
+SCORE_BATCH_SIZE = 256
+#: Candidates: a patch is anomalous above this percentile of the healthy reference.
+PERCENTILE_THRESHOLD = 99.0
+#: B-scans preprocessed, mapped and written at a time when scoring to files (bounded memory).
+SCORE_CHUNK_SLICES = 16
+
+# ---------------------------------------------------------------------------- evaluation
+
+#: Training epochs of the aCAE baseline (Table 1) when ``evaluate`` trains it.
+ACAE_EPOCHS = 5
