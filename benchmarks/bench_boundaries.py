@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.io.volume import Volume
 from napari_anogan.preprocess import preprocess_volume
-from napari_anogan.synthetic import make_volume
 
 CASES = {
     "healthy": ({}, 2.0),

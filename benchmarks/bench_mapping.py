@@ -47,10 +47,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_anogan.device import amp_by_default
 from napari_anogan.events import drain
-from napari_anogan.mapping import MappingConfig, amp_by_default, fold_batch_norm, map_to_latent
+from napari_anogan.mapping import MappingConfig, map_to_latent
 from napari_anogan.models import Discriminator, Generator, get_preset
 from napari_anogan.models.encoder import Encoder
+from napari_anogan.models.folding import fold_batch_norm
 
 PAPER_STEPS = 500
 
@@ -72,9 +74,9 @@ def load_model(path: str | None, preset: str):
 
 def test_patches(preprocess: dict, n: int, seed: int) -> np.ndarray:
     """Grid patches of a synthetic diseased volume, preprocessed like the model's data."""
+    from napari_anogan.datasets.synthetic import make_volume
     from napari_anogan.io.volume import Volume
     from napari_anogan.preprocess import PreprocessConfig, grid_patches, preprocess_volume
-    from napari_anogan.synthetic import make_volume
 
     cfg = PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
     syn = make_volume(8, 496, 512, lesions=["irf", "drusen"], seed=seed)

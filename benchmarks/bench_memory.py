@@ -1,6 +1,6 @@
 """Peak memory (RSS) of ``napari-anogan score`` on big volumes, on CPU. Prints one JSON object.
 
-Each case: a synthetic volume (:func:`napari_anogan.synthetic.make_volume`) is written as
+Each case: a synthetic volume (:func:`napari_anogan.datasets.synthetic.make_volume`) is written as
 an OME-TIFF (in its own process), then ``napari-anogan score`` runs on it with the
 bundled model in a fresh process started by a small "meter" process, which reports
 ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` of the scoring process alone.
@@ -44,7 +44,7 @@ CASES = {
 _MAKE = """
 import sys
 from napari_anogan.io import write_tiff
-from napari_anogan.synthetic import make_volume
+from napari_anogan.datasets.synthetic import make_volume
 s, h, w = (int(x) for x in sys.argv[2:5])
 v = make_volume(n_slices=s, height=h, width=w, seed=0)
 write_tiff(sys.argv[1], v.data, spacing=v.spacing)

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.io.volume import Volume
 from napari_anogan.preprocess import (
     PreprocessConfig,
@@ -27,7 +28,6 @@ from napari_anogan.preprocess import (
     random_patches,
     resample_width,
 )
-from napari_anogan.synthetic import make_volume
 
 
 def _best(fn, repeat: int) -> tuple[float, object]:

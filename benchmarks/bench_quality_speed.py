@@ -38,11 +38,13 @@ import numpy as np
 import torch
 
 from napari_anogan.checkpoint import load_checkpoint
-from napari_anogan.evaluate import patch_labels_from_mask, roc
+from napari_anogan.device import amp_by_default
+from napari_anogan.evaluation.experiment import find_mask
+from napari_anogan.evaluation.labels import patch_labels_from_mask
+from napari_anogan.evaluation.metrics import roc
 from napari_anogan.events import drain
-from napari_anogan.experiment import find_mask
 from napari_anogan.io import read_volume
-from napari_anogan.mapping import MappingConfig, amp_by_default, map_to_latent
+from napari_anogan.mapping import MappingConfig, map_to_latent
 from napari_anogan.preprocess import PreprocessConfig, grid_patches, preprocess_volume
 from napari_anogan.scoring import SCORING_LAM, aggregate_bscans
 
@@ -104,9 +106,9 @@ def evaluate(model, x, labels, bscan_id, bscan_labels, name: str, cfg: MappingCo
 
 def default_volume_seconds(model) -> dict:
     """Wall time of scoring a 49 x 496 x 512 volume with the default settings."""
+    from napari_anogan.datasets.synthetic import make_volume
     from napari_anogan.io.volume import Volume
     from napari_anogan.pipeline import ScoreSettings, score_volume
-    from napari_anogan.synthetic import make_volume
 
     syn = make_volume(49, 496, 512, lesions=["irf", "srf", "drusen"], seed=4242)
     volume = Volume(syn.data, spacing=syn.spacing, name="bench49")

@@ -1,6 +1,6 @@
 """Seconds per training batch of the GAN and of the encoder, float32 against mixed precision.
 
-Times :func:`~napari_anogan.train.train_gan` and :func:`~napari_anogan.train.train_encoder`
+Times :func:`~napari_anogan.training.train_gan` and :func:`~napari_anogan.training.train_encoder`
 themselves (a D step and a G step per batch; one encoder step per batch) on random
 patches, after warm-up batches, for each preset and each ``amp`` setting. Prints ONE JSON
 object with the machine's CPU count and whether it has AMX (where ``amp=None`` turns
@@ -20,10 +20,10 @@ import time
 import numpy as np
 import torch
 
+from napari_anogan.device import amp_by_default
 from napari_anogan.events import EventKind
-from napari_anogan.mapping import amp_by_default
 from napari_anogan.models import Discriminator, Generator, get_preset
-from napari_anogan.train import EncoderConfig, TrainConfig, train_encoder, train_gan
+from napari_anogan.training import EncoderConfig, TrainConfig, train_encoder, train_gan
 
 
 def _per_batch(events, warmup: int) -> float:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_anogan.evaluate import roc
-from napari_anogan.synthetic import LESION_LABELS
+from napari_anogan.datasets.synthetic import LESION_LABELS
+from napari_anogan.evaluation.metrics import roc
 
 HEALTHY_GROUP = "test healthy"
 

@@ -5,7 +5,7 @@ Writes into ``sample_data/`` (or ``--out-dir``):
 - ``sample_volume.ome.tif``: (S, H, W) uint8 B-scans, zlib-compressed OME-TIFF with
   physical pixel sizes in micrometres;
 - ``sample_volume_mask.ome.tif``: same shape, 0 = healthy, else the lesion label
-  (``napari_anogan.synthetic.LESION_LABELS``);
+  (``napari_anogan.datasets.synthetic.LESION_LABELS``);
 - ``sample_volume_boundaries.csv``: true ILM and Bruch's membrane rows per B-scan column;
 - ``README.md``: how it was made (command, seed, lesions) and its licence.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_anogan.synthetic import LESION_LABELS, SyntheticVolume, make_volume
+from napari_anogan.datasets.synthetic import LESION_LABELS, SyntheticVolume, make_volume
 
 logger = logging.getLogger("make_sample_data")
 
@@ -125,7 +125,7 @@ def write_readme(path: Path, vol: SyntheticVolume, args: argparse.Namespace, com
 ## Synthetic OCT volume (`sample_volume*`)
 
 A small synthetic Spectralis-like macular OCT volume with lesions of mixed types, made by
-`napari_anogan.synthetic.make_volume`. It is **generated data, not a patient scan**. The
+`napari_anogan.datasets.synthetic.make_volume`. It is **generated data, not a patient scan**. The
 napari sample, the `napari-anogan demo` command and the tests use it.
 
 | file | content |
@@ -197,7 +197,7 @@ def make_figure(path: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
-        "napari_anogan.synthetic: synthetic B-scans (496 x 512, cropped in depth); "
+        "napari_anogan.datasets.synthetic: synthetic B-scans (496 x 512, cropped in depth); "
         "coloured outlines = ground-truth lesion masks",
         fontsize=11,
     )

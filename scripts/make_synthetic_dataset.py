@@ -1,6 +1,6 @@
 """Write a synthetic OCT data set: healthy training eyes and a disjoint labelled test set.
 
-Every eye is a different seed of :func:`napari_anogan.synthetic.make_volume`; training,
+Every eye is a different seed of :func:`napari_anogan.datasets.synthetic.make_volume`; training,
 test and validation eyes never share a seed (each group has 1,000 seeds of its own, and
 none uses the bundled sample's seed 2017). Layout::
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_anogan.datasets.synthetic import LESION_LABELS, make_volume
 from napari_anogan.io import write_tiff
-from napari_anogan.synthetic import LESION_LABELS, make_volume
 
 logger = logging.getLogger("make_synthetic_dataset")
 

@@ -65,7 +65,7 @@ def main() -> None:
         from napari_anogan.events import drain
         from napari_anogan.pipeline import reference_patches_of
         from napari_anogan.scoring import SCORING_LAM
-        from napari_anogan.train import refresh_reference
+        from napari_anogan.training import refresh_reference
 
         patches = drain(reference_patches_of(args.out))
         reference = drain(refresh_reference(args.out, patches, lam=SCORING_LAM))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.events import drain
 from napari_anogan.io import write_tiff
-from napari_anogan.synthetic import make_volume
 
 SMALL_SHAPE = {"n_slices": 3, "height": 200, "width": 256}
 

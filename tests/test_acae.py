@@ -3,11 +3,8 @@ import pytest
 import torch
 
 from napari_anogan.errors import InputError, ModelError
-from napari_anogan.events import EventKind, drain
-from napari_anogan.models import get_preset
-from napari_anogan.models.acae import (
+from napari_anogan.evaluation.acae import (
     ACAE,
-    Encoder,
     acae_from_state,
     acae_scores,
     acae_state,
@@ -15,6 +12,11 @@ from napari_anogan.models.acae import (
     save_acae,
     train_acae,
 )
+from napari_anogan.events import EventKind, drain
+from napari_anogan.models import get_preset
+from napari_anogan.models.encoder import Encoder
+
+pytestmark = pytest.mark.slow
 
 CONFIG = get_preset("tiny", patch_size=32, g_widths=(16, 8, 4), d_widths=(4, 8, 16), z_dim=8)
 

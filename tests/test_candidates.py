@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_anogan.candidates import CANDIDATE_COLUMNS, find_candidates
+from napari_anogan.scoring.candidates import CANDIDATE_COLUMNS, find_candidates
 
 
 def _table(entries):

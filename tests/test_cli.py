@@ -131,6 +131,7 @@ def test_model_that_needs_pickle_is_refused(synthetic_dir, tmp_path, capsys):
     assert "pickle" in capsys.readouterr().err.lower()
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path, tmp_path):
     out = tmp_path / "eval"
     code = main(
@@ -204,6 +205,7 @@ def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path,
         assert (out / fig).stat().st_size > 5_000
 
 
+@pytest.mark.slow
 def test_demo_scores_the_bundled_sample_and_finds_its_lesions(tmp_path, capsys):
     """The README's main job: the bundled model on the bundled sample, fast mapping said
     in the output, the documented files written, the top candidates on planted lesions."""

@@ -7,8 +7,8 @@ Two kinds of multi-process runs:
 * the real ``napari-anogan train`` under ``torchrun --standalone`` (loopback only), whose
   model must load with the normal loader and score a volume.
 
-What is asserted about equality (see :mod:`napari_anogan.ddp`): shards are disjoint and
-together are the single-process batches; a DDP run is bit for bit reproducible from its
+What is asserted about equality (see :mod:`napari_anogan.training.ddp`): shards are disjoint
+and together are the single-process batches; a DDP run is bit for bit reproducible from its
 seed and so is resuming it; all ranks end with the same weights; with BatchNorm switched
 off a DDP run equals the single-process run to float32 rounding.
 """
@@ -26,17 +26,18 @@ import numpy as np
 import pytest
 import torch
 
-from napari_anogan import ddp
 from napari_anogan.checkpoint import load_checkpoint, read_checkpoint
 from napari_anogan.cli import main
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.errors import AnoganError, InputError
 from napari_anogan.events import drain
 from napari_anogan.io import Volume
 from napari_anogan.models import get_preset
 from napari_anogan.pipeline import ScoreSettings, score_volume
 from napari_anogan.preprocess import PreprocessConfig
-from napari_anogan.synthetic import make_volume
-from napari_anogan.train import TrainConfig, holdout_split, train_gan
+from napari_anogan.training import TrainConfig, ddp, holdout_split, train_gan
+
+pytestmark = pytest.mark.slow  # real processes: DDP
 
 CFG = get_preset("tiny", patch_size=32)
 EXTRA = {"preprocess_config": PreprocessConfig(patch_size=32).to_dict(), "data_fingerprint": "t"}
@@ -108,9 +109,9 @@ import numpy as np
 import torch
 sys.path.insert(0, sys.argv[5])
 import test_ddp as t
-from napari_anogan import ddp
+from napari_anogan.training import ddp
 from napari_anogan.events import drain
-from napari_anogan.train import train_gan
+from napari_anogan.training import train_gan
 
 rank, world, init, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 torch.set_num_threads(1)

@@ -12,9 +12,11 @@ import dask
 import pytest
 
 from napari_anogan.cli import main
-from napari_anogan.distributed import score_fingerprint, score_one, score_paths
 from napari_anogan.errors import InputError
 from napari_anogan.pipeline import ScoreSettings
+from napari_anogan.pipeline.cluster import score_fingerprint, score_one, score_paths
+
+pytestmark = pytest.mark.slow
 
 pytest.importorskip("distributed")
 

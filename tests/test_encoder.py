@@ -13,8 +13,10 @@ from napari_anogan.io import read_volume
 from napari_anogan.mapping import MappingConfig, map_to_latent
 from napari_anogan.models import Discriminator, Generator, get_preset, sample_prior
 from napari_anogan.models.encoder import Encoder, encode, encoder_loss
-from napari_anogan.pipeline import ScoreSettings, _mapping_config, score_volume
-from napari_anogan.train import EncoderConfig, TrainConfig, add_encoder, train_encoder, train_gan
+from napari_anogan.pipeline import ScoreSettings, mapping_config, score_volume
+from napari_anogan.training import EncoderConfig, TrainConfig, add_encoder, train_encoder, train_gan
+
+pytestmark = pytest.mark.slow
 
 CFG = get_preset("tiny", patch_size=32)
 
@@ -148,7 +150,7 @@ def test_checkpoint_round_trip_with_encoder(tmp_path, patches):
 @pytest.mark.parametrize("mode", ["hybrid", "iterative"])
 def test_reference_mapping_matches_the_scoring_defaults(mode):
     """The healthy percentile compares like with like: same mode and search settings."""
-    score = _mapping_config(ScoreSettings(mode=mode)).to_dict()
+    score = mapping_config(ScoreSettings(mode=mode)).to_dict()
     ref = TrainConfig().reference_mapping(mode=mode).to_dict()
     for key in ("batch_size", "device", "keep_images", "seed"):
         score.pop(key)

@@ -3,8 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from napari_anogan import evaluate as ev
 from napari_anogan.errors import AnoganError, InputError
+from napari_anogan.evaluation import figures as fg
+from napari_anogan.evaluation import labels as lb
+from napari_anogan.evaluation import metrics as ev
+from napari_anogan.evaluation import table as tb
 from napari_anogan.events import drain
 
 LABELS4 = np.array([0, 0, 1, 1], dtype=bool)
@@ -98,26 +101,26 @@ def test_patch_labels_from_mask():
             [1, 4, 8],  # partly outside the mask: background
         ]
     )
-    labels = ev.patch_labels_from_mask(mask, coords, 4)
+    labels = lb.patch_labels_from_mask(mask, coords, 4)
     assert labels.dtype == bool
     np.testing.assert_array_equal(labels, [False, True, True, False, True, False])
 
 
 def test_patch_labels_from_mask_errors():
     with pytest.raises(InputError):
-        ev.patch_labels_from_mask(np.zeros((4, 4)), np.zeros((1, 3), int), 2)
+        lb.patch_labels_from_mask(np.zeros((4, 4)), np.zeros((1, 3), int), 2)
     with pytest.raises(InputError):
-        ev.patch_labels_from_mask(np.zeros((1, 4, 4)), np.zeros((1, 2), int), 2)
+        lb.patch_labels_from_mask(np.zeros((1, 4, 4)), np.zeros((1, 2), int), 2)
     with pytest.raises(InputError, match="out of range"):
-        ev.patch_labels_from_mask(np.zeros((1, 4, 4)), np.array([[1, 0, 0]]), 2)
+        lb.patch_labels_from_mask(np.zeros((1, 4, 4)), np.array([[1, 0, 0]]), 2)
 
 
 def test_bscan_labels():
     mask = np.zeros((3, 4, 5), dtype=np.uint8)
     mask[1, 3, 4] = 1
-    np.testing.assert_array_equal(ev.bscan_labels(mask), [False, True, False])
-    np.testing.assert_array_equal(ev.bscan_labels_without_mask(3, True), [True] * 3)
-    np.testing.assert_array_equal(ev.bscan_labels_without_mask(2, False), [False] * 2)
+    np.testing.assert_array_equal(lb.bscan_labels(mask), [False, True, False])
+    np.testing.assert_array_equal(lb.bscan_labels_without_mask(3, True), [True] * 3)
+    np.testing.assert_array_equal(lb.bscan_labels_without_mask(2, False), [False] * 2)
 
 
 def test_pixel_auroc_exact():
@@ -181,13 +184,13 @@ def test_evaluate_scores_keys_and_table(tmp_path):
     assert metrics["pixel_auroc"] == pytest.approx(1.0)
 
     path = tmp_path / "metrics.json"
-    ev.save_metrics(metrics, path)
+    tb.save_metrics(metrics, path)
     loaded = json.loads(path.read_text())
     assert loaded["anomaly_score"]["youden"]["threshold"] == pytest.approx(
         metrics["anomaly_score"]["youden"]["threshold"]
     )
 
-    table = ev.table1(metrics)
+    table = tb.table1(metrics)
     for row in ("aCAE", "P_D", "GAN_R", "AnoGAN"):
         assert f"| {row} |" in table
     for col in ("Precision", "Recall", "Sensitivity", "Specificity", "AUC", "B-scan AUC"):
@@ -202,7 +205,7 @@ def test_evaluate_scores_partial_levels_and_missing_rows():
     assert metrics["anomaly_score"]["bscan_auc"] == 1.0
     assert metrics["anomaly_score"]["youden"] == metrics["anomaly_score"]["bscan_youden"]
     assert metrics["pixel_auroc"] is None
-    table = ev.table1(metrics)
+    table = tb.table1(metrics)
     assert "| aCAE | – |" in table
     with pytest.raises(AnoganError, match="nothing to evaluate"):
         ev.evaluate_scores(None, None)
@@ -249,15 +252,15 @@ def test_evaluate_scores_with_groups_adds_intervals_and_table_column():
     assert low <= metrics["anomaly_score"]["patch_auc"] <= high
     assert "patch_auc_minus_anogan_ci" in metrics["acae"]
     assert "bscan_auc_ci" not in metrics["anomaly_score"]
-    table = ev.table1(metrics)
+    table = tb.table1(metrics)
     assert "| AUC | AUC 95 % CI | B-scan AUC |" in table
     ci = f"{low:.3f}-{high:.3f}"
     assert f"| {metrics['anomaly_score']['patch_auc']:.3f} | {ci} |" in table
-    assert "AUC 95 % CI" not in ev.table1(ev.evaluate_scores(scores, labels))
+    assert "AUC 95 % CI" not in tb.table1(ev.evaluate_scores(scores, labels))
 
 
 def test_patch_windows_keep_labels_and_dominant_label():
-    from napari_anogan.experiment import dominant_labels, patch_masks
+    from napari_anogan.evaluation.experiment import dominant_labels, patch_masks
 
     labels = np.zeros((1, 6, 6), dtype=np.uint8)
     labels[0, 0, 0] = 3
@@ -276,12 +279,12 @@ def test_plots_write_png(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 2 == 0
     scores = _fake_scores(60, rng, labels)
-    curves = ev.roc_curves({k: scores[k] for k in ev.FIG4A_SCORES}, labels)
+    curves = ev.roc_curves({k: scores[k] for k in fg.FIG4A_SCORES}, labels)
     roc_path = tmp_path / "roc.png"
-    ev.plot_rocs(curves, roc_path, title="Fig. 4a")
+    fg.plot_rocs(curves, roc_path, title="Fig. 4a")
     assert roc_path.stat().st_size > 10_000
     dist_path = tmp_path / "dist.png"
-    ev.plot_score_distributions(
+    fg.plot_score_distributions(
         {
             "training healthy": rng.normal(0, 1, 100),
             "test healthy": rng.normal(0.2, 1, 80),
@@ -295,11 +298,11 @@ def test_plots_write_png(tmp_path):
 
 
 def _training_patches(model_path, n_max: int, seed: int = 0):
-    from napari_anogan.experiment import _training_scores
-    from napari_anogan.pipeline import ScoreSettings, _load_model
+    from napari_anogan.evaluation.experiment import _training_scores
+    from napari_anogan.pipeline import ScoreSettings, load_model
 
     settings = ScoreSettings(mode="iterative", steps=1, stride=32)
-    return drain(_training_scores(_load_model(model_path), settings, n_max=n_max, seed=seed))
+    return drain(_training_scores(load_model(model_path), settings, n_max=n_max, seed=seed))
 
 
 def test_fig4_training_patches_come_from_a_seeded_subset_of_training_scans(
@@ -307,7 +310,8 @@ def test_fig4_training_patches_come_from_a_seeded_subset_of_training_scans(
 ):
     """Fig. 4c,d's training-healthy patches: n_max grid patches, the same for a seed,
     from only as many training scans as needed (at least TRAINING_SCANS_FOR_FIGURES)."""
-    from napari_anogan import experiment, preprocess
+    from napari_anogan import preprocess
+    from napari_anogan.evaluation import experiment
 
     calls: list[int] = []
     real = preprocess.preprocess_volume
@@ -335,9 +339,9 @@ def test_tiny_model_generator_depends_on_z(tiny_model_path):
     """The tests' tiny model maps at all: G(z) varies with z and has a gradient in z."""
     import torch
 
-    from napari_anogan.pipeline import _load_model
+    from napari_anogan.pipeline import load_model
 
-    model = _load_model(tiny_model_path)
+    model = load_model(tiny_model_path)
     z = torch.linspace(-1, 1, 8 * model.model_config.z_dim).reshape(8, -1).requires_grad_()
     out = model.generator.eval()(z)
     out.sum().backward()
@@ -345,25 +349,26 @@ def test_tiny_model_generator_depends_on_z(tiny_model_path):
     assert z.grad.abs().mean() > 0.1
 
 
+@pytest.mark.slow
 def test_gan_r_scores_come_from_a_mapping_with_the_reference_loss(synthetic_dir, tiny_model_path):
     """GAN_R (Table 1): the paper maps with the reference loss itself, so evaluation's
     reference scores are those of a second mapping with ``discrimination="reference"``,
     while AnoGAN's scores keep the feature-matching mapping."""
     from dataclasses import replace
 
-    from napari_anogan.experiment import _score_input, _Scored
+    from napari_anogan.evaluation.experiment import _score_input, _Scored
     from napari_anogan.io import read_volume
     from napari_anogan.mapping import map_to_latent
-    from napari_anogan.pipeline import ScoreSettings, _load_model, _mapping_config, score_volume
+    from napari_anogan.pipeline import ScoreSettings, load_model, mapping_config, score_volume
 
-    model = _load_model(tiny_model_path)
+    model = load_model(tiny_model_path)
     settings = ScoreSettings(mode="iterative", steps=3, stride=32)
     path = synthetic_dir / "diseased.ome.tif"
     out = _Scored()
     drain(_score_input(path, True, model, settings, None, None, out))
     patches = drain(score_volume(read_volume(path), model, settings, keep_patches=True)).mapped
     feature = patches.mapping
-    config = replace(_mapping_config(settings), discrimination="reference", keep_images=False)
+    config = replace(mapping_config(settings), discrimination="reference", keep_images=False)
     reference = drain(map_to_latent(model.generator, model.discriminator, patches.images, config))
 
     for name in ("reference_anomaly_score", "reference_discrimination_score"):

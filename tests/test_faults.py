@@ -109,6 +109,7 @@ def _states(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {k: data[k] for k in ("generator", "discriminator")}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(synthetic_dir, tmp_path):
     inputs = [str(p) for p in sorted(synthetic_dir.glob("healthy_*.ome.tif"))]
     killed = tmp_path / "killed.pt"
@@ -330,6 +331,7 @@ def test_guard_really_blocks_the_network(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_train_and_score_open_no_network_connection(synthetic_dir, tmp_path):
     """The CLI (imports included) under a socket guard that allows loopback only."""
     log = tmp_path / "net.log"
@@ -360,15 +362,11 @@ def test_train_and_score_open_no_network_connection(synthetic_dir, tmp_path):
 )
 def test_volume_names_never_write_outside_the_output_folder(tiny_model_path, tmp_path, name):
     """A name from metadata, a layer or a caller: every output lands in ``-o``."""
+    from napari_anogan.datasets.synthetic import make_volume
     from napari_anogan.events import drain
     from napari_anogan.io import Volume
-    from napari_anogan.pipeline import (
-        ScoreSettings,
-        score_volume,
-        write_score_outputs,
-    )
+    from napari_anogan.pipeline import ScoreSettings, score_volume, write_score_outputs
     from napari_anogan.preprocess import preprocess_volume, write_preprocess_outputs
-    from napari_anogan.synthetic import make_volume
 
     syn = make_volume(n_slices=1, height=200, width=256, seed=1)
     volume = Volume(syn.data, spacing=syn.spacing, name=name, source="scan.tif")
@@ -450,11 +448,12 @@ def test_model_not_matching_the_input_is_refused_saying_what_differs(
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_resume_with_other_data_or_preprocessing_is_refused(tmp_path):
     from napari_anogan.errors import ModelError
     from napari_anogan.events import drain
     from napari_anogan.models import get_preset
-    from napari_anogan.train import TrainConfig, train_gan
+    from napari_anogan.training import TrainConfig, train_gan
 
     patches = np.random.default_rng(0).uniform(-1, 1, (20, 1, 32, 32)).astype(np.float32)
     cfg = get_preset("tiny", patch_size=32)

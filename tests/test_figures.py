@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_anogan import figures as fg
 from napari_anogan.errors import AnoganError
+from napari_anogan.evaluation import figures as fg
 
 
 @pytest.fixture
@@ -44,6 +44,7 @@ def test_fig3_blocks():
     assert fg._blocks(["a", "a", "b", "a"]) == [("a", 0, 2), ("b", 2, 3), ("a", 3, 4)]
 
 
+@pytest.mark.slow
 def test_fig2b_tsne(tmp_path):
     rng = np.random.default_rng(0)
     feats = np.concatenate([rng.normal(0, 1, (20, 4, 2, 2)), rng.normal(3, 1, (10, 4, 2, 2))])

@@ -7,14 +7,10 @@ import torch
 from napari_anogan.device import resolve_device
 from napari_anogan.errors import AnoganError, InputError
 from napari_anogan.events import EventKind, drain
-from napari_anogan.mapping import (
-    MappingConfig,
-    _SubPixelConvTranspose,
-    fold_batch_norm,
-    map_to_latent,
-)
+from napari_anogan.mapping import MappingConfig, map_to_latent
 from napari_anogan.models import Discriminator, Generator, get_preset, sample_prior
 from napari_anogan.models.encoder import Encoder
+from napari_anogan.models.folding import _SubPixelConvTranspose, fold_batch_norm
 
 CFG = get_preset("tiny", patch_size=32)
 
@@ -87,6 +83,7 @@ def test_only_z_changes(models, targets):
     g.eval()
 
 
+@pytest.mark.slow
 def test_mapping_reconstructs_generated_patch(models, targets):
     _z_true, x = targets
     start = run(models, x, steps=0)
@@ -98,6 +95,7 @@ def test_mapping_reconstructs_generated_patch(models, targets):
     assert run(models, noise, steps=60).residual_score.min() > mapped.residual_score.max()
 
 
+@pytest.mark.slow
 def test_loss_decreases_in_events(models, targets):
     _, x = targets
     g, d = models
@@ -420,6 +418,7 @@ def test_hybrid_without_encoder_falls_back_to_iterative(models, targets, caplog)
         run(models, x, encoder=None, mode="iterative", steps=1, z_init=np.zeros((4, 16)))
 
 
+@pytest.mark.slow
 def test_mixed_precision_search_on_cpu(models, targets, encoder):
     """bf16 autocast only changes the search; scores stay exact float32 at the final z."""
     _, x = targets

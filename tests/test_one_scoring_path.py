@@ -18,6 +18,7 @@ import pytest
 import tifffile
 
 from napari_anogan.cli import main
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.events import drain
 from napari_anogan.io import read_volume, write_tiff
 from napari_anogan.pipeline import (
@@ -28,7 +29,6 @@ from napari_anogan.pipeline import (
     write_score_outputs,
 )
 from napari_anogan.resources import BUNDLED_MODEL, SAMPLE_VOLUME, sample_path
-from napari_anogan.synthetic import make_volume
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +55,8 @@ def _same_files(a: dict[str, Path], b: dict[str, Path]) -> None:
 def _all_callers(volume_path: Path, model_path: Path, settings: ScoreSettings, tmp: Path):
     """Score with every caller; return the CLI's files and each other caller's."""
     from napari_anogan.checkpoint import load_checkpoint
-    from napari_anogan.distributed import score_fingerprint, score_one
-    from napari_anogan.experiment import _score_input, _Scored
+    from napari_anogan.evaluation.experiment import _score_input, _Scored
+    from napari_anogan.pipeline.cluster import score_fingerprint, score_one
 
     stem = read_volume(volume_path).name
     names = ("residual", "scores", "summary")

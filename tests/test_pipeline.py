@@ -177,13 +177,14 @@ def test_held_out_bscans_give_the_reference_grid_patches(synthetic_dir):
     assert none.shape == (0, 1, 64, 64)
 
 
+@pytest.mark.slow
 def test_training_keeps_held_out_bscans_for_the_reference(synthetic_dir, tmp_path):
     import torch
 
     from napari_anogan.errors import ModelError
     from napari_anogan.pipeline import collect_training_patches, train_from_paths
     from napari_anogan.preprocess import PreprocessConfig
-    from napari_anogan.train import EncoderConfig, add_encoder
+    from napari_anogan.training import EncoderConfig, add_encoder
 
     paths = sorted(synthetic_dir.glob("healthy_*.ome.tif"))
     out = tmp_path / "m.pt"
@@ -210,6 +211,7 @@ def test_training_keeps_held_out_bscans_for_the_reference(synthetic_dir, tmp_pat
     assert load_checkpoint(out).reference["settings"]["mode"] == "hybrid"
 
 
+@pytest.mark.slow
 def test_refresh_reference_recomputes_only_the_healthy_reference(
     synthetic_dir, tiny_model_path, tmp_path
 ):
@@ -222,7 +224,7 @@ def test_refresh_reference_recomputes_only_the_healthy_reference(
     from napari_anogan.errors import ModelError
     from napari_anogan.pipeline import collect_training_patches, reference_patches_of
     from napari_anogan.preprocess import PreprocessConfig
-    from napari_anogan.train import refresh_reference
+    from napari_anogan.training import refresh_reference
 
     paths = sorted(synthetic_dir.glob("healthy_*.ome.tif"))
     path = tmp_path / "held_bscans.pt"

@@ -19,7 +19,7 @@ from napari_anogan._widgets.export import ExportWidget
 from napari_anogan._widgets.score import ScoreWidget
 from napari_anogan._widgets.train import SAMPLES_LAYER, TrainWidget
 
-pytestmark = pytest.mark.qt
+pytestmark = [pytest.mark.qt, pytest.mark.slow]
 
 TIMEOUT_MS = 180_000
 
@@ -235,16 +235,13 @@ def test_bad_image_file_gives_error_and_no_layer(make_napari_viewer, tmp_path):
     assert len(viewer.layers) == 0
 
 
-def test_gui_stays_responsive_while_scoring(
+def test_gui_stays_usable_while_scoring(
     make_napari_viewer, qtbot, data_dir, tiny_model, monkeypatch
 ):
-    """The event loop keeps ticking while the worker maps patches (design target: 100 ms).
-
-    The bound asserted here is loose (shared 2-core CI machines stall whole processes);
-    the measured gap is printed for the record.
+    """While the worker maps patches the event loop runs, partial heatmaps arrive before the
+    result, and the viewer can be used. (Cancel: ``test_score_cancel_mid_run``; how long
+    the event loop is held up is measured, not asserted: benchmarks/bench_gui_responsiveness.py.)
     """
-    import time
-
     from qtpy.QtCore import QTimer
 
     viewer = make_napari_viewer()
@@ -252,29 +249,34 @@ def test_gui_stays_responsive_while_scoring(
     score = ScoreWidget(viewer)
     score.model_path.setText(str(tiny_model))
     score.steps.setValue(30)
-    ticks: list[float] = []
-    result_at: list[float] = []
-    original = score.job._on_result
-    monkeypatch.setattr(
-        score.job, "_on_result", lambda r: (result_at.append(time.perf_counter()), original(r))
-    )
+    log: list[str] = []
+    used_while_busy: list[bool] = []
+    show_partial, on_result = score._show_partial, score.job._on_result
+
+    def partial(p):
+        log.append("partial")
+        if score.job.running and not used_while_busy:  # use the viewer while the job runs
+            viewer.dims.set_current_step(0, 1)
+            used_while_busy.append(score.cancel_button.isEnabled())
+        show_partial(p)
+
+    monkeypatch.setattr(score, "_show_partial", partial)
+    monkeypatch.setattr(score.job, "_on_result", lambda r: (log.append("result"), on_result(r)))
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.timeout.connect(lambda: log.append("tick"))
     timer.start()
     with qtbot.waitSignal(score.finished, timeout=TIMEOUT_MS) as blocker:
         score.run_button.click()
     timer.stop()
-    done_at = time.perf_counter()
     assert blocker.args == ["done"]
-    during = np.array([t for t in ticks if t <= result_at[0]])
-    gaps = np.diff(during)
-    print(
-        f"event-loop ticks while scoring: {gaps.size}, longest gap {gaps.max() * 1000:.0f} ms; "
-        f"adding the result layers: {(done_at - result_at[0]) * 1000:.0f} ms"
-    )
-    assert gaps.size > 10
-    assert gaps.max() < 1.0
+    before_result = log[: log.index("result")]
+    assert before_result.count("tick") > 10  # the event loop ran during scoring
+    assert before_result.count("partial") >= 2  # the blank heatmap, then mapped patches
+    assert used_while_busy == [True]
+    assert viewer.dims.current_step[0] == 1
+    assert score.run_button.isEnabled()
+    assert not score.cancel_button.isEnabled()
 
 
 def test_score_real_bscan_sample_2d(make_napari_viewer, qtbot, tiny_model, notes):

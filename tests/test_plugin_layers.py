@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_anogan._widgets import _layers
-from napari_anogan.candidates import find_candidates
 from napari_anogan.pipeline import VolumeResult
+from napari_anogan.scoring.candidates import find_candidates
 
 S, H, W, P, STRIDE = 3, 64, 96, 32, 16
 

@@ -24,7 +24,7 @@ from napari_anogan._widgets.score import ScoreWidget
 from napari_anogan._widgets.train import TrainWidget
 from test_plugin_layers import H, S, W, fake_result
 
-pytestmark = pytest.mark.qt
+pytestmark = [pytest.mark.qt, pytest.mark.slow]
 
 SCALE = (120.0, 3.9, 11.0)
 

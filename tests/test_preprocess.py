@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from skimage.graph import MCP
 
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.errors import InputError
 from napari_anogan.io.volume import Volume
 from napari_anogan.preprocess import (
@@ -27,7 +28,6 @@ from napari_anogan.preprocess import (
 )
 from napari_anogan.preprocess._graph import min_cost_rows
 from napari_anogan.preprocess.normalise import resampled_width
-from napari_anogan.synthetic import make_volume
 
 # -- fixtures -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.errors import InputError
 from napari_anogan.io import Volume
 from napari_anogan.preprocess import (
@@ -24,7 +25,6 @@ from napari_anogan.preprocess import (
 )
 from napari_anogan.preprocess._quantiles import chunked_percentiles
 from napari_anogan.preprocess.normalise import apply_intensity_range, intensity_range_chunked
-from napari_anogan.synthetic import make_volume
 
 FIELDS = ("flat", "ilm", "bm", "ilm_flat", "bm_flat", "retina_mask")
 
@@ -156,6 +156,7 @@ def test_geometry_sub_checks_its_range(odd_volume):
         geometry.sub(3, 3)
 
 
+@pytest.mark.slow
 def test_preprocessing_memory_is_a_few_chunks_not_the_volume():
     """Working memory (traced peak minus the band kept) is a bounded number of chunks.
 

@@ -9,7 +9,7 @@ from napari_anogan.cli import build_parser
 from napari_anogan.mapping import MappingConfig
 from napari_anogan.pipeline import ScoreSettings
 from napari_anogan.preprocess import PreprocessConfig
-from napari_anogan.train import EncoderConfig, TrainConfig
+from napari_anogan.training import EncoderConfig, TrainConfig
 
 SCORE_OPTIONS = {
     "mapping": settings.MAPPING_MODE,

@@ -17,17 +17,12 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_anogan.datasets.synthetic import make_volume
 from napari_anogan.errors import InputError, OutputError
 from napari_anogan.events import drain
 from napari_anogan.io import TiffSliceWriter, read_volume, write_tiff
 from napari_anogan.io import readers as io_readers
-from napari_anogan.pipeline import (
-    PATCH_COLUMNS,
-    ScoreSettings,
-    score_volume,
-    write_score_outputs,
-)
-from napari_anogan.synthetic import make_volume
+from napari_anogan.pipeline import PATCH_COLUMNS, ScoreSettings, score_volume, write_score_outputs
 
 SETTINGS = ScoreSettings(mode="iterative", steps=3, device="cpu")
 
@@ -231,6 +226,7 @@ def test_streamed_slices_and_boxes_match_in_memory(volume_path, tiny_model_path,
         drain(score_volume(volume, tiny_model_path, SETTINGS, outdir=out, boxes=[(0, 0, 0, 2, 2)]))
 
 
+@pytest.mark.slow
 def test_streamed_scoring_memory_does_not_grow_with_the_number_of_bscans(tiny_model_path, tmp_path):
     """numpy's traced peak: 12 B-scans need about what 3 need (chunks of 3)."""
     peaks = {}

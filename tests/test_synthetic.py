@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
-from napari_anogan.synthetic import LESION_LABELS, SyntheticVolume, make_bscan, make_volume
+from napari_anogan.datasets.synthetic import LESION_LABELS, SyntheticVolume, make_bscan, make_volume
 
 SMALL = (5, 160, 192)
 
@@ -336,10 +334,8 @@ def test_too_small_shape():
 
 
 @pytest.mark.slow
-def test_full_size_volume_is_fast():
-    start = time.perf_counter()
+def test_full_size_volume():
+    """A Spectralis-sized volume with every lesion type (its speed: bench_boundaries.py)."""
     vol = make_volume(49, 496, 512, lesions=list(LESION_LABELS), seed=0)
-    elapsed = time.perf_counter() - start
     assert vol.data.shape == (49, 496, 512)
     assert vol.spacing == pytest.approx((120.0, 3.87, 11.5))
-    assert elapsed < 10.0

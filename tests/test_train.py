@@ -8,7 +8,9 @@ from napari_anogan.events import EventKind, ProgressEvent, drain
 from napari_anogan.mapping import map_to_latent
 from napari_anogan.models import get_preset
 from napari_anogan.scoring import QUANTILE_LEVELS, percentile_of, score_quantiles
-from napari_anogan.train import TrainConfig, holdout_split, train_gan, training_amp
+from napari_anogan.training import TrainConfig, holdout_split, train_gan, training_amp
+
+pytestmark = pytest.mark.slow
 
 CFG = get_preset("tiny", patch_size=32)
 
@@ -165,7 +167,7 @@ def test_training_amp_rule():
     assert training_amp(cpu, False) is False
     assert training_amp(cpu, True) is True
     # automatic: the mapping's rule (AMX CPUs), whatever this machine has
-    from napari_anogan.mapping import amp_by_default
+    from napari_anogan.device import amp_by_default
 
     assert training_amp(cpu, None) is amp_by_default(cpu)
 

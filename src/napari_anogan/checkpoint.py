@@ -382,3 +382,107 @@ def check_compatible(
         raise ModelError(
             "model does not match the input preprocessing: " + "; ".join(problems), loaded.path
         )
+
+
+def build_checkpoint(
+    g: torch.nn.Module,
+    d: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    model_config: ModelConfig,
+    train_config: Any,
+    training: dict[str, Any],
+    extra: dict[str, Any],
+    reference: dict[str, Any],
+    encoder: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Return the checkpoint dict of a GAN in training (see the module docstring).
+
+    ``train_config`` is a :class:`~napari_anogan.training.TrainConfig`; ``training`` the
+    training summary; ``extra["preprocess_config"]`` the preprocessing settings.
+    """
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_config": model_config.to_json(),
+        "preprocess_config": json.dumps(extra.get("preprocess_config") or {}, sort_keys=True),
+        "train_config": json.dumps(train_config.to_dict(), sort_keys=True),
+        "generator": g.state_dict(),
+        "discriminator": d.state_dict(),
+        "encoder": encoder,
+        "optimizers": {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()},
+        "training": json.dumps(training, sort_keys=True),
+        "reference": reference,
+    }
+
+
+def resume_state(
+    path: Path,
+    model_config: ModelConfig,
+    train_config: Any,
+    n_patches: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read a checkpoint to resume training from; refuse one that trained something else.
+
+    Model config, the :data:`RESUME_KEYS` of ``train_config``, the number of patches,
+    the preprocessing and the data fingerprint must match.
+
+    Raises
+    ------
+    ModelError
+        Naming the file and what differs.
+    """
+    data = read_checkpoint(path)
+    saved_model = json.loads(data["model_config"])
+    if saved_model != model_config.to_dict():
+        diffs = [
+            f"{k}: checkpoint {saved_model.get(k)!r}, requested {v!r}"
+            for k, v in model_config.to_dict().items()
+            if saved_model.get(k) != v
+        ]
+        raise ModelError("cannot resume: model config differs (" + "; ".join(diffs) + ")", path)
+    saved_train = json.loads(data["train_config"])
+    diffs = [
+        f"{k}: checkpoint {saved_train.get(k)!r}, requested {getattr(train_config, k)!r}"
+        for k in RESUME_KEYS
+        if saved_train.get(k) != getattr(train_config, k)
+    ]
+    if diffs:
+        raise ModelError("cannot resume: training settings differ (" + "; ".join(diffs) + ")", path)
+    training = json.loads(data["training"])
+    if training.get("n_patches") != n_patches:
+        raise ModelError(
+            f"cannot resume: checkpoint was trained on {training.get('n_patches')} patches, "
+            f"now given {n_patches}",
+            path,
+        )
+    extra = extra or {}
+    saved_pre = json.loads(data.get("preprocess_config") or "{}")
+    new_pre = json.loads(json.dumps(extra.get("preprocess_config") or {}, sort_keys=True))
+    # settings both know (a newer version may add some, with defaults)
+    diffs = [
+        f"{k}: checkpoint {saved_pre[k]!r}, requested {new_pre[k]!r}"
+        for k in sorted(set(saved_pre) & set(new_pre))
+        if saved_pre[k] != new_pre[k]
+    ]
+    if diffs:
+        raise ModelError("cannot resume: preprocessing differs (" + "; ".join(diffs) + ")", path)
+    recorded, given = training.get("data_fingerprint"), extra.get("data_fingerprint")
+    if recorded and given and recorded != given:
+        raise ModelError(
+            f"cannot resume: these are not the checkpoint's training patches (data "
+            f"fingerprint {given}, checkpoint {recorded}): resume with the same inputs, seed "
+            "and patches per scan",
+            path,
+        )
+    if "optimizers" not in data and int(training.get("epochs_done", 0)) < train_config.epochs:
+        # Only needed to train further; a finished model (e.g. a release copy without
+        # optimiser states) can still be "resumed" to add an encoder.
+        raise ModelError("cannot resume: checkpoint has no optimiser states", path)
+    return data
+
+
+# Settings that must not change when resuming, or the resumed run would differ from an
+# uninterrupted one.
+RESUME_KEYS = ("batch_size", "lr", "beta1", "seed", "holdout_fraction")
+"""Training settings that must match to resume (others, e.g. epochs or device, may change)."""

@@ -76,7 +76,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import contextlib
 
-    from napari_anogan import ddp
+    from napari_anogan.training import ddp
 
     use_ddp = args.ddp or ddp.launched_by_torchrun()
     if use_ddp and args.encoder:
@@ -154,7 +154,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_score_dask(args: argparse.Namespace) -> int:
-    from napari_anogan.distributed import score_paths
+    from napari_anogan.pipeline.cluster import score_paths
 
     def report(status, done, total):
         print(f"[{done}/{total}] {status.line()}", flush=True)
@@ -179,7 +179,7 @@ def _summary_line(result) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_anogan.experiment import run_evaluation
+    from napari_anogan.evaluation.experiment import run_evaluation
 
     settings = _score_settings(args)
     job = run_evaluation(
@@ -193,7 +193,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         acae_train=args.acae_train,
     )
     metrics = _drain(job, "evaluate", quiet=args.quiet)
-    from napari_anogan.evaluate import table1
+    from napari_anogan.evaluation.table import table1
 
     print(table1(metrics))
     return 0
@@ -275,20 +275,8 @@ _HELP = argparse.ArgumentDefaultsHelpFormatter
 """Every ``--help`` shows each option's default (the values of :mod:`napari_anogan.settings`)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser of ``napari-anogan``."""
-    parser = argparse.ArgumentParser(
-        prog="napari-anogan",
-        description="Unsupervised anomaly detection in retinal OCT with AnoGAN.",
-        formatter_class=_HELP,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def sub(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help, formatter_class=_HELP)
-
+def _add_preprocess_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the ``preprocess`` subcommand."""
     p = sub("preprocess", help="normalise, find retina boundaries, flatten")
     p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -306,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_preprocess)
 
+
+def _add_train_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the ``train`` subcommand."""
     p = sub("train", help="train a healthy model")
     p.add_argument("inputs", nargs="+", help="healthy volumes, B-scans or folders")
     p.add_argument("-o", "--output", required=True, help="model checkpoint to write (.pt)")
@@ -348,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_train)
 
+
+def _add_score_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the ``score`` subcommand."""
     p = sub("score", help="score volumes with a healthy model")
     p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
     p.add_argument("-m", "--model", required=True, help="model checkpoint")
@@ -371,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_score)
 
+
+def _add_evaluate_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the ``evaluate`` subcommand."""
     p = sub("evaluate", help="ROC/AUC of a model on labelled test data")
     p.add_argument("-m", "--model", required=True, help="model checkpoint")
     p.add_argument("--normal", nargs="+", required=True, help="healthy test inputs")
@@ -388,13 +385,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_demo_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the ``demo`` subcommand."""
     p = sub("demo", help="score the bundled sample with the bundled model")
     p.add_argument("-o", "--output", default="anogan-demo", help="output folder")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_view_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the ``view`` subcommand."""
     p = sub("view", help="open napari with the plugin's widgets")
     p.add_argument("path", nargs="?", help="file or folder to open")
     p.set_defaults(func=_cmd_view)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``napari-anogan``."""
+    parser = argparse.ArgumentParser(
+        prog="napari-anogan",
+        description="Unsupervised anomaly detection in retinal OCT with AnoGAN.",
+        formatter_class=_HELP,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def sub(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, formatter_class=_HELP)
+
+    _add_preprocess_command(sub)
+    _add_train_command(sub)
+    _add_score_command(sub)
+    _add_evaluate_command(sub)
+    _add_demo_command(sub)
+    _add_view_command(sub)
     return parser
 
 

@@ -1,14 +1,21 @@
-"""Choosing the torch device from a user setting (``auto``, ``cpu``, ``cuda``, ``cuda:1``)."""
+"""The torch device and its mixed precision.
+
+The device comes from a user setting (``auto``, ``cpu``, ``cuda``, ``cuda:1``); mixed
+precision is used where it pays, through one autocast context.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from napari_anogan.errors import AnoganError
 
-__all__ = ["resolve_device"]
+__all__ = ["amp_by_default", "amp_context", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +68,38 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if device.index is not None and device.index >= count:
         raise AnoganError(f"device {spec!r} requested but only {count} CUDA device(s) present")
     return device
+
+
+def amp_by_default(device: torch.device) -> bool:
+    """Whether the search uses mixed precision on ``device`` when ``amp`` is None.
+
+    True on CUDA and on CPUs with AMX tiles (bf16 matrix units), where it pays.
+
+    Parameters
+    ----------
+    device : torch.device
+
+    Returns
+    -------
+    bool
+    """
+    if device.type == "cuda":
+        return True
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(is_amx()) if is_amx is not None else False
+    except RuntimeError:  # pragma: no cover - old or unusual builds
+        return False
+
+
+def amp_context(device: torch.device, enabled: bool) -> Callable[[], Any]:
+    """Return a factory of the autocast context for ``device`` (a no-op one when disabled).
+
+    bf16 on the CPU and on GPUs that support it, fp16 on other GPUs.
+    """
+    if not enabled:
+        return contextlib.nullcontext
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+    return lambda: torch.autocast(device_type="cpu", dtype=torch.bfloat16)

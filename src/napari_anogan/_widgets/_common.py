@@ -2,6 +2,10 @@
 
 Everything Qt-specific that more than one widget needs lives here so each widget module
 stays a thin form around one core generator.
+
+Over 500 lines on purpose: the job runner, the step queue that keeps the viewer
+responsive and the layer pickers are what every widget shares; split by widget they
+would be copied.
 """
 
 from __future__ import annotations

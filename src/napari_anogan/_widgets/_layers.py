@@ -4,6 +4,9 @@ Every function returns plain ``(data, meta, layer_type)`` tuples so it can be te
 without Qt; the score widget adds them to the viewer in one go. Boxes in the result are
 in raw pixels with integer corners; napari puts pixel centres on integers, so a box of
 rows ``[row, row + height)`` spans ``row - 0.5 .. row + height - 0.5``.
+
+Over 500 lines on purpose: every result layer (heatmaps, patch boxes, candidates,
+boundaries, en-face map) is built here with the same naming, scaling and colour rules.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Split from :mod:`.score` so the form stays small: :func:`score_job` runs in the 
 per step (the widget runs the steps between event-loop turns, so the viewer stays
 responsive), :func:`add_result_layers` does all steps at once, and
 :func:`boxes_from_shapes` turns user rectangles into raw-pixel boxes.
+
+Over 500 lines on purpose: the worker job, the partial-heatmap steps and the final layer
+steps hand the same layers to each other and are tested together.
 """
 
 from __future__ import annotations
@@ -233,7 +236,7 @@ WARM_UP_MODULES = (
     "napari_anogan.preprocess",
     "napari_anogan.mapping",
     "napari_anogan.scoring",
-    "napari_anogan.candidates",
+    "napari_anogan.scoring.candidates",
     "napari_anogan.checkpoint",
 )
 

@@ -1,6 +1,6 @@
 """Candidate markers: browse, re-threshold and keep/reject the candidate regions.
 
-The candidates themselves come from the core (:func:`napari_anogan.candidates.
+The candidates themselves come from the core (:func:`napari_anogan.scoring.candidates.
 find_candidates`); this widget shows them in a table ranked by score, moves the viewer
 to a region when its row is clicked, stores keep/reject decisions in the candidate
 layer's features, and recomputes candidates and score-bar colours live when the
@@ -101,7 +101,7 @@ def recompute_candidates(
     list of dict
         Ranked candidates with a ``decision`` entry.
     """
-    from napari_anogan.candidates import find_candidates
+    from napari_anogan.scoring.candidates import find_candidates
 
     stride = int((result.settings or {}).get("stride", 32))
     candidates = find_candidates(result.patches, stride=stride, threshold=threshold, by=by)

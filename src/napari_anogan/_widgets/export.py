@@ -96,9 +96,9 @@ def export_result(
     OutputError
         If the folder does not exist or a file cannot be written.
     """
-    from napari_anogan.candidates import CANDIDATE_COLUMNS
     from napari_anogan.io import write_csv, write_json, write_tiff
     from napari_anogan.pipeline import PATCH_COLUMNS, summary_dict
+    from napari_anogan.scoring.candidates import CANDIDATE_COLUMNS
 
     folder = Path(folder)
     if not folder.is_dir():

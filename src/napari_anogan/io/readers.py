@@ -20,6 +20,9 @@ the NaN check then happens where the values are read (preprocessing), still as a
 Anything wrong with the input (missing, empty, corrupt, wrong dimensions, NaN...)
 raises :class:`~napari_anogan.errors.InputError` naming the file and what was expected;
 no tifffile / Pillow / numpy exception escapes.
+
+Over 500 lines on purpose: the format readers share the validation, spacing and lazy
+(dask) helpers here, and every format must fail the same way, so they are kept together.
 """
 
 from __future__ import annotations
@@ -191,7 +194,7 @@ def read_volume(path: PathLike | Sequence[PathLike], *, lazy: bool | None = Fals
         if lazy_volume is not None:
             return lazy_volume
         raw = _read_path(p)
-        source, name = str(p), _name_of(p)
+        source, name = str(p), volume_name(p)
     else:
         paths = [Path(x) for x in path]
         if not paths:
@@ -202,7 +205,7 @@ def read_volume(path: PathLike | Sequence[PathLike], *, lazy: bool | None = Fals
         parents = {q.parent for q in paths}
         common = parents.pop() if len(parents) == 1 else None
         source = str(common) if common is not None else str(paths[0])
-        name = _name_of(common) if common is not None else _name_of(paths[0])
+        name = volume_name(common) if common is not None else volume_name(paths[0])
 
     data = _finish(raw, Path(source))
     grey_from = raw.metadata.get("converted_from_rgb")
@@ -357,14 +360,18 @@ def _read_lazy(path: Path, lazy: bool | None) -> Volume | None:
     raw.metadata["lazy"] = True
     logger.info("read %s lazily: shape %s, dtype %s, chunks of %d", path, shape, dtype, chunk)
     return Volume(
-        data=data, spacing=raw.spacing, source=str(path), name=_name_of(path), metadata=raw.metadata
+        data=data,
+        spacing=raw.spacing,
+        source=str(path),
+        name=volume_name(path),
+        metadata=raw.metadata,
     )
 
 
 # ------------------------------------------------------------------------- dispatching
 
 
-def _name_of(path: Path) -> str:
+def volume_name(path: Path) -> str:
     """File stem without ``.ome``, or folder name."""
     if path.is_dir() or not path.suffix:
         return path.resolve().name or "volume"

@@ -12,9 +12,9 @@ discrimination loss, eq. 4) and ``kappa = 1`` in f-AnoGAN. ``E(x)`` is one forwa
 used alone it is the ``encoder`` mapping mode, and as the start of a few steps of the
 paper's loss it is the ``hybrid`` mode (see :mod:`napari_anogan.mapping`).
 
-The architecture is the aCAE encoder's (shared code, :class:`napari_anogan.models.acae.Encoder`):
-D's strided conv trunk, a linear layer to ``z_dim`` values and tanh, so every code lies
-inside the generator's prior box U[-1, 1].
+The architecture: D's strided conv trunk, a linear layer to ``z_dim`` values and tanh, so
+every code lies inside the generator's prior box U[-1, 1]. The aCAE baseline
+(:mod:`napari_anogan.evaluation.acae`) uses the same encoder.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_anogan.models.acae import Encoder as _ConvEncoder
+from napari_anogan.models.dcgan import Discriminator, dcgan_init
 from napari_anogan.models.presets import ModelConfig
 
 __all__ = ["Encoder", "encode", "encoder_loss"]
 
 
-class Encoder(_ConvEncoder):
+class Encoder(nn.Module):
     """f-AnoGAN encoder E: image patch -> latent code in (-1, 1).
 
     Strided 5x5 convs through ``d_widths`` (LeakyReLU, batch norm after the first), a
     linear layer to ``z_dim`` values, then tanh: codes stay in the range of the
-    generator's uniform prior. Same layers as the aCAE encoder; weights DCGAN-initialised.
+    generator's uniform prior. Weights DCGAN-initialised.
 
     Parameters
     ----------
@@ -51,7 +51,26 @@ class Encoder(_ConvEncoder):
     """
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
+        super().__init__()
+        self.config = config
+        # Same layers as the discriminator's trunk (already DCGAN-initialised).
+        self.net = Discriminator(config).net
+        s = config.feature_size
+        self.head = nn.Linear(config.d_widths[-1] * s * s, config.z_dim)
+        self.head.apply(dcgan_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode patches.
+
+        Parameters
+        ----------
+        x : (N, channels, patch_size, patch_size) Tensor
+
+        Returns
+        -------
+        (N, z_dim) Tensor in [-1, 1]
+        """
+        return torch.tanh(self.head(self.net(x).flatten(1)))
 
 
 def encoder_loss(

@@ -1,4 +1,9 @@
-"""Retina boundaries per column: ILM (top of the retina) and BM (bottom of the RPE)."""
+"""Retina boundaries per column: ILM (top of the retina) and BM (bottom of the RPE).
+
+Over 500 lines on purpose: the edge costs, the two-pass graph search with its
+neighbour-slice consensus and the sub-pixel placement are steps of one detector that share
+its private parameters (:class:`_Params`); split, each part would be meaningless alone.
+"""
 
 from __future__ import annotations
 

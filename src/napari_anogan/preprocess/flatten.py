@@ -361,7 +361,7 @@ def preprocess_volume(
 
     Examples
     --------
-    >>> from napari_anogan.synthetic import make_volume
+    >>> from napari_anogan.datasets.synthetic import make_volume
     >>> syn = make_volume(2, 160, 192, seed=0)
     >>> pre = preprocess_volume(Volume(syn.data, spacing=syn.spacing))
     >>> pre.flat.shape[0], pre.flat.dtype

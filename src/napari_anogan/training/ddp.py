@@ -11,7 +11,7 @@ and on each of two nodes (one command line)::
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400
     -m napari_anogan.cli train HEALTHY... -o /shared/model.pt
 
-How a step is split (:func:`napari_anogan.train.train_gan` with an active process group):
+How a step is split (:func:`napari_anogan.training.train_gan` with an active process group):
 
 * every process reads the same inputs and draws the same patches, split, epoch
   permutation and z from the seed; each global batch of ``batch_size`` patches is cut

@@ -1,14 +1,14 @@
-"""Figures in the style of the paper: Fig. 3 (patch panel) and Fig. 2b (t-SNE).
+"""Figures in the style of the paper: Fig. 3 (patch panel), Fig. 2b (t-SNE), Fig. 4 (ROCs).
 
-Numpy in, an image file out (matplotlib, Agg backend, atomic write). Fig. 4 (ROC curves
-and score distributions) lives in :mod:`napari_anogan.evaluate`.
+Numpy in, an image file out (matplotlib, Agg backend, atomic write).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +66,65 @@ def _blocks(groups: Sequence[str]) -> list[tuple[str, int, int]]:
     return runs
 
 
+def _fig3_inputs(queries, reconstructions, residual_scores, discrimination_scores, masks, groups):
+    """Check and normalise :func:`fig3_panel`'s inputs (one of each per patch)."""
+    q = _as_stack("queries", queries)
+    k, p = q.shape[0], q.shape[1]
+    if k == 0:
+        raise AnoganError("fig3_panel needs at least one patch")
+    rec = _as_stack("reconstructions", reconstructions, k)
+    if rec.shape != q.shape:
+        raise AnoganError(f"reconstructions {rec.shape} and queries {q.shape} differ in shape")
+    r_scores = np.asarray(residual_scores, dtype=np.float64).ravel()
+    d_scores = np.asarray(discrimination_scores, dtype=np.float64).ravel()
+    if r_scores.size != k or d_scores.size != k:
+        raise AnoganError(
+            f"need one residual and one discrimination score per patch ({k}), got "
+            f"{r_scores.size} and {d_scores.size}"
+        )
+    groups = [str(g) for g in groups]
+    if len(groups) != k:
+        raise AnoganError(f"need one group label per patch ({k}), got {len(groups)}")
+    mask_list: list[np.ndarray | None]
+    if masks is None:
+        mask_list = [None] * k
+    else:
+        mask_list = [None if m is None else np.asarray(m) for m in masks]
+        if len(mask_list) != k:
+            raise AnoganError(f"need one mask per patch ({k}), got {len(mask_list)}")
+        for m in mask_list:
+            if m is not None and m.squeeze().shape != (p, p):
+                raise AnoganError(f"masks must be ({p}, {p}) per patch, got {m.shape}")
+    return q, rec, r_scores, d_scores, groups, mask_list
+
+
+def _draw_fig3_cell(
+    ax, row: str, query: np.ndarray, recon: np.ndarray, overlay: np.ndarray, lit: bool, mask
+) -> None:
+    """Draw one cell of Fig. 3: a patch, its G(z), the residual overlay, a bar or the mask."""
+    from matplotlib.patches import Rectangle
+
+    if row == "query":
+        ax.imshow(query, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    elif row == "recon":
+        ax.imshow(recon, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    elif row == "residual":
+        ax.imshow(query, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.imshow(overlay, interpolation="nearest")
+    elif row in ("rbar", "dbar"):
+        color = RESIDUAL_BAR_COLOR if row == "rbar" else DISCRIMINATION_BAR_COLOR
+        ax.add_patch(Rectangle((0, 0), 1, 1, color=color if lit else UNLIT_BAR_COLOR, lw=0))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    else:
+        m = mask
+        if m is None:
+            ax.set_facecolor("0.85")
+            ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=7, color="0.3")
+        else:
+            ax.imshow(m.squeeze() != 0, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
 def fig3_panel(
     queries: np.ndarray,
     reconstructions: np.ndarray,
@@ -120,35 +179,11 @@ def fig3_panel(
     """
     plt = _pyplot()
     from matplotlib import colormaps
-    from matplotlib.patches import Rectangle
 
-    q = _as_stack("queries", queries)
-    k, p = q.shape[0], q.shape[1]
-    if k == 0:
-        raise AnoganError("fig3_panel needs at least one patch")
-    rec = _as_stack("reconstructions", reconstructions, k)
-    if rec.shape != q.shape:
-        raise AnoganError(f"reconstructions {rec.shape} and queries {q.shape} differ in shape")
-    r_scores = np.asarray(residual_scores, dtype=np.float64).ravel()
-    d_scores = np.asarray(discrimination_scores, dtype=np.float64).ravel()
-    if r_scores.size != k or d_scores.size != k:
-        raise AnoganError(
-            f"need one residual and one discrimination score per patch ({k}), got "
-            f"{r_scores.size} and {d_scores.size}"
-        )
-    groups = [str(g) for g in groups]
-    if len(groups) != k:
-        raise AnoganError(f"need one group label per patch ({k}), got {len(groups)}")
-    mask_list: list[np.ndarray | None]
-    if masks is None:
-        mask_list = [None] * k
-    else:
-        mask_list = [None if m is None else np.asarray(m) for m in masks]
-        if len(mask_list) != k:
-            raise AnoganError(f"need one mask per patch ({k}), got {len(mask_list)}")
-        for m in mask_list:
-            if m is not None and m.squeeze().shape != (p, p):
-                raise AnoganError(f"masks must be ({p}, {p}) per patch, got {m.shape}")
+    q, rec, r_scores, d_scores, groups, mask_list = _fig3_inputs(
+        queries, reconstructions, residual_scores, discrimination_scores, masks, groups
+    )
+    k = q.shape[0]
     show_masks = any(m is not None for m in mask_list)
     r_thr, d_thr = (float(t) for t in thresholds)
 
@@ -202,28 +237,8 @@ def fig3_panel(
             )
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == "query":
-                ax.imshow(q[i], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-            elif row == "recon":
-                ax.imshow(rec[i], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-            elif row == "residual":
-                ax.imshow(q[i], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-                ax.imshow(overlay[i], interpolation="nearest")
-            elif row in ("rbar", "dbar"):
-                lit = r_scores[i] > r_thr if row == "rbar" else d_scores[i] > d_thr
-                color = RESIDUAL_BAR_COLOR if row == "rbar" else DISCRIMINATION_BAR_COLOR
-                ax.add_patch(Rectangle((0, 0), 1, 1, color=color if lit else UNLIT_BAR_COLOR, lw=0))
-                ax.set_xlim(0, 1)
-                ax.set_ylim(0, 1)
-            else:
-                m = mask_list[i]
-                if m is None:
-                    ax.set_facecolor("0.85")
-                    ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=7, color="0.3")
-                else:
-                    ax.imshow(
-                        m.squeeze() != 0, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
-                    )
+            lit = r_scores[i] > r_thr if row == "rbar" else d_scores[i] > d_thr
+            _draw_fig3_cell(ax, row, q[i], rec[i], overlay[i], lit, mask_list[i])
             for spine in ax.spines.values():
                 spine.set_linewidth(0.4)
             if i == 0:
@@ -358,3 +373,152 @@ def fig2b_tsne(
     ax.legend(fontsize=8, markerscale=2)
     _save(fig, path, dpi)
     return emb
+
+
+DISPLAY_NAMES = {
+    "acae": "aCAE",
+    "discriminator_output": "$P_D$",
+    "reference_anomaly_score": "$GAN_R$",
+    "anomaly_score": "AnoGAN",
+    "residual_score": "$R(\\mathbf{x})$",
+    "discrimination_score": "$D(\\mathbf{x})$",
+    "reference_discrimination_score": "$\\hat{D}(\\mathbf{x})$",
+}
+"""Names used in the paper's Fig. 4 legends (matplotlib mathtext)."""
+
+
+CURVE_COLORS = {
+    # Fig. 4a
+    "acae": "tab:blue",
+    "reference_anomaly_score": "tab:red",
+    "anomaly_score": "black",
+    "discriminator_output": "tab:green",
+    # Fig. 4b
+    "residual_score": "tab:green",
+    "discrimination_score": "black",
+    "reference_discrimination_score": "tab:red",
+}
+"""Curve colours of the paper's Fig. 4."""
+
+
+FIG4A_SCORES = ("acae", "reference_anomaly_score", "anomaly_score", "discriminator_output")
+"""Scores compared in Fig. 4a (models)."""
+
+
+FIG4B_SCORES = ("residual_score", "discrimination_score", "reference_discrimination_score")
+"""Scores compared in Fig. 4b (anomaly score components)."""
+
+
+GROUP_COLORS = {
+    "training healthy": "tab:blue",
+    "test healthy": "tab:green",
+    "diseased": "tab:red",
+}
+"""Group colours of the paper's Fig. 4c,d."""
+
+
+def plot_rocs(
+    curves: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str | None = None,
+    *,
+    dpi: int = 150,
+) -> None:
+    """Plot ROC curves with their AUC in the legend (the paper's Fig. 4a,b).
+
+    Parameters
+    ----------
+    curves : dict of str to roc dict
+        :func:`roc` results by score name (:func:`roc_curves`). Known score names get the
+        paper's legend name and colour (4a: aCAE blue, GAN_R red, AnoGAN black, P_D green;
+        4b: R green, D black, D̂ red); other keys are used as given.
+    path : str or PathLike
+        Image file to write (format from the suffix, e.g. ``.png``, ``.pdf``).
+    title : str, optional
+        Axes title.
+    dpi : int, optional
+        Resolution of raster formats.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="0.75", linestyle="--", linewidth=0.8)
+    for i, (name, curve) in enumerate(curves.items()):
+        ax.plot(
+            curve["fpr"],
+            curve["tpr"],
+            color=CURVE_COLORS.get(name, f"C{i}"),
+            linewidth=1.6,
+            label=f"{DISPLAY_NAMES.get(name, name)} ({float(curve['auc']):.2f})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    if title:
+        ax.set_title(title)
+    if curves:
+        ax.legend(loc="lower right", title="AUC in parentheses", fontsize=8, title_fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path, dpi)
+
+
+def plot_score_distributions(
+    scores_by_group: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    score_label: str,
+    *,
+    bins: int = 50,
+    dpi: int = 150,
+) -> None:
+    """Plot score histograms per group (the paper's Fig. 4c,d).
+
+    Parameters
+    ----------
+    scores_by_group : dict of str to (N,) array
+        Scores per group, e.g. ``"training healthy"`` (blue), ``"test healthy"`` (green),
+        ``"diseased"`` (red); other group names get the default colour cycle. Non-finite
+        values are left out.
+    path : str or PathLike
+        Image file to write.
+    score_label : str
+        X-axis label, e.g. ``"residual score"``.
+    bins : int, optional
+        Number of bins, shared by all groups.
+    dpi : int, optional
+        Resolution of raster formats.
+    """
+    plt = _pyplot()
+    groups = {}
+    for name, values in scores_by_group.items():
+        values = np.asarray(values, dtype=np.float64).ravel()
+        groups[name] = values[np.isfinite(values)]
+    everything = np.concatenate([v for v in groups.values()] or [np.zeros(0)])
+    if everything.size:
+        lo, hi = float(everything.min()), float(everything.max())
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+    else:
+        edges = np.linspace(0.0, 1.0, bins + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for i, (name, values) in enumerate(groups.items()):
+        if values.size == 0:
+            continue
+        color = GROUP_COLORS.get(name, f"C{i}")
+        ax.hist(values, bins=edges, density=True, alpha=0.35, color=color)
+        ax.hist(
+            values,
+            bins=edges,
+            density=True,
+            histtype="step",
+            linewidth=1.4,
+            color=color,
+            label=f"{name} (n={values.size})",
+        )
+    ax.set_xlabel(score_label)
+    ax.set_ylabel("density")
+    if any(v.size for v in groups.values()):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path, dpi)

@@ -6,8 +6,9 @@ lesion pixel), maps every patch twice (AnoGAN's loss of eq. 5, and the GAN_R bas
 with the reference discrimination loss), trains the aCAE baseline on the model's own
 training inputs, and writes ``metrics.json`` (AUCs with eye-level bootstrap intervals),
 ``table1.md``, ``patch_scores.csv`` (every test patch: box, label, lesion fraction,
-scores) and the figures. The metric and plotting functions live in :mod:`napari_anogan.evaluate` and
-:mod:`napari_anogan.figures`; this module only gathers the numbers they take.
+scores) and the figures. The metric and plotting functions live in
+:mod:`napari_anogan.evaluation.metrics` and
+:mod:`napari_anogan.evaluation.figures`; this module only gathers the numbers they take.
 """
 
 from __future__ import annotations
@@ -23,22 +24,9 @@ from napari_anogan import settings as defaults
 from napari_anogan.errors import InputError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import read_volume, write_csv
+from napari_anogan.scoring.scores import GAN_R_SCORE_NAMES, HIGHER_IS_NORMAL, PATCH_SCORE_NAMES
 
 logger = logging.getLogger(__name__)
-
-PATCH_SCORE_NAMES = (
-    "anomaly_score",
-    "residual_score",
-    "discrimination_score",
-    "reference_anomaly_score",
-    "reference_discrimination_score",
-    "discriminator_output",
-)
-#: Scores of the GAN_R baseline: taken from a second mapping of the same patches whose loss
-#: uses the reference discrimination loss (the paper: "the corresponding losses were used
-#: for the mapping"), in the same mode and from the same start as AnoGAN's, not from the
-#: AnoGAN mapping's z (the ``encoder`` mode takes no step: both share z = E(x)).
-GAN_R_SCORE_NAMES = ("reference_anomaly_score", "reference_discrimination_score")
 
 
 def find_mask(path: str | Path, masks_dir: str | Path | None = None) -> Path | None:
@@ -90,7 +78,6 @@ class _Scored:
 
 
 def _bscan_aggregate(name: str, slices: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    from napari_anogan.evaluate import HIGHER_IS_NORMAL
     from napari_anogan.scoring import aggregate_bscans
 
     if name in HIGHER_IS_NORMAL:
@@ -108,9 +95,9 @@ def _score_input(
     acae,
     out: _Scored,
 ) -> Generator[ProgressEvent, None, None]:
-    from napari_anogan.evaluate import patch_labels_from_mask
+    from napari_anogan.evaluation.acae import acae_scores
+    from napari_anogan.evaluation.labels import patch_labels_from_mask
     from napari_anogan.mapping import map_to_latent
-    from napari_anogan.models.acae import acae_scores
     from napari_anogan.pipeline import score_volume
     from napari_anogan.scoring import assemble_heatmap
 
@@ -154,6 +141,10 @@ def _score_input(
             encoder=getattr(model, "encoder", None),
         )
     slices = patches.coords[:, 0]
+    # The GAN_R scores come from a second mapping of the same patches whose loss uses the
+    # reference discrimination loss (the paper: "the corresponding losses were used for the
+    # mapping"), in the same mode and from the same start as AnoGAN's, not from the AnoGAN
+    # mapping's z (the ``encoder`` mode takes no step: both share z = E(x)).
     for name in PATCH_SCORE_NAMES:
         source = gan_r if name in GAN_R_SCORE_NAMES else mapped
         values = np.asarray(getattr(source, name), dtype=np.float64)
@@ -256,7 +247,7 @@ def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
     (the aCAE baseline has just done that) for a few hundred patches.
     """
     from napari_anogan.mapping import map_to_latent
-    from napari_anogan.pipeline import _mapping_config, _preprocess_config
+    from napari_anogan.pipeline import mapping_config, model_preprocess_config
     from napari_anogan.preprocess import grid_patches, preprocess_volume
 
     inputs = _training_inputs(model)
@@ -266,7 +257,7 @@ def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
         tuple(p)
         for p in (model.training or {}).get("extra", {}).get("data", {}).get("holdout_bscans", [])
     }
-    cfg = _preprocess_config(model)
+    cfg = model_preprocess_config(model)
     rng = np.random.default_rng(seed)
     chunks, n_patches = [], 0
     order = rng.permutation(len(inputs))
@@ -288,7 +279,7 @@ def _training_scores(model, settings, n_max: int, seed: int) -> Generator:
         model.generator,
         model.discriminator,
         patches[take],
-        _mapping_config(settings),
+        mapping_config(settings),
         encoder=getattr(model, "encoder", None),
     )
     return patches[take], mapped
@@ -344,25 +335,26 @@ def run_evaluation(
     Returns
     -------
     dict
-        The ``metrics.json`` content (see :func:`napari_anogan.evaluate.evaluate_scores`).
+        The ``metrics.json`` content (see :func:`napari_anogan.evaluation.metrics.evaluate_scores`).
     """
-    from napari_anogan.evaluate import evaluate_scores, save_metrics, table1
-    from napari_anogan.models.acae import train_acae
+    from napari_anogan.evaluation.acae import train_acae
+    from napari_anogan.evaluation.metrics import evaluate_scores
+    from napari_anogan.evaluation.table import save_metrics, table1
     from napari_anogan.pipeline import (
         ScoreSettings,
-        _load_model,
-        _preprocess_config,
         collect_training_patches,
+        load_model,
+        model_preprocess_config,
     )
 
     settings = settings or ScoreSettings()
-    model = _load_model(model)
+    model = load_model(model)
     outdir = Path(outdir)
     acae = None
     train_inputs = [Path(p) for p in acae_train] if acae_train else _training_inputs(model)
     if acae_epochs > 0 and train_inputs:
         patches, _, _ = yield from collect_training_patches(
-            train_inputs, _preprocess_config(model), patches_per_scan, seed=settings.seed
+            train_inputs, model_preprocess_config(model), patches_per_scan, seed=settings.seed
         )
         yield ProgressEvent(EventKind.STAGE, 0, 0, message="training aCAE baseline")
         acae = yield from train_acae(
@@ -418,14 +410,15 @@ def run_evaluation(
 def _draw_figures(model, scored, labels, patch_scores, train_patches, train_mapped, outdir):
     import torch
 
-    from napari_anogan.evaluate import (
+    from napari_anogan.evaluation.figures import (
         FIG4A_SCORES,
         FIG4B_SCORES,
+        fig2b_tsne,
+        fig3_panel,
         plot_rocs,
         plot_score_distributions,
-        roc_curves,
     )
-    from napari_anogan.figures import fig2b_tsne, fig3_panel
+    from napari_anogan.evaluation.metrics import roc_curves
 
     curves = roc_curves(patch_scores, labels)
     plot_rocs({k: curves[k] for k in FIG4A_SCORES if k in curves}, outdir / "fig4a_roc_models.png")

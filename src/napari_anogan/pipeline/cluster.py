@@ -75,9 +75,9 @@ class VolumeStatus:
 
 def output_name(path: str | os.PathLike) -> str:
     """Return the output stem of an input (file stem without ``.ome``, or folder name)."""
-    from napari_anogan.io.readers import _name_of
+    from napari_anogan.io.readers import volume_name
 
-    return _name_of(Path(path))
+    return volume_name(Path(path))
 
 
 def score_fingerprint(model_path: str | os.PathLike, settings) -> str:

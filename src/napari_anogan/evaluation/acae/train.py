@@ -1,145 +1,22 @@
-"""Adversarial convolutional autoencoder (aCAE): the paper's baseline (sec. 3, Table 1).
-
-The aCAE replaces the GAN's generator by an encoder-decoder pipeline and keeps a
-discriminator (context-encoder style, Pathak et al. 2016): the encoder is the
-discriminator's strided-conv stack (the mirror of the generator) followed by a linear
-bottleneck of ``z_dim`` values in [-1, 1], the decoder is the DCGAN :class:`Generator`,
-and the discriminator is a DCGAN :class:`Discriminator`. It is trained with a
-reconstruction loss plus a small adversarial term (weight 0.001, as in the context
-encoder). Scoring uses the *same* anomaly score as AnoGAN (eq. 6) with the aCAE's direct
-mapping ``x_hat = decoder(encoder(x))`` in place of the iterative latent search:
-``R = sum |x - x_hat|``, ``D = sum |f(x) - f(x_hat)|`` with the aCAE discriminator's
-features, ``A = (1 - lam) R + lam D``.
-"""
+"""Training the aCAE baseline on healthy patches, and its anomaly scores (eq. 6)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Generator as GeneratorType
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from napari_anogan import settings as defaults
-from napari_anogan._atomic import atomic_path
-from napari_anogan.errors import InputError, ModelError
+from napari_anogan.errors import InputError
+from napari_anogan.evaluation.acae.model import ACAE, REC_LOSSES
 from napari_anogan.events import EventKind, ProgressEvent
-from napari_anogan.models.dcgan import Discriminator, Generator, dcgan_init
 from napari_anogan.models.presets import ModelConfig
-
-__all__ = [
-    "ACAE",
-    "ACAE_FORMAT",
-    "ACAE_FORMAT_VERSION",
-    "Encoder",
-    "acae_from_state",
-    "acae_scores",
-    "acae_state",
-    "load_acae",
-    "save_acae",
-    "train_acae",
-]
+from napari_anogan.scoring.scores import anomaly_score
 
 logger = logging.getLogger(__name__)
-
-ACAE_FORMAT = "napari-anogan-acae"
-ACAE_FORMAT_VERSION = 1
-REC_LOSSES = ("l1", "l2")
-
-
-class Encoder(nn.Module):
-    """aCAE encoder E: image patch -> latent code in [-1, 1].
-
-    The discriminator's conv stack (strided 5x5 convs through ``d_widths``, LeakyReLU,
-    batch norm after the first), then a linear layer to ``z_dim`` values and tanh, so that
-    codes live in the range of the GAN's uniform prior.
-
-    Parameters
-    ----------
-    config : ModelConfig
-        Architecture; weights are initialised with :func:`dcgan_init`.
-
-    Examples
-    --------
-    >>> from napari_anogan.models import get_preset
-    >>> e = Encoder(get_preset("tiny"))
-    >>> e(torch.zeros(2, 1, 64, 64)).shape
-    torch.Size([2, 16])
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
-        # Same layers as the discriminator's trunk (already DCGAN-initialised).
-        self.net = Discriminator(config).net
-        s = config.feature_size
-        self.head = nn.Linear(config.d_widths[-1] * s * s, config.z_dim)
-        self.head.apply(dcgan_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode patches.
-
-        Parameters
-        ----------
-        x : (N, channels, patch_size, patch_size) Tensor
-
-        Returns
-        -------
-        (N, z_dim) Tensor in [-1, 1]
-        """
-        return torch.tanh(self.head(self.net(x).flatten(1)))
-
-
-class ACAE(nn.Module):
-    """Adversarial convolutional autoencoder: encoder, decoder and discriminator.
-
-    Parameters
-    ----------
-    config : ModelConfig
-        Architecture shared with the DCGAN (``g_widths`` for the decoder, ``d_widths`` for
-        the encoder and the discriminator, ``z_dim`` for the bottleneck, ``patch_size``).
-
-    Attributes
-    ----------
-    encoder : Encoder
-    decoder : Generator
-    discriminator : Discriminator
-    summary : dict
-        Training summary (epochs, seed, final losses...), saved with the weights.
-
-    Examples
-    --------
-    >>> from napari_anogan.models import get_preset
-    >>> model = ACAE(get_preset("tiny"))
-    >>> model(torch.zeros(2, 1, 64, 64)).shape
-    torch.Size([2, 1, 64, 64])
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Generator(config)
-        self.discriminator = Discriminator(config)
-        self.summary: dict[str, Any] = {}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruct patches: ``decoder(encoder(x))``.
-
-        Parameters
-        ----------
-        x : (N, channels, patch_size, patch_size) Tensor
-
-        Returns
-        -------
-        (N, channels, patch_size, patch_size) Tensor in [-1, 1]
-        """
-        return self.decoder(self.encoder(x))
 
 
 def _check_patches(patches: np.ndarray | torch.Tensor, config: ModelConfig) -> np.ndarray:
@@ -166,6 +43,52 @@ def _sample_grid(x: torch.Tensor, x_hat: torch.Tensor, k: int = 8) -> np.ndarray
     top = torch.cat(list(x[:k, 0]), dim=1)
     bottom = torch.cat(list(x_hat[:k, 0]), dim=1)
     return torch.cat([top, bottom], dim=0).detach().cpu().numpy().astype(np.float32)
+
+
+def _check_acae_args(
+    n: int, epochs: int, batch_size: int, lr: float, adv_weight: float, rec_loss: str
+) -> None:
+    """Raise :class:`InputError` for settings :func:`train_acae` cannot train with."""
+    if n < 2:
+        raise InputError(f"aCAE training needs at least 2 patches, got {n}")
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise InputError(
+            f"epochs, batch_size and lr must be positive (got {epochs}, {batch_size}, {lr})"
+        )
+    if not 0.0 <= adv_weight < 1.0:
+        raise InputError(f"adv_weight must be in [0, 1), got {adv_weight}")
+    if rec_loss not in REC_LOSSES:
+        raise InputError(f"rec_loss must be one of {REC_LOSSES}, got {rec_loss!r}")
+
+
+def _acae_step(model, x: torch.Tensor, opt_d, opt_ae, reconstruct, adv_weight: float):
+    """One discriminator step and one autoencoder step; return the losses and x_hat."""
+    ones = torch.ones(x.shape[0], device=x.device)
+    zeros = torch.zeros(x.shape[0], device=x.device)
+
+    x_hat = model(x)
+    d_real = model.discriminator(x)
+    d_fake = model.discriminator(x_hat.detach())
+    d_loss_real = F.binary_cross_entropy_with_logits(d_real, ones)
+    d_loss = d_loss_real + F.binary_cross_entropy_with_logits(d_fake, zeros)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+
+    rec = reconstruct(x_hat, x)
+    adv = F.binary_cross_entropy_with_logits(model.discriminator(x_hat), ones)
+    ae_loss = (1.0 - adv_weight) * rec + adv_weight * adv
+    opt_ae.zero_grad(set_to_none=True)
+    ae_loss.backward()
+    opt_ae.step()
+
+    losses = {
+        "d_loss": float(d_loss.item()),
+        "ae_loss": float(ae_loss.item()),
+        "rec_loss": float(rec.item()),
+        "adv_loss": float(adv.item()),
+    }
+    return losses, x_hat
 
 
 def train_acae(
@@ -230,16 +153,7 @@ def train_acae(
     """
     x_all = _check_patches(patches, config)
     n = x_all.shape[0]
-    if n < 2:
-        raise InputError(f"aCAE training needs at least 2 patches, got {n}")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise InputError(
-            f"epochs, batch_size and lr must be positive (got {epochs}, {batch_size}, {lr})"
-        )
-    if not 0.0 <= adv_weight < 1.0:
-        raise InputError(f"adv_weight must be in [0, 1), got {adv_weight}")
-    if rec_loss not in REC_LOSSES:
-        raise InputError(f"rec_loss must be one of {REC_LOSSES}, got {rec_loss!r}")
+    _check_acae_args(n, epochs, batch_size, lr, adv_weight, rec_loss)
     device = torch.device(device)
     batch_size = min(batch_size, n)
 
@@ -278,31 +192,7 @@ def train_acae(
         sums = {"d_loss": 0.0, "ae_loss": 0.0, "rec_loss": 0.0, "adv_loss": 0.0}
         for b, (lo, hi) in enumerate(bounds):
             x = data[order[lo:hi]].to(device)
-            ones = torch.ones(x.shape[0], device=device)
-            zeros = torch.zeros(x.shape[0], device=device)
-
-            x_hat = model(x)
-            d_real = model.discriminator(x)
-            d_fake = model.discriminator(x_hat.detach())
-            d_loss_real = F.binary_cross_entropy_with_logits(d_real, ones)
-            d_loss = d_loss_real + F.binary_cross_entropy_with_logits(d_fake, zeros)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-
-            rec = reconstruct(x_hat, x)
-            adv = F.binary_cross_entropy_with_logits(model.discriminator(x_hat), ones)
-            ae_loss = (1.0 - adv_weight) * rec + adv_weight * adv
-            opt_ae.zero_grad(set_to_none=True)
-            ae_loss.backward()
-            opt_ae.step()
-
-            losses = {
-                "d_loss": float(d_loss.item()),
-                "ae_loss": float(ae_loss.item()),
-                "rec_loss": float(rec.item()),
-                "adv_loss": float(adv.item()),
-            }
+            losses, x_hat = _acae_step(model, x, opt_d, opt_ae, reconstruct, adv_weight)
             for key, value in losses.items():
                 sums[key] += value
             yield ProgressEvent(
@@ -425,121 +315,9 @@ def acae_scores(
     return {
         "residual_score": r_score,
         "discrimination_score": d_score,
-        "anomaly_score": (1.0 - lam) * r_score + lam * d_score,
+        "anomaly_score": anomaly_score(r_score, d_score, lam),
         "discriminator_output": p_real,
         "z": z_out,
         "reconstruction": recon,
         "residual_image": resid,
     }
-
-
-def acae_state(model: ACAE) -> dict[str, Any]:
-    """Plain dict of the model (tensors, str, numbers, lists): ``torch.load(weights_only=True)``.
-
-    Parameters
-    ----------
-    model : ACAE
-
-    Returns
-    -------
-    dict
-        ``format``, ``format_version``, ``config`` (``ModelConfig.to_dict()``), ``encoder``,
-        ``decoder``, ``discriminator`` (CPU state dicts) and ``summary``.
-    """
-
-    def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-    return {
-        "format": ACAE_FORMAT,
-        "format_version": ACAE_FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "encoder": cpu_state(model.encoder),
-        "decoder": cpu_state(model.decoder),
-        "discriminator": cpu_state(model.discriminator),
-        "summary": dict(model.summary),
-    }
-
-
-def acae_from_state(state: dict[str, Any], source: str | os.PathLike | None = None) -> ACAE:
-    """Rebuild an :class:`ACAE` (eval mode, CPU) from :func:`acae_state` output.
-
-    Parameters
-    ----------
-    state : dict
-        As written by :func:`acae_state`.
-    source : str or PathLike, optional
-        File it came from, named in error messages.
-
-    Returns
-    -------
-    ACAE
-
-    Raises
-    ------
-    ModelError
-        If the dict is not an aCAE state, has a newer format or does not fit its config.
-    """
-    if not isinstance(state, dict) or state.get("format") != ACAE_FORMAT:
-        raise ModelError("not an aCAE model file (missing format tag)", source)
-    version = state.get("format_version")
-    if not isinstance(version, int) or version > ACAE_FORMAT_VERSION:
-        raise ModelError(
-            f"aCAE format version {version!r} is newer than supported ({ACAE_FORMAT_VERSION})",
-            source,
-        )
-    try:
-        config = ModelConfig.from_dict(dict(state["config"]))
-        model = ACAE(config)
-        model.encoder.load_state_dict(state["encoder"])
-        model.decoder.load_state_dict(state["decoder"])
-        model.discriminator.load_state_dict(state["discriminator"])
-    except ModelError as exc:
-        raise ModelError(exc.reason, source) from exc
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise ModelError(f"aCAE weights do not match their config: {exc}", source) from exc
-    model.summary = dict(state.get("summary") or {})
-    return model.eval()
-
-
-def save_acae(model: ACAE, path: str | os.PathLike) -> None:
-    """Write the model to ``path`` atomically (loadable with ``weights_only=True``).
-
-    Parameters
-    ----------
-    model : ACAE
-    path : str or PathLike
-        Destination file (e.g. ``acae.pt``).
-    """
-    with atomic_path(path) as tmp:
-        torch.save(acae_state(model), tmp)
-
-
-def load_acae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ACAE:
-    """Load a model written by :func:`save_acae` without executing code.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        File written by :func:`save_acae`.
-    map_location : str or torch.device, optional
-        Device for the loaded weights.
-
-    Returns
-    -------
-    ACAE
-        In eval mode, on ``map_location``.
-
-    Raises
-    ------
-    ModelError
-        If the file is missing, unreadable, needs pickle or is not an aCAE.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError("aCAE model file not found", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt/unsafe files
-        raise ModelError(f"cannot read aCAE model ({type(exc).__name__}: {exc})", path) from exc
-    return acae_from_state(state, path).to(map_location)

@@ -1,0 +1,1 @@
+"""Data sets made here: synthetic retinal OCT volumes with known lesions (:mod:`.synthetic`)."""

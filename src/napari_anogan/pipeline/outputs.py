@@ -1,0 +1,324 @@
+"""What scoring a volume produces and how it is written.
+
+:class:`VolumeResult` (heatmaps, the patch table with :data:`PATCH_COLUMNS`, B-scan and
+volume scores, candidates), built from mapped patches by :func:`volume_result`; the
+``score`` outputs ``<stem>_residual.tif``, ``<stem>_scores.csv`` and
+``<stem>_summary.json`` (:func:`output_paths`, :func:`write_score_outputs`), which the
+CLI, Dask, the demo and the Export widget all write.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_anogan.io import Volume, safe_stem, write_csv, write_json, write_tiff
+from napari_anogan.scoring.candidates import CANDIDATE_COLUMNS, find_candidates
+
+if TYPE_CHECKING:
+    from napari_anogan.pipeline.score import ScoreSettings
+
+logger = logging.getLogger(__name__)
+
+
+PATCH_COLUMNS = (
+    "slice",
+    "row",
+    "col",
+    "height",
+    "width",
+    "residual_score",
+    "discrimination_score",
+    "anomaly_score",
+    "reference_discrimination_score",
+    "discriminator_output",
+    "healthy_percentile",
+)
+
+
+@dataclass
+class VolumeResult:
+    """Everything scoring produces for one volume, in the RAW pixel grid of the input.
+
+    Attributes
+    ----------
+    name : str
+        Volume name (file stem).
+    shape : tuple of int
+        Raw shape (S, H, W).
+    reconstruction : (S, H, W) ndarray of float32 or None
+        G(z) back-projected, in the raw grey units of the input; NaN where no patch.
+        None when scored to files (``outdir``: not an output, not kept).
+    residual : (S, H, W) ndarray of float32 (or dask array)
+        Residual heatmap |x - G(z)| (in normalised [-1, 1] units, so 0..2); 0 where no patch.
+        Scored to files (``outdir``): a lazy (dask) view of the written TIFF.
+    patches : dict of str to (N,) ndarray
+        Patch table: :data:`PATCH_COLUMNS` (raw boxes) plus ``flat_row``, ``flat_col``,
+        ``residual_percentile`` and ``discrimination_percentile`` (each component ranked
+        in the model's healthy reference; NaN without one).
+    bscan_scores : (S,) ndarray
+        B-scan anomaly score (mean of its top-3 patch anomaly scores); NaN if not scored.
+    volume_score : float
+        Highest B-scan score.
+    ilm, bm : (S, W) ndarray
+        Retina boundaries, raw rows.
+    en_face : (S, W) ndarray
+        Residual projected over depth (mean over the retina band): where in the macula.
+    candidates : list of dict
+        Ranked candidate regions (:func:`~napari_anogan.scoring.candidates.find_candidates`).
+    settings, model : dict
+        Settings and model description (with the healthy reference quantiles under
+        ``model["reference"]``), for the summary.
+    outputs : dict of str to Path
+        Files written (``residual``, ``scores``, ``summary``); empty when kept in memory.
+    geometry : Geometry or None
+        The preprocessing geometry (band <-> raw grid) of the volume.
+    mapped : MappedPatches or None
+        Patch images and mapping result, when asked for (``keep_patches``).
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    reconstruction: np.ndarray
+    residual: np.ndarray
+    patches: dict[str, np.ndarray]
+    bscan_scores: np.ndarray
+    volume_score: float
+    ilm: np.ndarray
+    bm: np.ndarray
+    en_face: np.ndarray
+    candidates: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    geometry: Any = None
+    mapped: MappedPatches | None = None
+
+
+@dataclass
+class MappedPatches:
+    """The grid patches of a volume and their latent mapping (kept for evaluation).
+
+    Attributes
+    ----------
+    coords : (N, 3) ndarray of int
+        (slice, band row, band column) of each patch's top-left corner.
+    images : (N, 1, P, P) ndarray of float32
+        The patches, in [-1, 1].
+    mapping : MappingResult
+        What :func:`~napari_anogan.mapping.map_to_latent` returned for them (its
+        ``config`` is the mapping as it ran, after any fallback).
+    """
+
+    coords: np.ndarray
+    images: np.ndarray
+    mapping: Any
+
+
+def output_paths(name: str, outdir: str | Path) -> dict[str, Path]:
+    """Output files of a volume, checked to stay inside ``outdir``."""
+    outdir = Path(outdir)
+    stem = safe_stem(name)
+    return {
+        "residual": outdir / f"{stem}_residual.tif",
+        "scores": outdir / f"{stem}_scores.csv",
+        "summary": outdir / f"{stem}_summary.json",
+    }
+
+
+def write_score_outputs(result: VolumeResult, outdir: str | Path) -> dict[str, Path]:
+    """Write ``<stem>_residual.tif``, ``<stem>_scores.csv`` and ``<stem>_summary.json``.
+
+    Every file is written atomically; returns their paths by kind. The stem is the
+    volume name made safe as a file name (:func:`safe_stem`), so outputs stay inside
+    ``outdir``.
+    """
+    paths = output_paths(result.name, outdir)
+    write_tiff(paths["residual"], np.asarray(result.residual, dtype=np.float32))
+    write_tables(result, paths)
+    return paths
+
+
+def write_tables(result: VolumeResult, paths: dict[str, Path]) -> None:
+    """Write the patch table (``scores``) and the summary (``summary``) of a result."""
+    rows = (  # row by row: the table is never built as Python objects
+        {k: result.patches[k][i].item() for k in PATCH_COLUMNS}
+        for i in range(len(result.patches["slice"]))
+    )
+    write_csv(paths["scores"], rows, columns=PATCH_COLUMNS)
+    write_json(paths["summary"], summary_dict(result))
+
+
+def summary_dict(result: VolumeResult) -> dict:
+    """JSON summary: per-B-scan and volume scores, candidates, model and settings."""
+    return {
+        "name": result.name,
+        "shape": list(result.shape),
+        "volume_score": result.volume_score,
+        "bscan_rule": "mean of the 3 highest patch anomaly scores of the B-scan",
+        "volume_rule": "highest B-scan score",
+        "bscan_scores": [None if not np.isfinite(v) else float(v) for v in result.bscan_scores],
+        "n_patches": len(result.patches["slice"]),
+        "candidates": [{k: c[k] for k in CANDIDATE_COLUMNS} for c in result.candidates],
+        "settings": result.settings,
+        "model": result.model,
+    }
+
+
+def raw_boxes(geometry, coords: np.ndarray, size: int) -> np.ndarray:
+    """(N, 4) raw-grid boxes (row0, col0, row1, col1) of the band patches at ``coords``.
+
+    Parameters
+    ----------
+    geometry : Geometry
+        The volume's preprocessing geometry.
+    coords : (N, 3) int array
+        (slice, band row, band column) of each patch's top-left corner.
+    size : int
+        Patch side in band pixels.
+
+    Returns
+    -------
+    (N, 4) int64 array
+    """
+    return np.array(
+        [geometry.box_to_raw(int(s), int(r), int(c), size, size) for s, r, c in coords],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+
+
+_WARNED_MISMATCH: set[tuple] = set()
+
+
+def _warn_reference_mismatch(path, ref_settings: dict | None, settings: ScoreSettings) -> None:
+    """Warn once per model and λ when the healthy reference was mapped with another λ.
+
+    A percentile compares a patch's A = (1 - λ) R + λ D with the held-out healthy
+    patches' A: under another λ the two are not the same score, and the candidates,
+    chosen by percentile, shift.
+    """
+    ref_lam = (ref_settings or {}).get("lam")
+    key = (str(path), settings.lam)
+    if ref_lam is None or ref_lam == settings.lam or key in _WARNED_MISMATCH:
+        return
+    _WARNED_MISMATCH.add(key)
+    logger.warning(
+        "%s: scored with lambda %g but its healthy reference was mapped with lambda %g: "
+        "healthy percentiles and candidates compare unlike scores",
+        path or "model",
+        settings.lam,
+        ref_lam,
+    )
+
+
+def volume_result(
+    volume: Volume,
+    model,
+    settings: ScoreSettings,
+    coords: np.ndarray,
+    scores: dict[str, np.ndarray],
+    geometry,
+    size: int,
+    *,
+    residual,
+    reconstruction,
+    ilm: np.ndarray,
+    bm: np.ndarray,
+    en_face: np.ndarray,
+) -> VolumeResult:
+    """Patch table, B-scan and volume scores and candidates of mapped grid patches."""
+    from napari_anogan.scoring import aggregate_bscans, percentile_of, volume_score
+
+    s_count = volume.shape[0]
+    boxes_raw = raw_boxes(geometry, coords, size)
+    ref = model.reference or {}
+    _warn_reference_mismatch(getattr(model, "path", None), ref.get("settings"), settings)
+    reference = ref.get("anomaly_score")
+
+    def healthy_percentile(name: str) -> np.ndarray:
+        if ref.get(name) is None:
+            return np.full(len(coords), np.nan)
+        return percentile_of(scores[name], ref[name], ref["levels"])
+
+    percentile = healthy_percentile("anomaly_score")
+    table = {
+        "slice": coords[:, 0].astype(np.int64),
+        "row": boxes_raw[:, 0],
+        "col": boxes_raw[:, 1],
+        "height": boxes_raw[:, 2] - boxes_raw[:, 0],
+        "width": boxes_raw[:, 3] - boxes_raw[:, 1],
+        "residual_score": np.asarray(scores["residual_score"], dtype=np.float64),
+        "discrimination_score": np.asarray(scores["discrimination_score"], dtype=np.float64),
+        "anomaly_score": np.asarray(scores["anomaly_score"], dtype=np.float64),
+        "reference_discrimination_score": np.asarray(
+            scores["reference_discrimination_score"], dtype=np.float64
+        ),
+        "discriminator_output": np.asarray(scores["discriminator_output"], dtype=np.float64),
+        "healthy_percentile": np.asarray(percentile, dtype=np.float64),
+        "residual_percentile": healthy_percentile("residual_score"),
+        "discrimination_percentile": healthy_percentile("discrimination_score"),
+        "flat_row": coords[:, 1].astype(np.int64),
+        "flat_col": coords[:, 2].astype(np.int64),
+    }
+    bscan_scores = aggregate_bscans(table["slice"], table["anomaly_score"], s_count)
+    candidates = find_candidates(
+        table,
+        stride=settings.stride,
+        threshold=settings.percentile_threshold,
+        by="healthy_percentile" if reference is not None else "anomaly_score",
+    )
+    return VolumeResult(
+        name=volume.name,
+        shape=tuple(volume.shape),
+        reconstruction=reconstruction,
+        residual=residual,
+        patches=table,
+        bscan_scores=bscan_scores,
+        volume_score=volume_score(bscan_scores),
+        ilm=ilm,
+        bm=bm,
+        en_face=en_face,
+        candidates=candidates,
+        settings=settings.to_dict(),
+        model=_model_description(model),
+    )
+
+
+def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> np.ndarray:
+    """Mean residual between ILM and BM for every (slice, column): an en-face anomaly map.
+
+    Parameters
+    ----------
+    residual : (S, H, W) ndarray
+        Residual heatmap in the raw grid.
+    ilm, bm : (S, W) ndarray
+        Boundary rows in the raw grid.
+
+    Returns
+    -------
+    (S, W) ndarray of float32
+    """
+    rows = np.arange(residual.shape[1])[None, :, None]
+    inside = (rows >= np.floor(ilm)[:, None, :]) & (rows <= np.ceil(bm)[:, None, :])
+    counts = inside.sum(axis=1)
+    total = np.where(inside, residual, 0.0).sum(axis=1)
+    return np.divide(total, counts, out=np.zeros(total.shape), where=counts > 0).astype(np.float32)
+
+
+def _model_description(model) -> dict:
+    reference = {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v)
+        for k, v in (model.reference or {}).items()
+    }
+    return {
+        "path": str(getattr(model, "path", "") or ""),
+        "model_config": model.model_config.to_dict(),
+        "preprocess_config": model.preprocess_config,
+        "training": getattr(model, "training", {}) or {},
+        "has_encoder": getattr(model, "encoder", None) is not None,
+        "reference": reference,
+    }
