@@ -81,9 +81,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     use_ddp = args.ddp or ddp.launched_by_torchrun()
     if use_ddp and args.encoder:
         raise AnoganError(
-            "--encoder is not supported with DDP: train the GAN with torchrun, then add the "
-            "encoder in one process with `napari-anogan train SAME INPUTS -o MODEL --resume "
-            "--encoder` (same options)"
+            "the encoder is not trained under DDP: train the GAN with torchrun and "
+            "--no-encoder, then add the encoder in one process with `napari-anogan train "
+            "SAME INPUTS -o MODEL --resume` (same options)"
         )
     if args.ddp and not ddp.launched_by_torchrun() and os.environ.get("WORLD_SIZE") == "1":
         logger.info("--ddp with a single process: training without DDP")
@@ -131,6 +131,8 @@ def _score_settings(args: argparse.Namespace):
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
+        score=args.score,
+        bscan_top_k=args.bscan_top_k,
     )
 
 
@@ -202,7 +204,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_anogan.pipeline import run_demo
 
-    result = _drain(run_demo(_outdir(args.output)), "demo", quiet=args.quiet)
+    result = _drain(run_demo(_outdir(args.output), real=args.real), "demo", quiet=args.quiet)
     print(result)
     return 0
 
@@ -269,6 +271,20 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=defaults.SEED, help="seed of the random latent start"
     )
+    p.add_argument(
+        "--score",
+        choices=("feature", "anomaly"),
+        default=defaults.SCORE,
+        help="patch score that ranks B-scans and candidates: feature = distance of D's "
+        "features to healthy training patches (models with a feature bank), anomaly = the "
+        "paper's A",
+    )
+    p.add_argument(
+        "--bscan-top-k",
+        type=int,
+        default=defaults.BSCAN_TOP_K,
+        help="a B-scan's score is the mean of its K highest patch scores",
+    )
 
 
 _HELP = argparse.ArgumentDefaultsHelpFormatter
@@ -332,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument(
         "--encoder",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.TRAIN_ENCODER,
         help="also train the f-AnoGAN encoder (fast hybrid/encoder scoring); with --resume "
         "on a finished model (same inputs and options), adds one to it",
     )
@@ -390,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub("demo", help="score the bundled sample with the bundled model")
     p.add_argument("-o", "--output", default="anogan-demo", help="output folder")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="score the bundled real OCTDL B-scan with the bundled real model instead",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub("view", help="open napari with the plugin's widgets")

@@ -78,6 +78,7 @@ TABLE1_ROWS = (
     ("P_D", "discriminator_output"),
     ("GAN_R", "reference_anomaly_score"),
     ("AnoGAN", "anomaly_score"),
+    ("AnoGAN F", "feature_distance"),
 )
 """Rows of the paper's Table 1: (row label, score name)."""
 
@@ -697,7 +698,8 @@ def table1(metrics: Mapping[str, Any], *, rows: Sequence[tuple[str, str]] = TABL
     Statistics are those of the Youden point (``metrics[name]["youden"]``); ``AUC`` is the
     patch-level AUC and ``B-scan AUC`` the B-scan-level one. Rows: aCAE (``acae``), P_D
     (``discriminator_output``, scored as ``1 - P_D`` so that higher is more anomalous),
-    GAN_R (``reference_anomaly_score``) and AnoGAN (``anomaly_score``). A score missing
+    GAN_R (``reference_anomaly_score``), AnoGAN (``anomaly_score``) and AnoGAN F (the
+    feature distance ``feature_distance`` of models with a feature bank). A score missing
     from ``metrics`` shows as ``–``. Where the metrics hold bootstrap intervals (see
     :func:`evaluate_scores`), an ``AUC 95 % CI`` column follows ``AUC``.
 

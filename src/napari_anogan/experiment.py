@@ -5,9 +5,11 @@ patches and B-scans from lesion masks (the paper's rule: a patch is positive if 
 lesion pixel), maps every patch twice (AnoGAN's loss of eq. 5, and the GAN_R baseline's
 with the reference discrimination loss), trains the aCAE baseline on the model's own
 training inputs, and writes ``metrics.json`` (AUCs with eye-level bootstrap intervals),
-``table1.md``, ``patch_scores.csv`` (every test patch: box, label, lesion fraction,
-scores) and the figures. The metric and plotting functions live in :mod:`napari_anogan.evaluate` and
-:mod:`napari_anogan.figures`; this module only gathers the numbers they take.
+``table1.md``, ``bscan_scores.csv`` (every test B-scan: label and B-scan scores, each
+oriented so that higher is more anomalous), ``patch_scores.csv`` (every test patch: box,
+label, lesion fraction, scores) and the figures. The metric and plotting functions live in
+:mod:`napari_anogan.evaluate` and :mod:`napari_anogan.figures`; this module only gathers the
+numbers they take.
 """
 
 from __future__ import annotations
@@ -84,19 +86,22 @@ class _Scored:
     patch_inputs: list[np.ndarray] = field(default_factory=list)
     bscan_inputs: list[np.ndarray] = field(default_factory=list)
     tables: list[dict[str, np.ndarray]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
     def cat(self, name: str) -> np.ndarray:
         return np.concatenate(self.scores[name]) if self.scores.get(name) else np.array([])
 
 
-def _bscan_aggregate(name: str, slices: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+def _bscan_aggregate(
+    name: str, slices: np.ndarray, values: np.ndarray, n: int, top_k: int
+) -> np.ndarray:
     from napari_anogan.evaluate import HIGHER_IS_NORMAL
     from napari_anogan.scoring import aggregate_bscans
 
     if name in HIGHER_IS_NORMAL:
         # Aggregate on the anomalous orientation, then turn back (evaluate flips it again).
-        return 1.0 - aggregate_bscans(slices, 1.0 - values, n)
-    return aggregate_bscans(slices, values, n)
+        return 1.0 - aggregate_bscans(slices, 1.0 - values, n, top_k=top_k)
+    return aggregate_bscans(slices, values, n, top_k=top_k)
 
 
 def _score_input(
@@ -154,21 +159,23 @@ def _score_input(
             encoder=getattr(model, "encoder", None),
         )
     slices = patches.coords[:, 0]
-    for name in PATCH_SCORE_NAMES:
-        source = gan_r if name in GAN_R_SCORE_NAMES else mapped
-        values = np.asarray(getattr(source, name), dtype=np.float64)
+    values_of = {
+        name: getattr(gan_r if name in GAN_R_SCORE_NAMES else mapped, name)
+        for name in PATCH_SCORE_NAMES
+    }
+    if getattr(model, "feature_bank", None) is not None:
+        values_of["feature_distance"] = scored.patches["feature_distance"]
+    if acae is not None:
+        a = acae_scores(acae, patches.images, lam=settings.lam, keep_images=False)
+        values_of["acae"] = a["anomaly_score"]
+    for name, values in values_of.items():
+        values = np.asarray(values, dtype=np.float64)
         out.scores.setdefault(name, []).append(values)
         out.bscan_scores.setdefault(name, []).append(
-            _bscan_aggregate(name, slices, values, volume.shape[0])
-        )
-    if acae is not None:
-        a = acae_scores(acae, patches.images, lam=settings.lam, keep_images=False)["anomaly_score"]
-        a = np.asarray(a, dtype=np.float64)
-        out.scores.setdefault("acae", []).append(a)
-        out.bscan_scores.setdefault("acae", []).append(
-            _bscan_aggregate("acae", slices, a, volume.shape[0])
+            _bscan_aggregate(name, slices, values, volume.shape[0], settings.bscan_top_k)
         )
     index = len(out.labels)
+    out.names.append(path.name)
     out.patch_inputs.append(np.full(n, index))
     out.bscan_inputs.append(np.full(volume.shape[0], index))
     group = np.full(n, "diseased" if anomalous else "test healthy")
@@ -207,6 +214,28 @@ def _score_input(
     for name, values in out.scores.items():
         table[name] = values[-1]
     out.tables.append(table)
+
+
+def _write_bscan_table(scored: _Scored, path: Path) -> None:
+    """One row per test B-scan: its input, group, label and every B-scan score."""
+    from napari_anogan.evaluate import orient_scores
+
+    names = list(scored.bscan_scores)
+
+    def rows():
+        for i, name in enumerate(scored.names):
+            labels = scored.bscan_labels[i]
+            oriented = {k: orient_scores(k, scored.bscan_scores[k][i]) for k in names}
+            for s in range(len(labels)):
+                yield {
+                    "input": name,
+                    "group": str(scored.groups[i][0]),
+                    "slice": s,
+                    "label": int(labels[s]),
+                    **{k: float(oriented[k][s]) for k in names},
+                }
+
+    write_csv(path, rows(), columns=["input", "group", "slice", "label", *names])
 
 
 def _write_patch_table(tables: list[dict[str, np.ndarray]], path: Path) -> None:
@@ -361,7 +390,7 @@ def run_evaluation(
     acae = None
     train_inputs = [Path(p) for p in acae_train] if acae_train else _training_inputs(model)
     if acae_epochs > 0 and train_inputs:
-        patches, _, _ = yield from collect_training_patches(
+        patches, _, _, _ = yield from collect_training_patches(
             train_inputs, _preprocess_config(model), patches_per_scan, seed=settings.seed
         )
         yield ProgressEvent(EventKind.STAGE, 0, 0, message="training aCAE baseline")
@@ -404,6 +433,7 @@ def run_evaluation(
     metrics["settings"] = settings.to_dict()
     save_metrics(metrics, outdir / "metrics.json")
     _write_patch_table(scored.tables, outdir / "patch_scores.csv")
+    _write_bscan_table(scored, outdir / "bscan_scores.csv")
     (outdir / "table1.md").write_text(table1(metrics) + "\n")
     if figures:
         yield ProgressEvent(EventKind.STAGE, 0, 0, message="figures")

@@ -37,8 +37,13 @@ PATCH_COLUMNS = (
     "anomaly_score",
     "reference_discrimination_score",
     "discriminator_output",
+    "feature_distance",
     "healthy_percentile",
 )
+
+
+#: Patch table column of each ``ScoreSettings.score``.
+SCORE_COLUMNS = {"feature": "feature_distance", "anomaly": "anomaly_score"}
 
 
 @dataclass
@@ -77,6 +82,12 @@ class ScoreSettings:
     patience : int or None
         Early stopping: steps without improvement after which a patch is frozen; None:
         10 % of the mode's steps, at least 3 (iterative-500: 50, hybrid-10: 3).
+    score : str
+        Patch score that ranks patches, B-scans and candidates: ``feature`` (the feature
+        distance F, :mod:`napari_anogan.models.feature_bank`; falls back to ``anomaly``
+        with a note on a model without a feature bank) or ``anomaly`` (the paper's A).
+    bscan_top_k : int
+        A B-scan's score is the mean of its ``bscan_top_k`` highest patch scores.
     """
 
     mode: str = defaults.MAPPING_MODE
@@ -91,6 +102,14 @@ class ScoreSettings:
     early_stop: bool = defaults.EARLY_STOP
     tolerance: float = defaults.TOLERANCE
     patience: int | None = None
+    score: str = defaults.SCORE
+    bscan_top_k: int = defaults.BSCAN_TOP_K
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_COLUMNS:
+            raise ValueError(f"score must be one of {sorted(SCORE_COLUMNS)}, got {self.score!r}")
+        if int(self.bscan_top_k) < 1:
+            raise ValueError(f"bscan_top_k must be >= 1, got {self.bscan_top_k}")
 
     def to_dict(self) -> dict:
         """Return the settings as a JSON-ready dict."""
@@ -422,6 +441,7 @@ def score_volume(
     """
     from napari_anogan.io import TiffSliceWriter
     from napari_anogan.mapping import map_to_latent, random_start, resolve_mode
+    from napari_anogan.models.feature_bank import feature_distance, patch_embeddings
     from napari_anogan.preprocess import cut_patches, plan_preprocessing
     from napari_anogan.scoring import assemble_heatmap
 
@@ -443,6 +463,7 @@ def score_volume(
     if keep_patches and len(chunks) > 1:
         raise ValueError("keep_patches needs the whole volume in one chunk (chunk_slices=None)")
     encoder = getattr(model, "encoder", None)
+    bank = getattr(model, "feature_bank", None)
     mcfg = resolve_mode(_mapping_config(settings), encoder)
     z_start = None
     if mcfg.mode == "iterative":
@@ -485,6 +506,11 @@ def score_volume(
                     recon_flat = assemble_heatmap(mapped.reconstruction, local, sub.band_shape)
                 for name, values in mapped.scores().items():
                     score_parts.setdefault(name, []).append(np.asarray(values))
+                if bank is not None:
+                    emb = patch_embeddings(model.discriminator, images, bank.projection)
+                    score_parts.setdefault("feature_distance", []).append(
+                        feature_distance(bank, emb)
+                    )
                 if keep_patches:
                     kept = MappedPatches(coords=coords, images=images, mapping=mapped)
                 del images, mapped
@@ -630,14 +656,16 @@ def _volume_result(
     boxes_raw = raw_boxes(geometry, coords, size)
     ref = model.reference or {}
     _warn_reference_mismatch(getattr(model, "path", None), ref.get("settings"), settings)
-    reference = ref.get("anomaly_score")
+    ranking = ranking_score(settings, scores, getattr(model, "path", None))
+    scores.setdefault("feature_distance", np.full(len(coords), np.nan))
+    reference = ref.get(ranking)
 
     def healthy_percentile(name: str) -> np.ndarray:
         if ref.get(name) is None:
             return np.full(len(coords), np.nan)
         return percentile_of(scores[name], ref[name], ref["levels"])
 
-    percentile = healthy_percentile("anomaly_score")
+    percentile = healthy_percentile(ranking)
     table = {
         "slice": coords[:, 0].astype(np.int64),
         "row": boxes_raw[:, 0],
@@ -651,18 +679,22 @@ def _volume_result(
             scores["reference_discrimination_score"], dtype=np.float64
         ),
         "discriminator_output": np.asarray(scores["discriminator_output"], dtype=np.float64),
+        "feature_distance": np.asarray(scores["feature_distance"], dtype=np.float64),
         "healthy_percentile": np.asarray(percentile, dtype=np.float64),
         "residual_percentile": healthy_percentile("residual_score"),
         "discrimination_percentile": healthy_percentile("discrimination_score"),
         "flat_row": coords[:, 1].astype(np.int64),
         "flat_col": coords[:, 2].astype(np.int64),
     }
-    bscan_scores = aggregate_bscans(table["slice"], table["anomaly_score"], s_count)
+    bscan_scores = aggregate_bscans(
+        table["slice"], table[ranking], s_count, top_k=settings.bscan_top_k
+    )
     candidates = find_candidates(
         table,
         stride=settings.stride,
         threshold=settings.percentile_threshold,
-        by="healthy_percentile" if reference is not None else "anomaly_score",
+        by="healthy_percentile" if reference is not None else ranking,
+        score=ranking,
     )
     return VolumeResult(
         name=volume.name,
@@ -676,9 +708,32 @@ def _volume_result(
         bm=bm,
         en_face=en_face,
         candidates=candidates,
-        settings=settings.to_dict(),
+        settings={**settings.to_dict(), "score_column": ranking},
         model=_model_description(model),
     )
+
+
+_NOTED_NO_BANK: set[str] = set()
+
+
+def ranking_score(settings: ScoreSettings, scores: dict[str, np.ndarray], path=None) -> str:
+    """Return the patch-table column that ranks patches, B-scans and candidates.
+
+    ``settings.score`` ``"feature"`` needs the feature distances of a model with a feature
+    bank; without them (a model trained before feature banks) the paper's anomaly score A
+    ranks, said once per model in the log.
+    """
+    column = SCORE_COLUMNS[settings.score]
+    if column == "feature_distance" and "feature_distance" not in scores:
+        if str(path) not in _NOTED_NO_BANK:
+            _NOTED_NO_BANK.add(str(path))
+            logger.warning(
+                "%s has no feature bank (trained before it existed): ranking by the anomaly "
+                "score A; retrain it for the feature score",
+                path or "the model",
+            )
+        return "anomaly_score"
+    return column
 
 
 def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> np.ndarray:
@@ -756,7 +811,10 @@ def summary_dict(result: VolumeResult) -> dict:
         "name": result.name,
         "shape": list(result.shape),
         "volume_score": result.volume_score,
-        "bscan_rule": "mean of the 3 highest patch anomaly scores of the B-scan",
+        "bscan_rule": (
+            f"mean of the {result.settings.get('bscan_top_k')} highest patch "
+            f"{result.settings.get('score_column')} values of the B-scan"
+        ),
         "volume_rule": "highest B-scan score",
         "bscan_scores": [None if not np.isfinite(v) else float(v) for v in result.bscan_scores],
         "n_patches": len(result.patches["slice"]),
@@ -786,7 +844,7 @@ def collect_training_patches(
     *,
     holdout_fraction: float = 0.0,
     reference_stride: int = defaults.SCORE_STRIDE,
-) -> Generator[ProgressEvent, None, tuple[np.ndarray, np.ndarray, dict]]:
+) -> Generator[ProgressEvent, None, tuple[np.ndarray, np.ndarray, dict, np.ndarray]]:
     """Read healthy scans, preprocess them and draw random training patches.
 
     With ``holdout_fraction``, that fraction of all B-scans (whole B-scans, spread over
@@ -822,6 +880,9 @@ def collect_training_patches(
     info : dict
         ``inputs`` (paths), ``n_bscans``, ``n_patches``, ``data_fingerprint``,
         ``holdout_bscans`` (``[input index, slice]`` pairs) and ``n_reference_patches``.
+    bank : (K, 1, P, P) ndarray of float32
+        Grid patches of the training (not held-out) B-scans, cut as scoring cuts them:
+        the healthy patches of the model's feature bank.
     """
     from napari_anogan.preprocess import grid_patches, preprocess_volume, random_patches
 
@@ -830,7 +891,7 @@ def collect_training_patches(
         raise InputError("no healthy training inputs given")
     rng = np.random.default_rng(seed)
     pick_rng = np.random.default_rng([seed, 7])
-    chunks, ref_chunks, held_out = [], [], []
+    chunks, ref_chunks, bank_chunks, held_out = [], [], [], []
     n_bscans = 0
     for i, path in enumerate(inputs):
         yield ProgressEvent(EventKind.STAGE, i, len(inputs), message=f"preprocessing {path.name}")
@@ -843,17 +904,18 @@ def collect_training_patches(
         held = np.sort(pick_rng.choice(n_slices, size=min(max(k, 0), n_slices), replace=False))
         train_slices = np.setdiff1d(np.arange(n_slices), held)
         chunks.append(random_patches(pre, patches_per_scan, seed=rng, slices=train_slices).images)
+        if train_slices.size:
+            grid = grid_patches(pre, stride=reference_stride, slices=train_slices)
+            bank_chunks.append(grid.images)
         if held.size:
             ref_chunks.append(grid_patches(pre, stride=reference_stride, slices=held).images)
             held_out += [[i, int(s)] for s in held]
         n_bscans += n_slices
     patches = np.concatenate(chunks).astype(np.float32)
     size = preprocess_config.patch_size
-    reference = (
-        np.concatenate(ref_chunks).astype(np.float32)
-        if ref_chunks
-        else np.zeros((0, 1, size, size), np.float32)
-    )
+    empty = np.zeros((0, 1, size, size), np.float32)
+    reference = np.concatenate(ref_chunks).astype(np.float32) if ref_chunks else empty
+    bank = np.concatenate(bank_chunks).astype(np.float32) if bank_chunks else empty
     info = {
         "inputs": [str(p) for p in inputs],
         "n_bscans": n_bscans,
@@ -862,7 +924,7 @@ def collect_training_patches(
         "holdout_bscans": held_out,
         "n_reference_patches": len(reference),
     }
-    return patches, reference, info
+    return patches, reference, info, bank
 
 
 def reference_patches_of(model) -> Generator[ProgressEvent, None, np.ndarray]:
@@ -922,7 +984,7 @@ def train_from_paths(
     preprocess_config=None,
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
-    encoder: bool = False,
+    encoder: bool = defaults.TRAIN_ENCODER,
     encoder_epochs: int | None = None,
 ) -> Generator[ProgressEvent, None, object]:
     """Train a healthy model from files or folders of healthy scans.
@@ -953,6 +1015,10 @@ def train_from_paths(
     encoder_epochs : int, optional
         Encoder training epochs (default: :class:`~napari_anogan.train.EncoderConfig`'s).
 
+    Last, the feature bank of the feature score is built from grid patches of the training
+    B-scans (:func:`napari_anogan.train.add_feature_bank`) and the healthy reference is
+    recomputed with it.
+
     Returns
     -------
     TrainResult
@@ -974,7 +1040,7 @@ def train_from_paths(
         device=device,
         **(train_overrides or {}),
     )
-    patches, reference, info = yield from collect_training_patches(
+    patches, reference, info, bank_patches = yield from collect_training_patches(
         paths,
         preprocess_config,
         patches_per_scan,
@@ -1013,6 +1079,14 @@ def train_from_paths(
             data_fingerprint=info["data_fingerprint"],
             reference_patches=reference_patches,
         )
+    from napari_anogan import ddp
+    from napari_anogan.train import add_feature_bank
+
+    ctx = ddp.current()
+    if len(bank_patches) and (ctx is None or ctx.is_main):  # rank 0 writes the model
+        result.feature_bank, result.reference = yield from add_feature_bank(
+            Path(output), bank_patches, reference_patches, device=device
+        )
     return result
 
 
@@ -1030,16 +1104,19 @@ def _mode_text(settings: ScoreSettings) -> str:
 
 
 def run_demo(
-    outdir: str | Path, settings: ScoreSettings | None = None
+    outdir: str | Path, settings: ScoreSettings | None = None, *, real: bool = False
 ) -> Generator[ProgressEvent, None, str]:
     """Score the bundled sample volume with the bundled model and summarise the result.
 
     Writes the ``score`` outputs to ``outdir`` and returns a short text report that also
-    says which candidates overlap the sample's planted lesions (its mask is known).
+    says which candidates overlap the sample's planted lesions (its mask is known). With
+    ``real``: the bundled real B-scan (OCTDL, DME) with the bundled real model instead.
     """
     from napari_anogan.resources import BUNDLED_MODEL, SAMPLE_MASK, SAMPLE_VOLUME, sample_path
 
     settings = settings or DEMO_SETTINGS
+    if real:
+        return (yield from _run_real_demo(outdir, settings))
     volume = read_volume(sample_path(SAMPLE_VOLUME))
     mask = read_volume(sample_path(SAMPLE_MASK)).data
     result = yield from score_volume(volume, sample_path(BUNDLED_MODEL), settings, outdir=outdir)
@@ -1066,4 +1143,29 @@ def run_demo(
             f"planted lesion labels inside: {hit.tolist() or 'none'}"
         )
     lines.append("outputs: " + ", ".join(str(p) for p in paths.values()))
+    return "\n".join(lines)
+
+
+def _run_real_demo(outdir: str | Path, settings: ScoreSettings) -> Generator:
+    from napari_anogan.resources import BUNDLED_REAL_MODEL, REAL_SAMPLE, sample_path
+
+    volume = read_volume(sample_path(REAL_SAMPLE))
+    model = sample_path(BUNDLED_REAL_MODEL)
+    result = yield from score_volume(volume, model, settings, outdir=outdir)
+    percent = result.patches["healthy_percentile"]
+    lines = [
+        f"napari-anogan demo --real: OCTDL B-scan {volume.name} (diabetic macular edema, "
+        f"not seen in training) scored with the bundled model trained on 205 healthy OCTDL "
+        f"B-scans ({_mode_text(settings)}; ranked by {result.settings['score_column']}).",
+        f"B-scan score {result.volume_score:.4g}; {len(percent)} patches, "
+        f"{int(np.sum(percent >= settings.percentile_threshold))} above the "
+        f"{settings.percentile_threshold:g}th healthy percentile; "
+        f"{len(result.candidates)} candidate regions.",
+    ]
+    for cand in result.candidates[:5]:
+        lines.append(
+            f"  #{cand['rank']}: rows {cand['row']}-{cand['row'] + cand['height']}, cols "
+            f"{cand['col']}-{cand['col'] + cand['width']}, max score {cand['max_score']:.4g}"
+        )
+    lines.append("outputs: " + ", ".join(str(p) for p in result.outputs.values()))
     return "\n".join(lines)

@@ -43,6 +43,7 @@ from napari_anogan import ddp as _ddp
 from napari_anogan import settings as defaults
 from napari_anogan.checkpoint import (
     FORMAT_VERSION,
+    feature_bank_to_checkpoint,
     read_checkpoint,
     reference_from_checkpoint,
     reference_to_checkpoint,
@@ -54,6 +55,12 @@ from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.mapping import MappingConfig, _amp_context, amp_by_default, map_to_latent
 from napari_anogan.models import Discriminator, ModelConfig, sample_prior
 from napari_anogan.models import Generator as GeneratorNet
+from napari_anogan.models.feature_bank import (
+    FeatureBank,
+    build_feature_bank,
+    feature_distance,
+    patch_embeddings,
+)
 from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
 
 __all__ = [
@@ -212,6 +219,8 @@ class TrainResult:
         :attr:`napari_anogan.checkpoint.LoadedModel.reference` (empty if not computed).
     encoder : nn.Module or None
         The f-AnoGAN encoder, when :func:`add_encoder` trained one.
+    feature_bank : FeatureBank or None
+        The feature score's bank, when :func:`add_feature_bank` built one.
     """
 
     generator: nn.Module
@@ -222,6 +231,7 @@ class TrainResult:
     checkpoint_path: Path | None = None
     reference: dict[str, Any] = field(default_factory=dict)
     encoder: nn.Module | None = None
+    feature_bank: FeatureBank | None = None
 
 
 def _derived_seed(*keys: int) -> int:
@@ -806,8 +816,12 @@ def _healthy_reference(
     hold_idx: np.ndarray,
     train_config: TrainConfig,
     mcfg: MappingConfig,
+    bank: FeatureBank | None = None,
 ) -> Generator[ProgressEvent, None, dict[str, Any]]:
-    """Map the held-out healthy patches with ``mcfg``; return the checkpoint's reference."""
+    """Map the held-out healthy patches with ``mcfg``; return the checkpoint's reference.
+
+    With a feature ``bank``, the held-out patches' feature distances join the scores.
+    """
     n_ref = min(hold_idx.size, train_config.reference_max_patches)
     if n_ref == 0:
         logger.warning("no held-out patches: the healthy reference distribution is empty")
@@ -821,7 +835,12 @@ def _healthy_reference(
     sel = np.sort(hold_idx[:n_ref])
     held = np.asarray(patches[sel], np.float32)
     result = yield from map_to_latent(g, d, held, mcfg, encoder=encoder)
-    quantiles = score_quantiles(result.scores(), QUANTILE_LEVELS)
+    scores = result.scores()
+    if bank is not None:
+        scores["feature_distance"] = feature_distance(
+            bank, patch_embeddings(d, held, bank.projection, device="cpu")
+        )
+    quantiles = score_quantiles(scores, QUANTILE_LEVELS)
     return reference_to_checkpoint(
         QUANTILE_LEVELS, quantiles, result.config.to_dict(), n_patches=n_ref
     )
@@ -1167,7 +1186,10 @@ def add_encoder(
 
     device = resolve_device(config.device)
     mcfg = train_config.reference_mapping(device=str(device), mode=reference_mode)
-    reference = yield from _healthy_reference(g, d, encoder, ref_set, ref_order, train_config, mcfg)
+    bank = _stored_bank(data, model_config, path)
+    reference = yield from _healthy_reference(
+        g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
+    )
     data["reference"] = reference
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 2, 2, message=str(path))
@@ -1262,8 +1284,103 @@ def refresh_reference(
         reference_patches, reference_patches, train_config, model_config
     )
     mcfg = train_config.reference_mapping(device=str(resolve_device(device)), mode=mode)
-    reference = yield from _healthy_reference(g, d, encoder, ref_set, ref_order, train_config, mcfg)
+    bank = _stored_bank(data, model_config, path)
+    reference = yield from _healthy_reference(
+        g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
+    )
     data["reference"] = reference
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 1, 1, message=str(path))
     return reference_from_checkpoint(reference)
+
+
+def _stored_bank(data: dict[str, Any], model_config: ModelConfig, path: Path) -> FeatureBank | None:
+    from napari_anogan.checkpoint import _feature_bank
+
+    return _feature_bank(data.get("feature_bank"), model_config, path)
+
+
+def add_feature_bank(
+    checkpoint_path: str | os.PathLike,
+    bank_patches: np.ndarray,
+    reference_patches: np.ndarray | None,
+    *,
+    dim: int = defaults.FEATURE_DIM,
+    max_size: int = defaults.FEATURE_BANK_SIZE,
+    device: str = defaults.DEVICE,
+) -> Generator[ProgressEvent, None, tuple[FeatureBank, dict[str, Any]]]:
+    """Store a feature bank of healthy patches in a trained model, and its reference.
+
+    The bank holds the embeddings (:func:`~napari_anogan.models.feature_bank.patch_embeddings`)
+    of ``bank_patches``, grid patches of the training B-scans cut as scoring cuts them;
+    the held-out B-scans' patches (``reference_patches``) stay out of it, so their feature
+    distances, mapped into the healthy reference with the other scores, are those of
+    unseen healthy scans. The checkpoint is rewritten atomically.
+
+    Parameters
+    ----------
+    checkpoint_path : path
+        A trained model (with or without an encoder).
+    bank_patches : (N, C, P, P) float32 ndarray
+        Grid patches of the training B-scans.
+    reference_patches : (M, C, P, P) float32 ndarray or None
+        Grid patches of the held-out B-scans (None: the model's reference came from
+        held-out training patches, which are then taken as the model's training split).
+    dim, max_size : int
+        Embedding dimensions and most embeddings kept (:mod:`napari_anogan.settings`).
+    device : str
+        Device of the reference mapping.
+
+    Yields
+    ------
+    ProgressEvent
+        STAGE, the reference mapping's events, CHECKPOINT.
+
+    Returns
+    -------
+    bank : FeatureBank
+    reference : dict
+        The new healthy reference (as
+        :func:`~napari_anogan.checkpoint.reference_from_checkpoint`).
+    """
+    from napari_anogan.models.encoder import Encoder
+
+    path = Path(checkpoint_path)
+    data = read_checkpoint(path)
+    model_config = ModelConfig.from_json(data["model_config"])
+    train_config = TrainConfig.from_dict(json.loads(data["train_config"]))
+    training = json.loads(data["training"])
+    _check_patches(bank_patches, model_config)
+    g, d = _frozen_gan(data, model_config)
+    if reference_patches is None:  # a single B-scan: hold out patches of the grid itself
+        keep, ref_order = holdout_split(
+            len(bank_patches), train_config.holdout_fraction, train_config.seed
+        )
+        ref_set, bank_patches = bank_patches, bank_patches[keep]
+    else:
+        _, ref_set, ref_order = _reference_split(
+            bank_patches, reference_patches, train_config, model_config
+        )
+    yield ProgressEvent(
+        EventKind.STAGE, 0, 1, message=f"feature bank of {len(bank_patches)} healthy patches"
+    )
+    bank = build_feature_bank(
+        d, bank_patches, dim=dim, max_size=max_size, seed=int(training.get("seed", 0))
+    )
+    data["feature_bank"] = feature_bank_to_checkpoint(bank)
+    encoder = None
+    if data.get("encoder") is not None:
+        encoder = Encoder(model_config)
+        encoder.load_state_dict(data["encoder"])
+        encoder.eval()
+    old = json.loads(data["reference"]["settings"]) if data.get("reference") else {}
+    mode = old.get("mode", "hybrid" if encoder is not None else "iterative")
+    mcfg = train_config.reference_mapping(device=str(resolve_device(device)), mode=mode)
+    data["reference"] = yield from _healthy_reference(
+        g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
+    )
+    training["feature_bank"] = {"n_patches": len(bank_patches), "size": len(bank.embeddings)}
+    data["training"] = json.dumps(training, sort_keys=True)
+    save_checkpoint(path, data)
+    yield ProgressEvent(EventKind.CHECKPOINT, 1, 1, message=str(path))
+    return bank, reference_from_checkpoint(data["reference"])
