@@ -188,11 +188,13 @@ def test_evaluate_scores_keys_and_table(tmp_path):
     )
 
     table = ev.table1(metrics)
-    for row in ("aCAE", "P_D", "GAN_R", "AnoGAN"):
+    for row in ("aCAE", "P_D", "GAN_R", "AnoGAN", "AnoGAN F"):
         assert f"| {row} |" in table
     for col in ("Precision", "Recall", "Sensitivity", "Specificity", "AUC", "B-scan AUC"):
         assert col in table
-    assert len(table.strip().splitlines()) == 6
+    assert len(table.strip().splitlines()) == 7
+    # no feature distances among these scores: its row shows dashes
+    assert table.strip().splitlines()[-1].startswith("| AnoGAN F | – |")
 
 
 def test_evaluate_scores_partial_levels_and_missing_rows():

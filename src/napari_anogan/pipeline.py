@@ -727,7 +727,7 @@ def ranking_score(settings: ScoreSettings, scores: dict[str, np.ndarray], path=N
     if column == "feature_distance" and "feature_distance" not in scores:
         if str(path) not in _NOTED_NO_BANK:
             _NOTED_NO_BANK.add(str(path))
-            logger.warning(
+            logger.info(
                 "%s has no feature bank (trained before it existed): ranking by the anomaly "
                 "score A; retrain it for the feature score",
                 path or "the model",
