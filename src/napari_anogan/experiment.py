@@ -15,6 +15,7 @@ numbers they take.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,29 +44,51 @@ PATCH_SCORE_NAMES = (
 GAN_R_SCORE_NAMES = ("reference_anomaly_score", "reference_discrimination_score")
 
 
+def _mask_name(stem: str) -> re.Pattern:
+    """Return the pattern of the file names of a mask of ``stem``.
+
+    ``stem`` + ``_mask``, ``-mask``, ``_label(s)``, ``_seg`` or ``_<anything>-mask`` /
+    ``_<anything>_mask`` (OCTDL's ``X_drusen-mask``), then a dot.
+    """
+    return re.compile(
+        rf"^{re.escape(stem)}(?:[_-](?:mask|labels?|seg)|_[^.]*[-_]mask)\.", re.IGNORECASE
+    )
+
+
 def find_mask(path: str | Path, masks_dir: str | Path | None = None) -> Path | None:
     """Find the lesion mask of an input.
 
-    For ``X.ext`` (``X.ome.tif`` too): ``X_mask.ext`` beside it, else a file named ``X.*``
-    or ``X_mask.*`` in ``masks_dir``. Returns None when there is none.
+    For ``X.ext`` (``X.ome.tif`` too): a file beside it or in ``masks_dir`` named ``X``
+    plus a mask suffix (``_mask``, ``-mask``, ``_label``, ``_labels``, ``_seg``, or
+    ``_<anything>-mask`` such as ``X_drusen-mask.png``), else a file ``X.*`` in
+    ``masks_dir`` that is not the input itself. Returns None when there is none; the
+    match is logged.
     """
     path = Path(path)
     name = path.name
     stem = name[: -len(".ome.tif")] if name.lower().endswith(".ome.tif") else path.stem
-    suffix = name[len(stem) :]
-    beside = path.with_name(f"{stem}_mask{suffix}")
-    if beside.exists():
-        return beside
+    pattern = _mask_name(stem)
+    folders = [path.parent]
     if masks_dir is not None:
         folder = Path(masks_dir)
         if not folder.is_dir():
             raise InputError("masks folder does not exist", folder)
-        for candidate in sorted(folder.iterdir()):
-            cname = candidate.name.lower()
-            for base in (f"{stem}_mask", stem):
-                if cname.startswith(base.lower() + "."):
-                    return candidate
-    return None
+        folders.append(folder)
+    found = None
+    for folder in folders:
+        found = next((c for c in sorted(folder.iterdir()) if pattern.match(c.name)), None)
+        if found is not None:
+            break
+    if found is None and masks_dir is not None:
+        same = [
+            c
+            for c in sorted(Path(masks_dir).iterdir())
+            if c.name.lower().startswith(stem.lower() + ".") and c.resolve() != path.resolve()
+        ]
+        found = same[0] if same else None
+    if found is not None:
+        logger.info("%s: mask %s", path, found)
+    return found
 
 
 @dataclass
