@@ -53,6 +53,7 @@ def tiny_model_path(synthetic_dir, tmp_path_factory) -> Path:
             patches_per_scan=16,
             batch_size=8,
             train_overrides={"reference_steps": 5, "reference_max_patches": 16},
+            encoder=False,
         )
     )
     return out

@@ -191,11 +191,13 @@ def test_evaluate_scores_keys_and_table(tmp_path):
     )
 
     table = tb.table1(metrics)
-    for row in ("aCAE", "P_D", "GAN_R", "AnoGAN"):
+    for row in ("aCAE", "P_D", "GAN_R", "AnoGAN", "AnoGAN F"):
         assert f"| {row} |" in table
     for col in ("Precision", "Recall", "Sensitivity", "Specificity", "AUC", "B-scan AUC"):
         assert col in table
-    assert len(table.strip().splitlines()) == 6
+    assert len(table.strip().splitlines()) == 7
+    # no feature distances among these scores: its row shows dashes
+    assert table.strip().splitlines()[-1].startswith("| AnoGAN F | – |")
 
 
 def test_evaluate_scores_partial_levels_and_missing_rows():
@@ -399,3 +401,28 @@ def test_gan_r_scores_come_from_a_mapping_with_the_reference_loss(synthetic_dir,
     np.testing.assert_array_equal(
         fallback.scores["reference_anomaly_score"][0], reference.reference_anomaly_score
     )
+
+
+def test_find_mask_takes_common_suffixes_and_never_the_scan_itself(tmp_path):
+    from napari_anogan.evaluation.experiment import find_mask
+
+    scans = tmp_path / "scans"
+    masks = tmp_path / "masks"
+    scans.mkdir()
+    masks.mkdir()
+    for name in ("A.png", "A_drusen-mask.png", "B.tif", "B-mask.tif", "C.ome.tif", "D.png"):
+        (scans / name).touch()
+    (masks / "C_labels.ome.tif").touch()
+    (masks / "E.png").touch()
+    (scans / "E.png").touch()
+    assert find_mask(scans / "A.png") == scans / "A_drusen-mask.png"
+    assert find_mask(scans / "B.tif") == scans / "B-mask.tif"
+    assert find_mask(scans / "C.ome.tif", masks) == masks / "C_labels.ome.tif"
+    # a scan with no mask is not its own mask, also when the masks folder is its folder
+    assert find_mask(scans / "D.png", scans) is None
+    assert find_mask(scans / "D.png") is None
+    # a file of the same name in another (masks) folder is the mask
+    assert find_mask(scans / "E.png", masks) == masks / "E.png"
+    # "AB.png" is not a mask of "A"
+    (scans / "AB_mask.png").touch()
+    assert find_mask(scans / "A.png") == scans / "A_drusen-mask.png"

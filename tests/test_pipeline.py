@@ -44,8 +44,11 @@ def test_score_volume_outputs_are_in_the_raw_grid(scored):
     assert np.all(table["row"] + table["height"] <= volume.shape[1])
     assert np.all(table["col"] + table["width"] <= volume.shape[2])
     ref = result.model["reference"]
+    # the tiny model has a feature bank: the feature distance ranks
+    assert result.settings["score_column"] == "feature_distance"
+    assert np.all((table["feature_distance"] >= 0) & (table["feature_distance"] <= 2))
     for column, score in (
-        ("healthy_percentile", "anomaly_score"),
+        ("healthy_percentile", "feature_distance"),
         ("residual_percentile", "residual_score"),
         ("discrimination_percentile", "discrimination_score"),
     ):
@@ -148,19 +151,23 @@ def test_held_out_bscans_give_the_reference_grid_patches(synthetic_dir):
 
     cfg = PreprocessConfig()
     paths = sorted(synthetic_dir.glob("healthy_*.ome.tif"))  # 2 eyes x 3 B-scans
-    patches, reference, info = drain(
+    patches, reference, info, bank = drain(
         collect_training_patches(paths, cfg, 5, seed=3, holdout_fraction=0.5)
     )
     held = info["holdout_bscans"]
     assert len(held) == 3  # round(0.5 * 6)
     assert len(patches) == 5 * (6 - 3)  # only the other B-scans train
-    expected = []
+    expected, expected_bank = [], []
     for i, path in enumerate(paths):
         slices = [s for j, s in held if j == i]
+        pre = preprocess_volume(read_volume(path), cfg)
         if slices:
-            pre = preprocess_volume(read_volume(path), cfg)
-            expected.append(grid_patches(pre, stride=32, slices=slices).images)
+            expected.append(grid_patches(pre, stride=16, slices=slices).images)
+        others = [s for s in range(3) if s not in slices]
+        expected_bank.append(grid_patches(pre, stride=16, slices=others).images)
     np.testing.assert_array_equal(reference, np.concatenate(expected))
+    # the feature bank's patches: the grid of the training B-scans, none held out
+    np.testing.assert_array_equal(bank, np.concatenate(expected_bank))
     assert info["n_reference_patches"] == len(reference)
     # the training patches are the random patches of the other B-scans only
     from napari_anogan.preprocess import random_patches
@@ -172,7 +179,7 @@ def test_held_out_bscans_give_the_reference_grid_patches(synthetic_dir):
         keep = [s for s in range(3) if [i, s] not in held]
         drawn.append(random_patches(pre, 5, seed=rng, slices=keep).images)
     np.testing.assert_array_equal(patches, np.concatenate(drawn))
-    train_only, none, _ = drain(collect_training_patches(paths, cfg, 5, seed=3))
+    train_only, none, _, _ = drain(collect_training_patches(paths, cfg, 5, seed=3))
     assert len(train_only) == 5 * 6
     assert none.shape == (0, 1, 64, 64)
 
@@ -189,7 +196,7 @@ def test_training_keeps_held_out_bscans_for_the_reference(synthetic_dir, tmp_pat
     paths = sorted(synthetic_dir.glob("healthy_*.ome.tif"))
     out = tmp_path / "m.pt"
     overrides = {"reference_steps": 2, "reference_max_patches": 7, "holdout_fraction": 0.5}
-    kw = {"preset": "tiny", "epochs": 1, "patches_per_scan": 8, "batch_size": 8}
+    kw = {"preset": "tiny", "epochs": 1, "patches_per_scan": 8, "batch_size": 8, "encoder": False}
     drain(train_from_paths(paths, out, train_overrides=overrides, **kw))
     model = load_checkpoint(out)
     assert model.training["reference_holdout"] == "bscans"
@@ -197,7 +204,7 @@ def test_training_keeps_held_out_bscans_for_the_reference(synthetic_dir, tmp_pat
     assert model.training["n_holdout"] == model.training["extra"]["data"]["n_reference_patches"]
     assert model.reference["n_patches"] == 7
     # the encoder step needs the same reference patches
-    patches, reference, _ = drain(
+    patches, reference, _, _ = drain(
         collect_training_patches(paths, PreprocessConfig(), 8, seed=0, holdout_fraction=0.5)
     )
     with pytest.raises(ModelError, match="held-out B-scans"):
@@ -238,12 +245,13 @@ def test_refresh_reference_recomputes_only_the_healthy_reference(
             patches_per_scan=8,
             batch_size=8,
             train_overrides=overrides,
+            encoder=False,
         )
     )
     model = load_checkpoint(path)
     assert model.training["reference_holdout"] == "bscans"
     ref = drain(reference_patches_of(model))
-    _, expected, _ = drain(
+    _, expected, _, _ = drain(
         collect_training_patches(paths, PreprocessConfig(), 8, seed=0, holdout_fraction=0.5)
     )
     np.testing.assert_array_equal(ref, expected)

@@ -50,12 +50,15 @@ def test_score_quantiles_and_round_trip():
     np.testing.assert_array_equal(q["b"], np.zeros(101))
 
 
-def test_aggregate_top3_mean():
+def test_aggregate_top_k_mean():
     slices = np.array([0, 0, 0, 0, 1, 1, 3])
     scores = np.array([1.0, 5.0, 3.0, 4.0, 2.0, 6.0, 7.0])
-    got = aggregate_bscans(slices, scores, 4)
+    got = aggregate_bscans(slices, scores, 4, top_k=3)
     np.testing.assert_allclose(got, [4.0, 4.0, np.nan, 7.0])
     assert volume_score(got) == 7.0
+    np.testing.assert_allclose(aggregate_bscans(slices, scores, 4, top_k=2), [4.5, 4.0, np.nan, 7])
+    # the default k (settings.BSCAN_TOP_K) is more than any B-scan here has: all patches
+    np.testing.assert_allclose(aggregate_bscans(slices, scores, 4), [3.25, 4.0, np.nan, 7.0])
 
 
 def test_aggregate_order_independent():
@@ -63,8 +66,8 @@ def test_aggregate_order_independent():
     slices = rng.integers(0, 5, 50)
     scores = rng.normal(size=50)
     perm = rng.permutation(50)
-    a = aggregate_bscans(slices, scores, 5)
-    b = aggregate_bscans(slices[perm], scores[perm], 5)
+    a = aggregate_bscans(slices, scores, 5, top_k=3)
+    b = aggregate_bscans(slices[perm], scores[perm], 5, top_k=3)
     np.testing.assert_allclose(a, b)
     expected = [np.sort(scores[slices == s])[-3:].mean() for s in range(5)]
     np.testing.assert_allclose(a, expected)

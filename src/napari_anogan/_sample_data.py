@@ -1,4 +1,4 @@
-"""napari sample data: the bundled synthetic volume with its lesion mask, and a real B-scan.
+"""napari sample data: the bundled synthetic volume with its lesion mask, and real B-scans.
 
 Both read the files bundled in ``sample_data/`` through the normal reader, so the layers
 carry the physical spacing like any opened file. Credits: ``sample_data/CREDITS.md``.
@@ -50,5 +50,24 @@ def sample_real_bscan() -> list[LayerData]:
     layer[1]["metadata"]["credit"] = (
         "Kermany, Zhang, Goldbaum (2018), Labeled OCT and Chest X-Ray Images for "
         "Classification, Mendeley Data, CC BY 4.0"
+    )
+    return [layer]
+
+
+def sample_octdl_bscan() -> list[LayerData]:
+    """Load a real diseased B-scan (OCTDL, DME, CC BY 4.0) with the bundled real model.
+
+    The layer's ``metadata["model"]`` names the bundled model trained on healthy OCTDL
+    B-scans of the same device; the Score widget takes it when the layer is chosen.
+    """
+    from napari_anogan.io import read_volume
+    from napari_anogan.resources import BUNDLED_REAL_MODEL, REAL_SAMPLE, sample_path
+
+    volume = read_volume(sample_path(REAL_SAMPLE))
+    layer = volume_layer(volume)
+    layer[1]["metadata"]["model"] = str(sample_path(BUNDLED_REAL_MODEL))
+    layer[1]["metadata"]["credit"] = (
+        "Kulyabin, Zhdanov, Nikiforova et al. (2024), OCTDL: Optical Coherence Tomography "
+        "Dataset for Image-Based Deep Learning Methods, Scientific Data, CC BY 4.0"
     )
     return [layer]

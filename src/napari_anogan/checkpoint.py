@@ -19,6 +19,9 @@ Layout (``format_version`` 1)::
     training           JSON str   (epochs done, seed, data fingerprint, losses, ...)
     reference          {} or {"levels": (Q,) f64 tensor, "quantiles": {score: (Q,) f64 tensor},
                           "settings": JSON str (mapping settings), "n_patches": int}
+    feature_bank       optional: None or {"embeddings": (M, d) f16 tensor, "projection": (F, d)
+                          f32 tensor} (healthy patch embeddings for the feature score, see
+                          napari_anogan.models.feature_bank)
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ from torch import nn
 from napari_anogan._atomic import atomic_path
 from napari_anogan.errors import ModelError
 from napari_anogan.models import Discriminator, Generator, ModelConfig
+from napari_anogan.models.feature_bank import FeatureBank
 
 __all__ = [
     "FORMAT_VERSION",
     "LoadedModel",
     "check_compatible",
+    "feature_bank_from_checkpoint",
+    "feature_bank_to_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
     "reference_from_checkpoint",
@@ -92,6 +98,9 @@ class LoadedModel:
         ``n_patches``. Empty if the model was saved before it was computed.
     path : Path
         The file it came from.
+    feature_bank : FeatureBank or None
+        Healthy patch embeddings of the feature score (``feature_distance``); None for a
+        model trained before it existed (scoring then ranks by the anomaly score A).
     """
 
     generator: Generator
@@ -103,6 +112,7 @@ class LoadedModel:
     training: dict[str, Any]
     reference: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    feature_bank: FeatureBank | None = None
 
 
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -141,6 +151,45 @@ def reference_to_checkpoint(
         "settings": json.dumps(settings, sort_keys=True),
         "n_patches": int(n_patches),
     }
+
+
+def feature_bank_to_checkpoint(bank: FeatureBank) -> dict[str, torch.Tensor]:
+    """Pack a :class:`FeatureBank` into the checkpoint's ``feature_bank`` entry (tensors only)."""
+    return {
+        "embeddings": torch.from_numpy(np.ascontiguousarray(bank.embeddings, np.float16)),
+        "projection": torch.from_numpy(np.ascontiguousarray(bank.projection, np.float32)),
+    }
+
+
+def feature_bank_from_checkpoint(
+    entry: Any, model_config: ModelConfig, path: Path | None
+) -> FeatureBank | None:
+    """Unpack the checkpoint's ``feature_bank`` entry (None if absent), checked against D.
+
+    Raises
+    ------
+    ModelError
+        A malformed bank, one whose projection does not fit the discriminator's features,
+        or NaN/Inf values; the message names the file.
+    """
+    if entry is None:
+        return None
+    try:
+        bank = FeatureBank(
+            embeddings=entry["embeddings"].numpy(), projection=entry["projection"].numpy()
+        )
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        raise ModelError(f"invalid feature bank in checkpoint ({exc})", path) from exc
+    n_features = model_config.d_widths[-1] * model_config.feature_size**2
+    if bank.projection.shape[0] != n_features:
+        raise ModelError(
+            f"feature bank does not fit the discriminator: projection of "
+            f"{bank.projection.shape[0]} values, D gives {n_features}",
+            path,
+        )
+    if not (np.isfinite(bank.embeddings).all() and np.isfinite(bank.projection).all()):
+        raise ModelError("feature bank contains NaN or Inf", path)
+    return bank
 
 
 def reference_from_checkpoint(entry: dict[str, Any] | None) -> dict[str, Any]:
@@ -333,6 +382,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         training=_json(data, "training", path),
         reference=reference,
         path=path,
+        feature_bank=feature_bank_from_checkpoint(data.get("feature_bank"), model_config, path),
     )
 
 

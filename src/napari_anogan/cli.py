@@ -79,7 +79,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from napari_anogan.training import ddp
 
     use_ddp = args.ddp or ddp.launched_by_torchrun()
-    if use_ddp and args.encoder:
+    asked = getattr(args, "encoder", None)  # None: not given on the command line
+    if use_ddp and asked:
         raise AnoganError(
             "--encoder is not supported with DDP: train the GAN with torchrun, then add the "
             "encoder in one process with `napari-anogan train SAME INPUTS -o MODEL --resume "
@@ -88,6 +89,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.ddp and not ddp.launched_by_torchrun() and os.environ.get("WORLD_SIZE") == "1":
         logger.info("--ddp with a single process: training without DDP")
         use_ddp = False
+    args.encoder = asked if asked is not None else defaults.TRAIN_ENCODER and not use_ddp
+    if use_ddp and asked is None and defaults.TRAIN_ENCODER:
+        logger.info(
+            "DDP trains the GAN only; add the encoder in one process afterwards with "
+            "`napari-anogan train SAME INPUTS -o MODEL --resume --encoder`"
+        )
     group = ddp.distributed_training(args.device) if use_ddp else contextlib.nullcontext()
     with group as ctx:
         main = ctx is None or ctx.is_main
@@ -131,6 +138,8 @@ def _score_settings(args: argparse.Namespace):
         batch_size=args.batch_size,
         device=args.device,
         seed=args.seed,
+        score=args.score,
+        bscan_top_k=args.bscan_top_k,
     )
 
 
@@ -202,7 +211,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_anogan.pipeline import run_demo
 
-    result = _drain(run_demo(_outdir(args.output)), "demo", quiet=args.quiet)
+    result = _drain(run_demo(_outdir(args.output), real=args.real), "demo", quiet=args.quiet)
     print(result)
     return 0
 
@@ -269,6 +278,20 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=defaults.SEED, help="seed of the random latent start"
     )
+    p.add_argument(
+        "--score",
+        choices=("feature", "anomaly"),
+        default=defaults.SCORE,
+        help="patch score that ranks B-scans and candidates: feature = distance of D's "
+        "features to healthy training patches (models with a feature bank), anomaly = the "
+        "paper's A",
+    )
+    p.add_argument(
+        "--bscan-top-k",
+        type=int,
+        default=defaults.BSCAN_TOP_K,
+        help="a B-scan's score is the mean of its K highest patch scores",
+    )
 
 
 _HELP = argparse.ArgumentDefaultsHelpFormatter
@@ -323,9 +346,11 @@ def _add_train_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument(
         "--encoder",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
         help="also train the f-AnoGAN encoder (fast hybrid/encoder scoring); with --resume "
-        "on a finished model (same inputs and options), adds one to it",
+        "on a finished model (same inputs and options), adds one to it (default: "
+        f"{'on' if defaults.TRAIN_ENCODER else 'off'}, off under DDP)",
     )
     p.add_argument(
         "--encoder-epochs", type=int, default=defaults.ENCODER_EPOCHS, help="encoder epochs"
@@ -390,6 +415,11 @@ def _add_demo_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the ``demo`` subcommand."""
     p = sub("demo", help="score the bundled sample with the bundled model")
     p.add_argument("-o", "--output", default="anogan-demo", help="output folder")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="score the bundled real OCTDL B-scan with the bundled real model instead",
+    )
     p.set_defaults(func=_cmd_demo)
 
 

@@ -16,6 +16,10 @@ _CANDIDATES = (_PACKAGE / "sample_data", _PACKAGE.parents[1] / "sample_data")
 SAMPLE_VOLUME = "sample_volume.ome.tif"
 SAMPLE_MASK = "sample_volume_mask.ome.tif"
 BUNDLED_MODEL = "anogan_small.pt"
+#: Small model trained on the 205 healthy OCTDL training B-scans (Optovue), with a feature bank.
+BUNDLED_REAL_MODEL = "anogan_octdl.pt"
+#: A real diseased B-scan (OCTDL validation split, DME), not seen in training.
+REAL_SAMPLE = "octdl_DME_1188282_1.jpg"
 
 
 def sample_data_dir() -> Path:

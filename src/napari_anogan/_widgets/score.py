@@ -148,12 +148,21 @@ class ScoreWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.job.cancel)
         self.region.currentIndexChanged.connect(self._update_enabled)
+        self.image.currentIndexChanged.connect(self._suggest_model)
+        self._suggest_model()
         viewer.dims.events.current_step.connect(self._follow_slice)
         self._update_enabled()
         # After the widget is shown: imports of the first job, off its critical path.
         QTimer.singleShot(0, warm_up)
 
     # ------------------------------------------------------------------ settings
+    def _suggest_model(self, *_: Any) -> None:
+        """Take the model an image layer names (``metadata["model"]``, e.g. a sample's)."""
+        layer = self.image.layer()
+        suggested = (getattr(layer, "metadata", None) or {}).get("model")
+        if suggested and Path(suggested).is_file():
+            self.model_path.setText(str(suggested))
+
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Healthy model", self.model_path.text(), "Checkpoints (*.pt *.pth);;All (*)"

@@ -5,15 +5,17 @@ patches and B-scans from lesion masks (the paper's rule: a patch is positive if 
 lesion pixel), maps every patch twice (AnoGAN's loss of eq. 5, and the GAN_R baseline's
 with the reference discrimination loss), trains the aCAE baseline on the model's own
 training inputs, and writes ``metrics.json`` (AUCs with eye-level bootstrap intervals),
-``table1.md``, ``patch_scores.csv`` (every test patch: box, label, lesion fraction,
-scores) and the figures. The metric and plotting functions live in
-:mod:`napari_anogan.evaluation.metrics` and
-:mod:`napari_anogan.evaluation.figures`; this module only gathers the numbers they take.
+``table1.md``, ``bscan_scores.csv`` (every test B-scan: label and B-scan scores, each
+oriented so that higher is more anomalous), ``patch_scores.csv`` (every test patch: box,
+label, lesion fraction, scores) and the figures. The metric and plotting functions live in
+:mod:`napari_anogan.evaluation.metrics` and :mod:`napari_anogan.evaluation.figures`; this
+module only gathers the numbers they take.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,29 +31,51 @@ from napari_anogan.scoring.scores import GAN_R_SCORE_NAMES, HIGHER_IS_NORMAL, PA
 logger = logging.getLogger(__name__)
 
 
+def _mask_name(stem: str) -> re.Pattern:
+    """Return the pattern of the file names of a mask of ``stem``.
+
+    ``stem`` + ``_mask``, ``-mask``, ``_label(s)``, ``_seg`` or ``_<anything>-mask`` /
+    ``_<anything>_mask`` (OCTDL's ``X_drusen-mask``), then a dot.
+    """
+    return re.compile(
+        rf"^{re.escape(stem)}(?:[_-](?:mask|labels?|seg)|_[^.]*[-_]mask)\.", re.IGNORECASE
+    )
+
+
 def find_mask(path: str | Path, masks_dir: str | Path | None = None) -> Path | None:
     """Find the lesion mask of an input.
 
-    For ``X.ext`` (``X.ome.tif`` too): ``X_mask.ext`` beside it, else a file named ``X.*``
-    or ``X_mask.*`` in ``masks_dir``. Returns None when there is none.
+    For ``X.ext`` (``X.ome.tif`` too): a file beside it or in ``masks_dir`` named ``X``
+    plus a mask suffix (``_mask``, ``-mask``, ``_label``, ``_labels``, ``_seg``, or
+    ``_<anything>-mask`` such as ``X_drusen-mask.png``), else a file ``X.*`` in
+    ``masks_dir`` that is not the input itself. Returns None when there is none; the
+    match is logged.
     """
     path = Path(path)
     name = path.name
     stem = name[: -len(".ome.tif")] if name.lower().endswith(".ome.tif") else path.stem
-    suffix = name[len(stem) :]
-    beside = path.with_name(f"{stem}_mask{suffix}")
-    if beside.exists():
-        return beside
+    pattern = _mask_name(stem)
+    folders = [path.parent]
     if masks_dir is not None:
         folder = Path(masks_dir)
         if not folder.is_dir():
             raise InputError("masks folder does not exist", folder)
-        for candidate in sorted(folder.iterdir()):
-            cname = candidate.name.lower()
-            for base in (f"{stem}_mask", stem):
-                if cname.startswith(base.lower() + "."):
-                    return candidate
-    return None
+        folders.append(folder)
+    found = None
+    for folder in folders:
+        found = next((c for c in sorted(folder.iterdir()) if pattern.match(c.name)), None)
+        if found is not None:
+            break
+    if found is None and masks_dir is not None:
+        same = [
+            c
+            for c in sorted(Path(masks_dir).iterdir())
+            if c.name.lower().startswith(stem.lower() + ".") and c.resolve() != path.resolve()
+        ]
+        found = same[0] if same else None
+    if found is not None:
+        logger.info("%s: mask %s", path, found)
+    return found
 
 
 @dataclass
@@ -72,18 +96,21 @@ class _Scored:
     patch_inputs: list[np.ndarray] = field(default_factory=list)
     bscan_inputs: list[np.ndarray] = field(default_factory=list)
     tables: list[dict[str, np.ndarray]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
 
     def cat(self, name: str) -> np.ndarray:
         return np.concatenate(self.scores[name]) if self.scores.get(name) else np.array([])
 
 
-def _bscan_aggregate(name: str, slices: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+def _bscan_aggregate(
+    name: str, slices: np.ndarray, values: np.ndarray, n: int, top_k: int
+) -> np.ndarray:
     from napari_anogan.scoring import aggregate_bscans
 
     if name in HIGHER_IS_NORMAL:
         # Aggregate on the anomalous orientation, then turn back (evaluate flips it again).
-        return 1.0 - aggregate_bscans(slices, 1.0 - values, n)
-    return aggregate_bscans(slices, values, n)
+        return 1.0 - aggregate_bscans(slices, 1.0 - values, n, top_k=top_k)
+    return aggregate_bscans(slices, values, n, top_k=top_k)
 
 
 def _score_input(
@@ -145,21 +172,23 @@ def _score_input(
     # reference discrimination loss (the paper: "the corresponding losses were used for the
     # mapping"), in the same mode and from the same start as AnoGAN's, not from the AnoGAN
     # mapping's z (the ``encoder`` mode takes no step: both share z = E(x)).
-    for name in PATCH_SCORE_NAMES:
-        source = gan_r if name in GAN_R_SCORE_NAMES else mapped
-        values = np.asarray(getattr(source, name), dtype=np.float64)
+    values_of = {
+        name: getattr(gan_r if name in GAN_R_SCORE_NAMES else mapped, name)
+        for name in PATCH_SCORE_NAMES
+    }
+    if getattr(model, "feature_bank", None) is not None:
+        values_of["feature_distance"] = scored.patches["feature_distance"]
+    if acae is not None:
+        a = acae_scores(acae, patches.images, lam=settings.lam, keep_images=False)
+        values_of["acae"] = a["anomaly_score"]
+    for name, values in values_of.items():
+        values = np.asarray(values, dtype=np.float64)
         out.scores.setdefault(name, []).append(values)
         out.bscan_scores.setdefault(name, []).append(
-            _bscan_aggregate(name, slices, values, volume.shape[0])
-        )
-    if acae is not None:
-        a = acae_scores(acae, patches.images, lam=settings.lam, keep_images=False)["anomaly_score"]
-        a = np.asarray(a, dtype=np.float64)
-        out.scores.setdefault("acae", []).append(a)
-        out.bscan_scores.setdefault("acae", []).append(
-            _bscan_aggregate("acae", slices, a, volume.shape[0])
+            _bscan_aggregate(name, slices, values, volume.shape[0], settings.bscan_top_k)
         )
     index = len(out.labels)
+    out.names.append(path.name)
     out.patch_inputs.append(np.full(n, index))
     out.bscan_inputs.append(np.full(volume.shape[0], index))
     group = np.full(n, "diseased" if anomalous else "test healthy")
@@ -198,6 +227,28 @@ def _score_input(
     for name, values in out.scores.items():
         table[name] = values[-1]
     out.tables.append(table)
+
+
+def _write_bscan_table(scored: _Scored, path: Path) -> None:
+    """One row per test B-scan: its input, group, label and every B-scan score."""
+    from napari_anogan.evaluation.metrics import orient_scores
+
+    names = list(scored.bscan_scores)
+
+    def rows():
+        for i, name in enumerate(scored.names):
+            labels = scored.bscan_labels[i]
+            oriented = {k: orient_scores(k, scored.bscan_scores[k][i]) for k in names}
+            for s in range(len(labels)):
+                yield {
+                    "input": name,
+                    "group": str(scored.groups[i][0]),
+                    "slice": s,
+                    "label": int(labels[s]),
+                    **{k: float(oriented[k][s]) for k in names},
+                }
+
+    write_csv(path, rows(), columns=["input", "group", "slice", "label", *names])
 
 
 def _write_patch_table(tables: list[dict[str, np.ndarray]], path: Path) -> None:
@@ -353,7 +404,7 @@ def run_evaluation(
     acae = None
     train_inputs = [Path(p) for p in acae_train] if acae_train else _training_inputs(model)
     if acae_epochs > 0 and train_inputs:
-        patches, _, _ = yield from collect_training_patches(
+        patches, _, _, _ = yield from collect_training_patches(
             train_inputs, model_preprocess_config(model), patches_per_scan, seed=settings.seed
         )
         yield ProgressEvent(EventKind.STAGE, 0, 0, message="training aCAE baseline")
@@ -396,6 +447,7 @@ def run_evaluation(
     metrics["settings"] = settings.to_dict()
     save_metrics(metrics, outdir / "metrics.json")
     _write_patch_table(scored.tables, outdir / "patch_scores.csv")
+    _write_bscan_table(scored, outdir / "bscan_scores.csv")
     (outdir / "table1.md").write_text(table1(metrics) + "\n")
     if figures:
         yield ProgressEvent(EventKind.STAGE, 0, 0, message="figures")

@@ -21,8 +21,10 @@ TABLE1_ROWS = (
     ("P_D", "discriminator_output"),
     ("GAN_R", "reference_anomaly_score"),
     ("AnoGAN", "anomaly_score"),
+    ("AnoGAN F", "feature_distance"),
 )
-"""Rows of the paper's Table 1: (row label, score name)."""
+"""Rows of the paper's Table 1 (row label, score name), and the feature distance of models
+with a feature bank (:mod:`napari_anogan.models.feature_bank`)."""
 
 
 def _json_ready(value: Any) -> Any:
@@ -68,7 +70,8 @@ def table1(metrics: Mapping[str, Any], *, rows: Sequence[tuple[str, str]] = TABL
     Statistics are those of the Youden point (``metrics[name]["youden"]``); ``AUC`` is the
     patch-level AUC and ``B-scan AUC`` the B-scan-level one. Rows: aCAE (``acae``), P_D
     (``discriminator_output``, scored as ``1 - P_D`` so that higher is more anomalous),
-    GAN_R (``reference_anomaly_score``) and AnoGAN (``anomaly_score``). A score missing
+    GAN_R (``reference_anomaly_score``), AnoGAN (``anomaly_score``) and AnoGAN F (the
+    feature distance ``feature_distance``). A score missing
     from ``metrics`` shows as ``–``. Where the metrics hold bootstrap intervals (see
     :func:`evaluate_scores`), an ``AUC 95 % CI`` column follows ``AUC``.
 

@@ -36,8 +36,12 @@ PATCH_COLUMNS = (
     "anomaly_score",
     "reference_discrimination_score",
     "discriminator_output",
+    "feature_distance",
     "healthy_percentile",
 )
+
+#: Patch table column of each ``ScoreSettings.score``.
+SCORE_COLUMNS = {"feature": "feature_distance", "anomaly": "anomaly_score"}
 
 
 @dataclass
@@ -159,7 +163,10 @@ def summary_dict(result: VolumeResult) -> dict:
         "name": result.name,
         "shape": list(result.shape),
         "volume_score": result.volume_score,
-        "bscan_rule": "mean of the 3 highest patch anomaly scores of the B-scan",
+        "bscan_rule": (
+            f"mean of the {result.settings.get('bscan_top_k')} highest patch "
+            f"{result.settings.get('score_column')} values of the B-scan"
+        ),
         "volume_rule": "highest B-scan score",
         "bscan_scores": [None if not np.isfinite(v) else float(v) for v in result.bscan_scores],
         "n_patches": len(result.patches["slice"]),
@@ -237,14 +244,16 @@ def volume_result(
     boxes_raw = raw_boxes(geometry, coords, size)
     ref = model.reference or {}
     _warn_reference_mismatch(getattr(model, "path", None), ref.get("settings"), settings)
-    reference = ref.get("anomaly_score")
+    ranking = ranking_score(settings, scores, getattr(model, "path", None))
+    scores.setdefault("feature_distance", np.full(len(coords), np.nan))
+    reference = ref.get(ranking)
 
     def healthy_percentile(name: str) -> np.ndarray:
         if ref.get(name) is None:
             return np.full(len(coords), np.nan)
         return percentile_of(scores[name], ref[name], ref["levels"])
 
-    percentile = healthy_percentile("anomaly_score")
+    percentile = healthy_percentile(ranking)
     table = {
         "slice": coords[:, 0].astype(np.int64),
         "row": boxes_raw[:, 0],
@@ -258,18 +267,22 @@ def volume_result(
             scores["reference_discrimination_score"], dtype=np.float64
         ),
         "discriminator_output": np.asarray(scores["discriminator_output"], dtype=np.float64),
+        "feature_distance": np.asarray(scores["feature_distance"], dtype=np.float64),
         "healthy_percentile": np.asarray(percentile, dtype=np.float64),
         "residual_percentile": healthy_percentile("residual_score"),
         "discrimination_percentile": healthy_percentile("discrimination_score"),
         "flat_row": coords[:, 1].astype(np.int64),
         "flat_col": coords[:, 2].astype(np.int64),
     }
-    bscan_scores = aggregate_bscans(table["slice"], table["anomaly_score"], s_count)
+    bscan_scores = aggregate_bscans(
+        table["slice"], table[ranking], s_count, top_k=settings.bscan_top_k
+    )
     candidates = find_candidates(
         table,
         stride=settings.stride,
         threshold=settings.percentile_threshold,
-        by="healthy_percentile" if reference is not None else "anomaly_score",
+        by="healthy_percentile" if reference is not None else ranking,
+        score=ranking,
     )
     return VolumeResult(
         name=volume.name,
@@ -283,9 +296,32 @@ def volume_result(
         bm=bm,
         en_face=en_face,
         candidates=candidates,
-        settings=settings.to_dict(),
+        settings={**settings.to_dict(), "score_column": ranking},
         model=_model_description(model),
     )
+
+
+_NOTED_NO_BANK: set[str] = set()
+
+
+def ranking_score(settings: ScoreSettings, scores: dict[str, np.ndarray], path=None) -> str:
+    """Return the patch-table column that ranks patches, B-scans and candidates.
+
+    ``settings.score`` ``"feature"`` needs the feature distances of a model with a feature
+    bank; without them (a model trained before feature banks) the paper's anomaly score A
+    ranks, said once per model in the log.
+    """
+    column = SCORE_COLUMNS[settings.score]
+    if column == "feature_distance" and "feature_distance" not in scores:
+        if str(path) not in _NOTED_NO_BANK:
+            _NOTED_NO_BANK.add(str(path))
+            logger.info(
+                "%s has no feature bank (trained before it existed): ranking by the anomaly "
+                "score A; retrain it for the feature score",
+                path or "the model",
+            )
+        return "anomaly_score"
+    return column
 
 
 def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> np.ndarray:

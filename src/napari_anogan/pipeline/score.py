@@ -28,6 +28,7 @@ from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import Volume, read_volume
 from napari_anogan.pipeline.outputs import (
     PATCH_COLUMNS,
+    SCORE_COLUMNS,
     MappedPatches,
     VolumeResult,
     en_face_projection,
@@ -75,6 +76,12 @@ class ScoreSettings:
     patience : int or None
         Early stopping: steps without improvement after which a patch is frozen; None:
         10 % of the mode's steps, at least 3 (iterative-500: 50, hybrid-10: 3).
+    score : str
+        Patch score that ranks patches, B-scans and candidates: ``feature`` (the feature
+        distance F, :mod:`napari_anogan.models.feature_bank`; falls back to ``anomaly``
+        with a note on a model without a feature bank) or ``anomaly`` (the paper's A).
+    bscan_top_k : int
+        A B-scan's score is the mean of its ``bscan_top_k`` highest patch scores.
     """
 
     mode: str = defaults.MAPPING_MODE
@@ -89,6 +96,14 @@ class ScoreSettings:
     early_stop: bool = defaults.EARLY_STOP
     tolerance: float = defaults.TOLERANCE
     patience: int | None = None
+    score: str = defaults.SCORE
+    bscan_top_k: int = defaults.BSCAN_TOP_K
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_COLUMNS:
+            raise ValueError(f"score must be one of {sorted(SCORE_COLUMNS)}, got {self.score!r}")
+        if int(self.bscan_top_k) < 1:
+            raise ValueError(f"bscan_top_k must be >= 1, got {self.bscan_top_k}")
 
     def to_dict(self) -> dict:
         """Return the settings as a JSON-ready dict."""
@@ -344,6 +359,7 @@ def score_volume(
     """
     from napari_anogan.io import TiffSliceWriter
     from napari_anogan.mapping import map_to_latent, random_start, resolve_mode
+    from napari_anogan.models.feature_bank import feature_distance, patch_embeddings
     from napari_anogan.preprocess import cut_patches, plan_preprocessing
     from napari_anogan.scoring import assemble_heatmap
 
@@ -365,6 +381,7 @@ def score_volume(
     if keep_patches and len(chunks) > 1:
         raise ValueError("keep_patches needs the whole volume in one chunk (chunk_slices=None)")
     encoder = getattr(model, "encoder", None)
+    bank = getattr(model, "feature_bank", None)
     mcfg = resolve_mode(mapping_config(settings), encoder)
     z_start = None
     if mcfg.mode == "iterative":
@@ -407,6 +424,11 @@ def score_volume(
                     recon_flat = assemble_heatmap(mapped.reconstruction, local, sub.band_shape)
                 for name, values in mapped.scores().items():
                     score_parts.setdefault(name, []).append(np.asarray(values))
+                if bank is not None:
+                    emb = patch_embeddings(model.discriminator, images, bank.projection)
+                    score_parts.setdefault("feature_distance", []).append(
+                        feature_distance(bank, emb)
+                    )
                 if keep_patches:
                     kept = MappedPatches(coords=coords, images=images, mapping=mapped)
                 del images, mapped

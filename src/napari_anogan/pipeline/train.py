@@ -43,7 +43,7 @@ def collect_training_patches(
     *,
     holdout_fraction: float = 0.0,
     reference_stride: int = defaults.SCORE_STRIDE,
-) -> Generator[ProgressEvent, None, tuple[np.ndarray, np.ndarray, dict]]:
+) -> Generator[ProgressEvent, None, tuple[np.ndarray, np.ndarray, dict, np.ndarray]]:
     """Read healthy scans, preprocess them and draw random training patches.
 
     With ``holdout_fraction``, that fraction of all B-scans (whole B-scans, spread over
@@ -79,6 +79,9 @@ def collect_training_patches(
     info : dict
         ``inputs`` (paths), ``n_bscans``, ``n_patches``, ``data_fingerprint``,
         ``holdout_bscans`` (``[input index, slice]`` pairs) and ``n_reference_patches``.
+    bank : (K, 1, P, P) ndarray of float32
+        Grid patches of the training (not held-out) B-scans, cut as scoring cuts them:
+        the healthy patches of the model's feature bank.
     """
     from napari_anogan.preprocess import grid_patches, preprocess_volume, random_patches
 
@@ -87,7 +90,7 @@ def collect_training_patches(
         raise InputError("no healthy training inputs given")
     rng = np.random.default_rng(seed)
     pick_rng = np.random.default_rng([seed, 7])
-    chunks, ref_chunks, held_out = [], [], []
+    chunks, ref_chunks, bank_chunks, held_out = [], [], [], []
     n_bscans = 0
     for i, path in enumerate(inputs):
         yield ProgressEvent(EventKind.STAGE, i, len(inputs), message=f"preprocessing {path.name}")
@@ -100,17 +103,18 @@ def collect_training_patches(
         held = np.sort(pick_rng.choice(n_slices, size=min(max(k, 0), n_slices), replace=False))
         train_slices = np.setdiff1d(np.arange(n_slices), held)
         chunks.append(random_patches(pre, patches_per_scan, seed=rng, slices=train_slices).images)
+        if train_slices.size:
+            grid = grid_patches(pre, stride=reference_stride, slices=train_slices)
+            bank_chunks.append(grid.images)
         if held.size:
             ref_chunks.append(grid_patches(pre, stride=reference_stride, slices=held).images)
             held_out += [[i, int(s)] for s in held]
         n_bscans += n_slices
     patches = np.concatenate(chunks).astype(np.float32)
     size = preprocess_config.patch_size
-    reference = (
-        np.concatenate(ref_chunks).astype(np.float32)
-        if ref_chunks
-        else np.zeros((0, 1, size, size), np.float32)
-    )
+    empty = np.zeros((0, 1, size, size), np.float32)
+    reference = np.concatenate(ref_chunks).astype(np.float32) if ref_chunks else empty
+    bank = np.concatenate(bank_chunks).astype(np.float32) if bank_chunks else empty
     info = {
         "inputs": [str(p) for p in inputs],
         "n_bscans": n_bscans,
@@ -119,7 +123,7 @@ def collect_training_patches(
         "holdout_bscans": held_out,
         "n_reference_patches": len(reference),
     }
-    return patches, reference, info
+    return patches, reference, info, bank
 
 
 def reference_patches_of(model) -> Generator[ProgressEvent, None, np.ndarray]:
@@ -179,7 +183,7 @@ def train_from_paths(
     preprocess_config=None,
     model_overrides: dict | None = None,
     train_overrides: dict | None = None,
-    encoder: bool = False,
+    encoder: bool = defaults.TRAIN_ENCODER,
     encoder_epochs: int | None = None,
 ) -> Generator[ProgressEvent, None, object]:
     """Train a healthy model from files or folders of healthy scans.
@@ -210,6 +214,10 @@ def train_from_paths(
     encoder_epochs : int, optional
         Encoder training epochs (default: :class:`~napari_anogan.training.EncoderConfig`'s).
 
+    Last, the feature bank of the feature score is built from grid patches of the training
+    B-scans (:func:`napari_anogan.training.add_feature_bank`) and the healthy reference is
+    recomputed with it.
+
     Returns
     -------
     TrainResult
@@ -231,7 +239,7 @@ def train_from_paths(
         device=device,
         **(train_overrides or {}),
     )
-    patches, reference, info = yield from collect_training_patches(
+    patches, reference, info, bank_patches = yield from collect_training_patches(
         paths,
         preprocess_config,
         patches_per_scan,
@@ -269,5 +277,12 @@ def train_from_paths(
             encoder_config,
             data_fingerprint=info["data_fingerprint"],
             reference_patches=reference_patches,
+        )
+    from napari_anogan.training import add_feature_bank, ddp
+
+    ctx = ddp.current()
+    if len(bank_patches) and (ctx is None or ctx.is_main):  # rank 0 writes the model
+        result.feature_bank, result.reference = yield from add_feature_bank(
+            Path(output), bank_patches, reference_patches, device=device
         )
     return result

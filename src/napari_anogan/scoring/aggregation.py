@@ -10,29 +10,32 @@ import logging
 
 import numpy as np
 
+from napari_anogan import settings as defaults
 from napari_anogan.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-AGGREGATION_RULES = ("top3_mean", "max", "mean")
+AGGREGATION_RULES = ("top_mean", "max", "mean")
 
 
 def aggregate_bscans(
     patch_slices: np.ndarray,
     patch_scores: np.ndarray,
     n_slices: int,
-    rule: str = "top3_mean",
+    rule: str = "top_mean",
+    *,
+    top_k: int = defaults.BSCAN_TOP_K,
 ) -> np.ndarray:
     """Score each B-scan from the scores of its patches.
 
     Rules
     -----
-    ``top3_mean`` (default)
-        Mean of the 3 highest patch scores of the B-scan (all of them if fewer). A lesion
-        typically covers a few neighbouring patches, so averaging the top few rewards a
-        consistent local anomaly, while the single maximum is noisy: one badly mapped
-        patch (the mapping is a non-convex search) would flag a healthy B-scan.
+    ``top_mean`` (default)
+        Mean of the ``top_k`` highest patch scores of the B-scan (all of them if fewer). A
+        lesion typically covers several neighbouring patches, so averaging the top few
+        rewards a consistent local anomaly, while the single maximum is noisy: one badly
+        mapped patch (the mapping is a non-convex search) would flag a healthy B-scan.
     ``max``
         Highest patch score.
     ``mean``
@@ -48,6 +51,8 @@ def aggregate_bscans(
         Number of B-scans in the volume.
     rule : str
         One of ``AGGREGATION_RULES``.
+    top_k : int
+        Patches averaged by ``top_mean``.
 
     Returns
     -------
@@ -56,7 +61,9 @@ def aggregate_bscans(
 
     Examples
     --------
-    >>> aggregate_bscans(np.array([0, 0, 0, 0, 2]), np.array([1.0, 5.0, 3.0, 4.0, 2.0]), 3)
+    >>> aggregate_bscans(
+    ...     np.array([0, 0, 0, 0, 2]), np.array([1.0, 5.0, 3.0, 4.0, 2.0]), 3, top_k=3
+    ... )
     array([ 4., nan,  2.])
     """
     if rule not in AGGREGATION_RULES:
@@ -80,12 +87,12 @@ def aggregate_bscans(
         with np.errstate(invalid="ignore", divide="ignore"):
             out = sums / counts
     else:
-        # Sort by (slice, score descending) and keep each slice's first 3.
+        # Sort by (slice, score descending) and keep each slice's first top_k.
         order = np.lexsort((-scores, slices))
         s_sorted, v_sorted = slices[order], scores[order]
         starts = np.searchsorted(s_sorted, s_sorted, side="left")
         rank = np.arange(s_sorted.size) - starts
-        keep = rank < 3
+        keep = rank < int(top_k)
         sums = np.bincount(s_sorted[keep], weights=v_sorted[keep], minlength=n_slices)
         counts = np.bincount(s_sorted[keep], minlength=n_slices)
         with np.errstate(invalid="ignore", divide="ignore"):

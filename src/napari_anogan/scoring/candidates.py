@@ -1,11 +1,11 @@
 """Candidate marker regions: anomalous patches joined across neighbouring B-scans.
 
-A patch is *anomalous* when its healthy percentile (its anomaly score ranked in the
+A patch is *anomalous* when its healthy percentile (its patch score ranked in the
 model's held-out healthy distribution) reaches a threshold, e.g. 99: fewer than 1 % of
 healthy patches score that high. Anomalous patches that overlap in one B-scan, or sit at
 the same grid position in adjacent B-scans, form one candidate region (3-D connected
 components on the patch grid, :func:`scipy.ndimage.label`). Regions are ranked by
-their highest anomaly score.
+their highest patch score (the feature distance or the anomaly score, whichever ranks).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def find_candidates(
     stride: int,
     threshold: float = defaults.PERCENTILE_THRESHOLD,
     by: str = "healthy_percentile",
+    score: str = "anomaly_score",
 ) -> list[dict]:
     """Join anomalous patches into ranked candidate regions.
 
@@ -46,13 +47,15 @@ def find_candidates(
     patches : mapping of str to (N,) ndarray
         Patch table with at least ``slice``, ``flat_row``, ``flat_col`` (top-left corner on
         the stride grid of the flattened band), raw boxes ``row``, ``col``, ``height``,
-        ``width``, ``anomaly_score`` and the column named by ``by``.
+        ``width``, and the columns named by ``by`` and ``score``.
     stride : int
         Grid stride the patches were taken with (neighbours are one stride apart).
     threshold : float
         A patch is anomalous when ``patches[by] >= threshold``.
     by : str
-        Column compared with ``threshold`` (``healthy_percentile`` or ``anomaly_score``).
+        Column compared with ``threshold`` (``healthy_percentile`` or a raw score).
+    score : str
+        Patch score that ranks the regions (``anomaly_score`` or ``feature_distance``).
 
     Returns
     -------
@@ -84,7 +87,7 @@ def find_candidates(
     labels, _ = ndimage.label(grid, structure=structure)
     region_of_patch = np.where(hot, labels[index], 0)
 
-    scores = np.asarray(patches["anomaly_score"], dtype=float)
+    scores = np.asarray(patches[score], dtype=float)
     percent = np.asarray(patches.get("healthy_percentile", np.full(n, np.nan)), dtype=float)
     row0 = np.asarray(patches["row"])
     col0 = np.asarray(patches["col"])

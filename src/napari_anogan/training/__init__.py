@@ -1,10 +1,11 @@
 """Training on healthy patches.
 
 The GAN (:mod:`.gan`), the f-AnoGAN encoder (:mod:`.encoder`), the healthy reference
-(:mod:`.reference`), multi-process training (:mod:`.ddp`), their settings
-(:mod:`.config`) and shared helpers (:mod:`.common`).
+(:mod:`.reference`), the feature bank (:mod:`.bank`), multi-process training
+(:mod:`.ddp`), their settings (:mod:`.config`) and shared helpers (:mod:`.common`).
 """
 
+from napari_anogan.training.bank import add_feature_bank
 from napari_anogan.training.common import holdout_split, training_amp
 from napari_anogan.training.config import EncoderConfig, TrainConfig
 from napari_anogan.training.encoder import EncoderResult, add_encoder, train_encoder
@@ -17,6 +18,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "add_encoder",
+    "add_feature_bank",
     "healthy_reference",
     "holdout_split",
     "refresh_reference",

@@ -38,7 +38,7 @@ from napari_anogan.training.common import (
 )
 from napari_anogan.training.config import EncoderConfig, TrainConfig
 from napari_anogan.training.gan import TrainResult
-from napari_anogan.training.reference import healthy_reference
+from napari_anogan.training.reference import healthy_reference, stored_bank
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +326,10 @@ def add_encoder(
 
     device = resolve_device(config.device)
     mcfg = train_config.reference_mapping(device=str(device), mode=reference_mode)
-    reference = yield from healthy_reference(g, d, encoder, ref_set, ref_order, train_config, mcfg)
+    bank = stored_bank(data, model_config, path)
+    reference = yield from healthy_reference(
+        g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
+    )
     data["reference"] = reference
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 2, 2, message=str(path))

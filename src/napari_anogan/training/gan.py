@@ -45,6 +45,7 @@ from napari_anogan.errors import ModelError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.models import Discriminator, ModelConfig, sample_prior
 from napari_anogan.models import Generator as GeneratorNet
+from napari_anogan.models.feature_bank import FeatureBank
 from napari_anogan.training import ddp as _ddp
 from napari_anogan.training.common import (
     check_patches,
@@ -81,6 +82,9 @@ class TrainResult:
         :attr:`napari_anogan.checkpoint.LoadedModel.reference` (empty if not computed).
     encoder : nn.Module or None
         The f-AnoGAN encoder, when :func:`add_encoder` trained one.
+    feature_bank : FeatureBank or None
+        The feature score's bank, when :func:`~napari_anogan.training.add_feature_bank`
+        built one.
     """
 
     generator: nn.Module
@@ -91,6 +95,7 @@ class TrainResult:
     checkpoint_path: Path | None = None
     reference: dict[str, Any] = field(default_factory=dict)
     encoder: nn.Module | None = None
+    feature_bank: FeatureBank | None = None
 
 
 def train_gan(

@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from napari_anogan.checkpoint import (
+    feature_bank_from_checkpoint,
     read_checkpoint,
     reference_from_checkpoint,
     reference_to_checkpoint,
@@ -29,6 +30,7 @@ from napari_anogan.errors import ModelError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.mapping import MappingConfig, map_to_latent
 from napari_anogan.models import ModelConfig
+from napari_anogan.models.feature_bank import FeatureBank, feature_distance, patch_embeddings
 from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
 from napari_anogan.training.common import (
     frozen_gan,
@@ -39,6 +41,11 @@ from napari_anogan.training.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 
+def stored_bank(data: dict[str, Any], model_config: ModelConfig, path: Path) -> FeatureBank | None:
+    """Return the feature bank of a raw checkpoint dict, checked against its model (or None)."""
+    return feature_bank_from_checkpoint(data.get("feature_bank"), model_config, path)
+
+
 def healthy_reference(
     g: nn.Module,
     d: nn.Module,
@@ -47,8 +54,12 @@ def healthy_reference(
     hold_idx: np.ndarray,
     train_config: TrainConfig,
     mcfg: MappingConfig,
+    bank: FeatureBank | None = None,
 ) -> Generator[ProgressEvent, None, dict[str, Any]]:
-    """Map the held-out healthy patches with ``mcfg``; return the checkpoint's reference."""
+    """Map the held-out healthy patches with ``mcfg``; return the checkpoint's reference.
+
+    With a feature ``bank``, the held-out patches' feature distances join the scores.
+    """
     n_ref = min(hold_idx.size, train_config.reference_max_patches)
     if n_ref == 0:
         logger.warning("no held-out patches: the healthy reference distribution is empty")
@@ -62,7 +73,12 @@ def healthy_reference(
     sel = np.sort(hold_idx[:n_ref])
     held = np.asarray(patches[sel], np.float32)
     result = yield from map_to_latent(g, d, held, mcfg, encoder=encoder)
-    quantiles = score_quantiles(result.scores(), QUANTILE_LEVELS)
+    scores = result.scores()
+    if bank is not None:
+        scores["feature_distance"] = feature_distance(
+            bank, patch_embeddings(d, held, bank.projection)
+        )
+    quantiles = score_quantiles(scores, QUANTILE_LEVELS)
     return reference_to_checkpoint(
         QUANTILE_LEVELS, quantiles, result.config.to_dict(), n_patches=n_ref
     )
@@ -140,7 +156,10 @@ def refresh_reference(
         reference_patches, reference_patches, train_config, model_config
     )
     mcfg = train_config.reference_mapping(device=str(resolve_device(device)), mode=mode)
-    reference = yield from healthy_reference(g, d, encoder, ref_set, ref_order, train_config, mcfg)
+    bank = stored_bank(data, model_config, path)
+    reference = yield from healthy_reference(
+        g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
+    )
     data["reference"] = reference
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 1, 1, message=str(path))
