@@ -265,20 +265,3 @@ def test_peak_slice_prefers_the_highest_patch():
     (cand,) = result.candidates
     assert peak_slice(cand, result) == 2
     assert peak_slice({"slice_start": 1, "slice_end": 4}) == 2
-
-
-def test_component_percentiles_from_reference():
-    from napari_anogan._widgets._results import add_component_percentiles
-
-    patches = {"residual_score": np.array([0.5, 2.0]), "discrimination_score": np.array([1.0, 9])}
-    reference = {
-        "levels": np.array([0.0, 50.0, 100.0]),
-        "residual_score": np.array([0.0, 1.0, 2.0]),
-        "discrimination_score": np.array([0.0, 2.0, 4.0]),
-    }
-    add_component_percentiles(patches, reference)
-    np.testing.assert_allclose(patches["residual_percentile"], [25.0, 100.0])
-    np.testing.assert_allclose(patches["discrimination_percentile"], [25.0, 100.0])
-    untouched = {"residual_score": np.array([1.0])}
-    add_component_percentiles(untouched, {})
-    assert set(untouched) == {"residual_score"}

@@ -298,6 +298,12 @@ def test_export_writes_files_that_reopen(scored_viewer, tmp_path, errors):
     written = widget.export()
     assert not errors
     assert set(written) == {"heatmap", "candidates", "scores", "snapshot", "summary"}
+    # the CLI's file names for the ``score`` outputs
+    from napari_anogan._widgets._common import RESULT_KEY
+    from napari_anogan.pipeline import output_paths
+
+    cli = output_paths(widget.source.layer().metadata[RESULT_KEY].name, tmp_path)
+    assert [written[k] for k in ("heatmap", "scores", "summary")] == list(cli.values())
     heatmap = read_volume(written["heatmap"])
     assert heatmap.data.shape == (S, H, W)
     np.testing.assert_allclose(heatmap.spacing, SCALE)

@@ -159,7 +159,6 @@ def score_job(
             yield event
             if gui_idle is not None and not gui_idle.wait(GUI_WAIT_S):
                 logger.debug("GUI layer work still queued after %.1f s; mapping on", GUI_WAIT_S)
-    add_component_percentiles(result.patches, getattr(model, "reference", None))
     tuples = result_layers(result, geometry["image_name"], **place)
     return result, [Layer.create(*data_tuple) for data_tuple in tuples]
 
@@ -267,27 +266,6 @@ def warm_up() -> None:
             logger.debug("warm-up: cannot import %s: %s", name, exc)
     gc.collect()
     logger.debug("scoring warm-up took %.2f s", time.perf_counter() - start)
-
-
-def add_component_percentiles(patches: dict, reference: dict | None) -> None:
-    """Add ``residual_percentile`` / ``discrimination_percentile`` columns to a patch table.
-
-    Each score is ranked in the model's healthy reference distribution of that score
-    (the score bars light up per component). Columns the core already provides, or that
-    the reference cannot give, are left alone.
-    """
-    from napari_anogan.scoring import percentile_of
-
-    if not reference or "levels" not in reference:
-        return
-    for score, column in (
-        ("residual_score", "residual_percentile"),
-        ("discrimination_score", "discrimination_percentile"),
-    ):
-        if column not in patches and score in reference and score in patches:
-            patches[column] = percentile_of(
-                np.asarray(patches[score], dtype=float), reference[score], reference["levels"]
-            )
 
 
 def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:

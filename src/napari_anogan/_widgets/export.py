@@ -1,22 +1,22 @@
 """Export: write a scored image's results to a folder.
 
-Files, for a scored image ``<stem>``: ``<stem>_residual.ome.tif`` (heatmap with the
-physical pixel sizes), ``<stem>_candidates.csv`` (with the keep/reject decisions),
-``<stem>_scores.csv`` (patch table, the CLI's columns), ``<stem>_snapshot.png`` (the
-canvas) and ``<stem>_export.json`` (model, settings, threshold, scores, candidates).
-Each file is written atomically by :mod:`napari_anogan.io`.
+The ``score`` outputs, through the CLI's own writers and file names
+(:func:`napari_anogan.pipeline.write_score_outputs`): ``<stem>_residual.tif`` (heatmap,
+here with the image layer's physical pixel sizes), ``<stem>_scores.csv`` (patch table)
+and ``<stem>_summary.json`` (the CLI's summary plus the image layer, the threshold and
+the candidates with their keep/reject decisions); and two files only the viewer has:
+``<stem>_candidates.csv`` (with the decisions) and ``<stem>_snapshot.png`` (the canvas).
+``<stem>`` is the scored volume's name made safe as a file name, as in the CLI.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QCheckBox,
     QFileDialog,
     QFormLayout,
     QLabel,
@@ -36,6 +36,7 @@ from napari_anogan._widgets._common import (
     notify_info,
     spacing_of_layer,
 )
+from napari_anogan._widgets._forms import export_choices
 from napari_anogan._widgets._layers import layer_name
 from napari_anogan.errors import OutputError
 
@@ -49,14 +50,11 @@ ARTEFACTS = {
     "candidates": "candidates with decisions (CSV)",
     "scores": "patch scores (CSV)",
     "snapshot": "snapshot of the view (PNG)",
-    "summary": "model and settings (JSON)",
+    "summary": "summary: scores, candidates, model, settings (JSON)",
 }
 
-
-def file_stem(name: str) -> str:
-    """Make a file-system-safe stem from a layer name."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return stem or "scan"
+CORE_KINDS = {"heatmap": "residual", "scores": "scores", "summary": "summary"}
+"""Export choices that are ``score`` outputs, and their kind in the CLI's outputs."""
 
 
 def candidate_rows(features: Any) -> list[dict]:
@@ -96,8 +94,8 @@ def export_result(
     OutputError
         If the folder does not exist or a file cannot be written.
     """
-    from napari_anogan.io import write_csv, write_json, write_tiff
-    from napari_anogan.pipeline import PATCH_COLUMNS, summary_dict
+    from napari_anogan.io import safe_stem, write_csv
+    from napari_anogan.pipeline import summary_dict, write_score_outputs
     from napari_anogan.scoring.candidates import CANDIDATE_COLUMNS
 
     folder = Path(folder)
@@ -106,29 +104,25 @@ def export_result(
     include = {k: True for k in ARTEFACTS} | (include or {})
     result = patch_layer.metadata[RESULT_KEY]
     image_name = patch_layer.metadata.get("anogan_image", result.name)
-    stem = file_stem(image_name)
     image = layer_by_name(viewer, image_name)
-    cand_layer_name = layer_name(image_name, "candidates")
-    cand_layer = layer_by_name(viewer, cand_layer_name)
+    cand_layer = layer_by_name(viewer, layer_name(image_name, "candidates"))
     candidates = candidate_rows(cand_layer.features if cand_layer is not None else None)
     threshold = (cand_layer.metadata.get("threshold") if cand_layer is not None else None) or (
         result.settings or {}
     ).get("percentile_threshold")
+    stem = safe_stem(result.name)  # the CLI's stem, for the two files only the viewer has
 
     written: dict[str, Path] = {}
-    if include["heatmap"]:
-        spacing = spacing_of_layer(image) if image is not None else None
-        written["heatmap"] = write_tiff(
-            folder / f"{stem}_residual.ome.tif", result.residual, spacing=spacing
-        )
+    core = write_score_outputs(
+        result,
+        folder,
+        include=[kind for key, kind in CORE_KINDS.items() if include[key] and kind != "summary"],
+        spacing=spacing_of_layer(image) if image is not None else None,
+    )
+    written.update({key: core[kind] for key, kind in CORE_KINDS.items() if kind in core})
     if include["candidates"]:
         columns = [*CANDIDATE_COLUMNS, "decision"]
         written["candidates"] = write_csv(folder / f"{stem}_candidates.csv", candidates, columns)
-    if include["scores"]:
-        n = len(result.patches["slice"])
-        columns = [c for c in PATCH_COLUMNS if c in result.patches]
-        rows = [{c: result.patches[c][i] for c in columns} for i in range(n)]
-        written["scores"] = write_csv(folder / f"{stem}_scores.csv", rows, columns)
     if include["snapshot"]:
         written["snapshot"] = _write_png(folder / f"{stem}_snapshot.png", viewer)
     if include["summary"]:
@@ -139,7 +133,8 @@ def export_result(
             candidates=candidates,
             files={k: p.name for k, p in written.items()},
         )
-        written["summary"] = write_json(folder / f"{stem}_export.json", summary)
+        core = write_score_outputs(result, folder, include=["summary"], summary=summary)
+        written["summary"] = core["summary"]
     logger.info("exported %s to %s: %s", image_name, folder, sorted(written))
     return written
 
@@ -172,9 +167,9 @@ class ExportWidget(QWidget):
         self.viewer = viewer
         self.source = LayerCombo(viewer, (napari.layers.Shapes,), accept=is_result_layer)
         self.folder = QLineEdit(str(Path.cwd()))
-        self.checks = {key: QCheckBox(text) for key, text in ARTEFACTS.items()}
-        for box in self.checks.values():
-            box.setChecked(True)
+        # the choices (magicgui check boxes), all checked
+        self.params = export_choices(ARTEFACTS)
+        self.checks = {key: box.native for key, box in self.params.items()}
         self.export_button = QPushButton("Export")
         self.status = QLabel("")
         self.status.setWordWrap(True)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -23,7 +22,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -40,6 +38,7 @@ from napari_anogan._widgets._common import (
     notify_info,
     volume_from_layer,
 )
+from napari_anogan._widgets._forms import score_parameters
 from napari_anogan._widgets._layers import image_layers, layer_name, result_layers
 from napari_anogan._widgets._results import (
     PartialLayers,
@@ -91,22 +90,15 @@ class ScoreWidget(QWidget):
         self.region = QComboBox()
         self.region.addItems(REGIONS)
         self.shapes = LayerCombo(viewer, (napari.layers.Shapes,), accept=_user_shapes)
-        self.mode = QComboBox()
-        self.mode.addItems(_mapping_modes())
-        self.steps = _spin(QSpinBox(), 0, 5000, defaults.steps)
+        # the parameter form (magicgui, initial values from napari_anogan.settings)
+        self.params = score_parameters(_mapping_modes())
+        self.mode = self.params["mode"].native
+        self.steps = self.params["steps"].native
+        self.lam = self.params["lam"].native
+        self.stride = self.params["stride"].native
         self._default_steps = {"iterative": defaults.steps, "hybrid": defaults.hybrid_steps}
         self.mode.currentTextChanged.connect(self._mode_changed)
-        # the scoring default (the mode that measured best), the paper's one entry away
-        self.mode.setCurrentText(defaults.mode)
         self._mode_changed(self.mode.currentText())
-        self.lam = _spin(QDoubleSpinBox(), 0.0, 1.0, defaults.lam, step=0.05)
-        self.lam.setToolTip(
-            "weight of the discrimination loss in the mapping and of D in the anomaly score "
-            f"A = (1 - lambda) R + lambda D; {defaults.lam} was chosen on a validation set "
-            "(the paper: 0.1); percentiles compare with the model's healthy reference, "
-            "mapped with its own lambda"
-        )
-        self.stride = _spin(QSpinBox(), 4, 256, defaults.stride)
         self.device = QComboBox()
         for label, value in device_choices():
             self.device.addItem(label, value)
@@ -121,10 +113,8 @@ class ScoreWidget(QWidget):
         form.addRow("model", browse_row(self.model_path, "…", self._browse_model))
         form.addRow("region", self.region)
         form.addRow("shapes", self.shapes)
-        form.addRow("mapping", self.mode)
-        form.addRow("steps", self.steps)
-        form.addRow("lambda", self.lam)
-        form.addRow("stride", self.stride)
+        for widget in self.params.values():
+            form.addRow(widget.label, widget.native)
         form.addRow("device", self.device)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -390,12 +380,3 @@ def _mapping_modes() -> list[str]:
         return list(MAPPING_MODES)
     except ImportError:
         return ["iterative"]
-
-
-def _spin(box: Any, low: float, high: float, value: float, step: float | None = None) -> Any:
-    box.setRange(low, high)
-    if step is not None:
-        box.setSingleStep(step)
-        box.setDecimals(3)
-    box.setValue(value)
-    return box

@@ -24,12 +24,10 @@ from qtpy.QtWidgets import (
     QListWidget,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_anogan import settings as defaults
 from napari_anogan._widgets._common import (
     Job,
     browse_row,
@@ -37,6 +35,7 @@ from napari_anogan._widgets._common import (
     notify_error,
     notify_info,
 )
+from napari_anogan._widgets._forms import train_parameters
 from napari_anogan._widgets._loss_plot import LossPlot
 from napari_anogan.errors import InputError
 
@@ -75,16 +74,12 @@ class TrainWidget(QWidget):
         add_files = QPushButton("Add files…")
         add_folder = QPushButton("Add folder…")
         remove = QPushButton("Remove")
-        self.preset = QComboBox()
-        self.preset.addItems(_presets())
-        self.preset.setCurrentText(defaults.TRAIN_PRESET)
-        self.epochs = _spin(1, 1000, defaults.TRAIN_EPOCHS)
-        self.patches_per_scan = _spin(1, 10000, defaults.PATCHES_PER_SCAN)
-        self.reference_steps = _spin(0, 5000, defaults.REFERENCE_STEPS)
-        self.reference_steps.setToolTip(
-            "mapping steps used to score held-out healthy patches after training; "
-            "use the steps you will score with, so healthy percentiles are calibrated"
-        )
+        # the parameter form (magicgui, initial values from napari_anogan.settings)
+        self.params = train_parameters(_presets())
+        self.preset = self.params["preset"].native
+        self.epochs = self.params["epochs"].native
+        self.patches_per_scan = self.params["patches_per_scan"].native
+        self.reference_steps = self.params["reference_steps"].native
         self.device = QComboBox()
         for label, value in device_choices():
             self.device.addItem(label, value)
@@ -102,10 +97,8 @@ class TrainWidget(QWidget):
         for button in (add_files, add_folder, remove):
             file_buttons.addWidget(button)
         form = QFormLayout()
-        form.addRow("preset", self.preset)
-        form.addRow("epochs", self.epochs)
-        form.addRow("patches per B-scan", self.patches_per_scan)
-        form.addRow("reference steps", self.reference_steps)
+        for widget in self.params.values():
+            form.addRow(widget.label, widget.native)
         form.addRow("device", self.device)
         form.addRow("output", browse_row(self.output, "…", self._browse_output))
         run_buttons = QHBoxLayout()
@@ -278,10 +271,3 @@ def samples_placement(
     size = float(span[0]) if span[0] > 0 else float(height)
     step = size / max(height, 1)
     return (step, step), (float(low[0]), float(high[1] + 0.05 * max(span[1], size)))
-
-
-def _spin(low: int, high: int, value: int) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    return box

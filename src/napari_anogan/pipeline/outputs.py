@@ -10,6 +10,7 @@ CLI, Dask, the demo and the Export widget all write.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,27 +135,68 @@ def output_paths(name: str, outdir: str | Path) -> dict[str, Path]:
     }
 
 
-def write_score_outputs(result: VolumeResult, outdir: str | Path) -> dict[str, Path]:
+SCORE_OUTPUTS = ("residual", "scores", "summary")
+"""The ``score`` outputs of a volume, by kind (see :func:`output_paths`)."""
+
+
+def write_score_outputs(
+    result: VolumeResult,
+    outdir: str | Path,
+    *,
+    include: Sequence[str] = SCORE_OUTPUTS,
+    spacing: tuple[float, float, float] | None = None,
+    summary: dict | None = None,
+) -> dict[str, Path]:
     """Write ``<stem>_residual.tif``, ``<stem>_scores.csv`` and ``<stem>_summary.json``.
 
-    Every file is written atomically; returns their paths by kind. The stem is the
+    The writers and file names of ``napari-anogan score``, for a result kept in memory
+    (the Export widget, scripts). Every file is written atomically; the stem is the
     volume name made safe as a file name (:func:`safe_stem`), so outputs stay inside
     ``outdir``.
+
+    Parameters
+    ----------
+    result : VolumeResult
+    outdir : str or Path
+        Existing folder.
+    include : sequence of str
+        Which of :data:`SCORE_OUTPUTS` to write.
+    spacing : (float, float, float), optional
+        Physical pixel size (slice, row, column) stored in the residual TIFF.
+    summary : dict, optional
+        The summary to write instead of :func:`summary_dict` (a caller adding to it).
+
+    Returns
+    -------
+    dict of str to Path
+        The written files by kind.
     """
     paths = output_paths(result.name, outdir)
-    write_tiff(paths["residual"], np.asarray(result.residual, dtype=np.float32))
-    write_tables(result, paths)
-    return paths
+    written = {}
+    if "residual" in include:
+        residual = np.asarray(result.residual, dtype=np.float32)
+        written["residual"] = write_tiff(paths["residual"], residual, spacing=spacing)
+    if "scores" in include:
+        written["scores"] = write_patch_table(result, paths["scores"])
+    if "summary" in include:
+        written["summary"] = write_json(paths["summary"], summary or summary_dict(result))
+    return written
 
 
 def write_tables(result: VolumeResult, paths: dict[str, Path]) -> None:
     """Write the patch table (``scores``) and the summary (``summary``) of a result."""
+    write_patch_table(result, paths["scores"])
+    write_json(paths["summary"], summary_dict(result))
+
+
+def write_patch_table(result: VolumeResult, path: Path) -> Path:
+    """Write the patch table: one row per patch, :data:`PATCH_COLUMNS`."""
+    columns = [c for c in PATCH_COLUMNS if c in result.patches]
     rows = (  # row by row: the table is never built as Python objects
-        {k: result.patches[k][i].item() for k in PATCH_COLUMNS}
+        {k: result.patches[k][i].item() for k in columns}
         for i in range(len(result.patches["slice"]))
     )
-    write_csv(paths["scores"], rows, columns=PATCH_COLUMNS)
-    write_json(paths["summary"], summary_dict(result))
+    return write_csv(path, rows, columns=columns)
 
 
 def summary_dict(result: VolumeResult) -> dict:
