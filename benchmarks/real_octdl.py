@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 CLASSES = ("AMD", "DME", "ERM", "RVO", "VID", "RAO")
 HEALTHY = "NO"
 PATIENT = re.compile(r"^[^_]+_([^_]+)_")
-MIN_CLASS = 20  # classes with fewer B-scans get no AUC of their own
+MIN_CLASS = 10  # classes with fewer B-scans get no AUC of their own (val: RAO has 1)
 
 
 #: Training stages, by the first words of the first progress message of each.
