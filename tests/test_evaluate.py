@@ -215,6 +215,7 @@ def test_evaluate_scores_partial_levels_and_missing_rows():
         ev.evaluate_scores({"anomaly_score": [0.1, 0.2]}, np.array([True, True]))
 
 
+@pytest.mark.slow  # thousands of bootstrap resamples
 def test_bootstrap_aucs_resamples_whole_groups():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(8), 50)

@@ -57,6 +57,7 @@ def test_fig2b_tsne(tmp_path):
     np.testing.assert_allclose(again, emb)
 
 
+@pytest.mark.slow  # t-SNE
 def test_tsne_small_and_errors():
     assert fg.tsne_embedding(np.arange(12.0).reshape(4, 3), max_iter=250).shape == (4, 2)
     with pytest.raises(AnoganError, match="at least 3"):

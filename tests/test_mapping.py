@@ -152,6 +152,7 @@ def test_scores_formula_exact(models, targets):
     np.testing.assert_allclose(res.discriminator_output, torch.sigmoid(lx).numpy(), rtol=1e-5)
 
 
+@pytest.mark.slow  # long searches
 def test_batch_size_does_not_change_results(models, targets):
     _, x = targets
     a = run(models, x, steps=10, batch_size=5)
@@ -268,6 +269,7 @@ def naive_per_patch_map(g, d, x, z0, steps, lr, lam):
     return torch.cat(out).numpy()
 
 
+@pytest.mark.slow  # 500-step per-patch reference loop
 def test_batched_search_equals_per_patch_adam(models, targets):
     """The pool's element-wise Adam (on BN-folded copies) follows torch.optim.Adam per patch."""
     _, x = targets
@@ -384,6 +386,7 @@ def test_no_grad_reaches_any_parameter(models, targets, encoder):
     encoder.requires_grad_(False)
 
 
+@pytest.mark.slow  # long searches
 def test_early_stopping_freezes_converged_patches(models, targets):
     """Early stopping takes fewer steps and lands where the full search lands."""
     _, x = targets
@@ -396,6 +399,7 @@ def test_early_stopping_freezes_converged_patches(models, targets):
     np.testing.assert_allclose(loss_of(early), loss_of(full), rtol=0.01)
 
 
+@pytest.mark.slow  # long searches
 def test_early_stopping_does_not_depend_on_batching(models, targets):
     _, x = targets
     kw = {"steps": 60, "early_stop": True, "tolerance": 1e-2, "patience": 3}

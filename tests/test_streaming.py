@@ -174,6 +174,7 @@ def in_memory(volume_path, tiny_model_path, tmp_path_factory):
     return result, write_score_outputs(result, out)
 
 
+@pytest.mark.slow  # scores a volume several times
 def test_streamed_in_one_bscan_chunks_equals_in_memory_to_float32_rounding(
     in_memory, volume_path, tiny_model_path, tmp_path
 ):
@@ -208,6 +209,7 @@ def test_streamed_in_one_bscan_chunks_equals_in_memory_to_float32_rounding(
     assert [e.step for e in batches] == sorted(e.step for e in batches)
 
 
+@pytest.mark.slow  # scores a volume several times
 def test_streamed_slices_and_boxes_match_in_memory(volume_path, tiny_model_path, tmp_path):
     volume = read_volume(volume_path)
     for region in ({"slices": [1, 3]}, {"boxes": [(2, 60, 40, 140, 160)]}):
