@@ -5,7 +5,8 @@ Run under a display (or Xvfb)::
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py
 
 Writes ``docs/screenshot_*.png``: the sample with the widgets docked, scoring results,
-the candidate table with a region selected, the export, and training in progress.
+the candidate table with a region selected, the export, training in progress, and the real
+OCTDL sample scored by the bundled real model (``real``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         parser.error("no bundled model yet: pass --model")
     args.out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or ["sample", "score", "candidates", "export", "train"])
+    wanted = set(args.only or ["sample", "score", "candidates", "export", "train", "real"])
+    if "real" in wanted:
+        shoot_real(args.out)
+        wanted.discard("real")
+        if not wanted:
+            return 0
 
     viewer = napari.Viewer(title="napari-anogan")
     viewer.window.resize(1600, 1000)
@@ -144,6 +150,29 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda: bool(ended))
     viewer.close()
     return 0
+
+
+def shoot_real(out: Path) -> None:
+    """The real OCTDL sample, scored with the model its layer names (the bundled real one)."""
+    import napari
+
+    from napari_anogan._widgets.viewer import dock_widgets
+
+    viewer = napari.Viewer(title="napari-anogan")
+    viewer.window.resize(1600, 1000)
+    widgets = dock_widgets(viewer)
+    viewer.open_sample("napari-anogan", "octdl_bscan")
+    score = widgets["Score volume"]
+    outcome: list[str] = []
+    score.finished.connect(outcome.append)
+    score.run_button.click()
+    wait_until(lambda: bool(outcome))
+    if outcome != ["done"]:
+        raise SystemExit(f"scoring ended with {outcome[0]}")
+    show_dock(viewer, "Candidate markers")
+    viewer.reset_view()
+    shoot(viewer, "real", out)
+    viewer.close()
 
 
 if __name__ == "__main__":

@@ -595,3 +595,19 @@ def test_failed_rescoring_gives_the_earlier_heatmap_back(scored_viewer, qtbot, e
     assert residual.data is before_data
     assert tuple(residual.contrast_limits) == pytest.approx(before_limits)
     assert [layer.name for layer in scored_viewer.layers] == names
+
+
+def test_real_sample_is_scored_with_the_bundled_real_model(make_napari_viewer):
+    """File > Open Sample > the OCTDL B-scan: its layer names the bundled real model, which
+    the Score widget takes (the synthetic model stays for the synthetic sample)."""
+    from napari_anogan.resources import BUNDLED_MODEL, BUNDLED_REAL_MODEL, sample_path
+
+    viewer = make_napari_viewer()
+    widget = ScoreWidget(viewer)
+    assert Path(widget.model_path.text()) == sample_path(BUNDLED_MODEL)
+    viewer.open_sample("napari-anogan", "octdl_bscan")
+    layer = viewer.layers[-1]
+    assert layer.data.shape == (409, 1095)
+    assert layer.metadata["model"] == str(sample_path(BUNDLED_REAL_MODEL))
+    assert widget.image.layer() is layer
+    assert Path(widget.model_path.text()) == sample_path(BUNDLED_REAL_MODEL)

@@ -138,7 +138,7 @@ class ScoreWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.job.cancel)
         self.region.currentIndexChanged.connect(self._update_enabled)
-        self.image.currentIndexChanged.connect(self._suggest_model)
+        self.image.currentTextChanged.connect(self._suggest_model)
         self._suggest_model()
         viewer.dims.events.current_step.connect(self._follow_slice)
         self._update_enabled()
