@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_anogan import settings
 from napari_anogan._widgets import _common
 from napari_anogan._widgets._layers import LAYER_KINDS
 from napari_anogan._widgets._results import add_result_layers, boxes_from_shapes
@@ -376,7 +377,7 @@ def test_score_widget_offers_only_scans(scored_viewer):
 
 def test_train_widget_input_errors(make_napari_viewer, errors, tmp_path):
     widget = TrainWidget(make_napari_viewer())
-    assert widget.preset.currentText() == "paper"  # the CLI's default too
+    assert widget.preset.currentText() == settings.TRAIN_PRESET == "small"  # as the CLI
     widget.start()
     assert "add healthy scans" in errors[-1]
     widget.set_paths([tmp_path])
