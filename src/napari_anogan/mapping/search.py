@@ -65,31 +65,11 @@ from napari_anogan.mapping.config import (
     MappingResult,
 )
 from napari_anogan.mapping.pool import PatchOutputs, PatchScorer, scored_event, search_pool
+from napari_anogan.models.dcgan import as_patch_array
 from napari_anogan.models.folding import fold_batch_norm
 from napari_anogan.scoring.scores import anomaly_score
 
 logger = logging.getLogger(__name__)
-
-
-def _as_patch_array(patches: np.ndarray | torch.Tensor, generator: nn.Module) -> np.ndarray:
-    """Validate the patch array against the generator's config; return float32 numpy."""
-    if isinstance(patches, torch.Tensor):
-        patches = patches.detach().cpu().numpy()
-    arr = np.asarray(patches)
-    cfg = generator.config
-    expected = (cfg.channels, cfg.patch_size, cfg.patch_size)
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != expected:
-        raise InputError(
-            f"patches must have shape (N, {expected[0]}, {expected[1]}, {expected[2]}) "
-            f"for this model, got {arr.shape}"
-        )
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise InputError(f"patches must be floating point in [-1, 1], got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    for lo in range(0, arr.shape[0], 65536):  # chunked: no full-size temporary
-        if not np.isfinite(arr[lo : lo + 65536]).all():
-            raise InputError("patches contain NaN or infinite values")
-    return arr
 
 
 @contextlib.contextmanager
@@ -230,7 +210,7 @@ def map_to_latent(
     config = resolve_mode(config or MappingConfig(), encoder)
     if z_init is not None and config.mode != "iterative":
         raise InputError(f"z_init is only used by the iterative mode, not {config.mode!r}")
-    x_all = _as_patch_array(patches, generator)
+    x_all = as_patch_array(patches, generator.config)
     n = x_all.shape[0]
     mcfg = generator.config
     device = resolve_device(config.device)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 from torch import nn
 
+from napari_anogan.errors import InputError
 from napari_anogan.models.presets import ModelConfig
 
-__all__ = ["Discriminator", "Generator", "dcgan_init", "sample_prior"]
+__all__ = ["Discriminator", "Generator", "as_patch_array", "dcgan_init", "sample_prior"]
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -209,3 +211,39 @@ class Discriminator(nn.Module):
         (N,) Tensor
         """
         return self.forward_with_features(x)[0]
+
+
+def as_patch_array(patches: np.ndarray | torch.Tensor, config: ModelConfig) -> np.ndarray:
+    """Check patches against a model's config; return them as contiguous float32 numpy.
+
+    Parameters
+    ----------
+    patches : (N, C, P, P) float ndarray or Tensor
+        Patches in [-1, 1], ``C`` and ``P`` those of ``config``.
+    config : ModelConfig
+
+    Returns
+    -------
+    (N, C, P, P) ndarray of float32
+
+    Raises
+    ------
+    InputError
+        Wrong shape, not floating point, NaN or infinite values.
+    """
+    if isinstance(patches, torch.Tensor):
+        patches = patches.detach().cpu().numpy()
+    arr = np.asarray(patches)
+    expected = (config.channels, config.patch_size, config.patch_size)
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != expected:
+        raise InputError(
+            f"patches must have shape (N, {expected[0]}, {expected[1]}, {expected[2]}) "
+            f"for this model, got {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"patches must be floating point in [-1, 1], got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    for lo in range(0, arr.shape[0], 65536):  # chunked: no full-size temporary
+        if not np.isfinite(arr[lo : lo + 65536]).all():
+            raise InputError("patches contain NaN or infinite values")
+    return arr

@@ -13,28 +13,11 @@ from napari_anogan import settings as defaults
 from napari_anogan.errors import InputError
 from napari_anogan.evaluation.acae.model import ACAE, REC_LOSSES
 from napari_anogan.events import EventKind, ProgressEvent
+from napari_anogan.models.dcgan import as_patch_array
 from napari_anogan.models.presets import ModelConfig
 from napari_anogan.scoring.scores import anomaly_score
 
 logger = logging.getLogger(__name__)
-
-
-def _check_patches(patches: np.ndarray | torch.Tensor, config: ModelConfig) -> np.ndarray:
-    if isinstance(patches, torch.Tensor):
-        patches = patches.detach().cpu().numpy()
-    arr = np.asarray(patches)
-    expected = (config.channels, config.patch_size, config.patch_size)
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != expected:
-        raise InputError(
-            f"patches must have shape (N, {expected[0]}, {expected[1]}, {expected[2]}) "
-            f"for this model, got {arr.shape}"
-        )
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise InputError(f"patches must be floating point in [-1, 1], got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.size and not np.isfinite(arr).all():
-        raise InputError("patches contain NaN or infinite values")
-    return arr
 
 
 def _sample_grid(x: torch.Tensor, x_hat: torch.Tensor, k: int = 8) -> np.ndarray:
@@ -151,7 +134,7 @@ def train_acae(
     InputError
         If the patches do not match the config, or a setting is out of range.
     """
-    x_all = _check_patches(patches, config)
+    x_all = as_patch_array(patches, config)
     n = x_all.shape[0]
     _check_acae_args(n, epochs, batch_size, lr, adv_weight, rec_loss)
     device = torch.device(device)
@@ -277,7 +260,7 @@ def acae_scores(
     """
     if not 0.0 <= lam <= 1.0:
         raise InputError(f"lam must be in [0, 1], got {lam}")
-    x_all = _check_patches(patches, model.config)
+    x_all = as_patch_array(patches, model.config)
     n = x_all.shape[0]
     if device is None:
         device = next(model.parameters()).device
