@@ -274,3 +274,29 @@ def test_bundled_model_is_the_documented_small_model():
     # mapped as scoring maps by default, so percentiles compare like with like
     assert model.reference["settings"]["lam"] == ScoreSettings().lam
     assert model.reference["settings"]["mode"] == ScoreSettings().mode
+
+
+@pytest.mark.slow
+def test_demo_real_scores_the_octdl_bscan_with_the_real_model(tmp_path, capsys):
+    """`demo --real`: the bundled DME B-scan, ranked by the feature distance of the bundled
+    real model, whose healthy reference makes most of the scan's patches look unusual."""
+    assert main(["-q", "demo", "--real", "-o", str(tmp_path)]) == 0
+    report = capsys.readouterr().out
+    assert "ranked by feature_distance" in report
+    summary = json.loads((tmp_path / "octdl_DME_1188282_1_summary.json").read_text())
+    assert summary["shape"] == [1, 409, 1095]
+    assert summary["settings"]["score_column"] == "feature_distance"
+    assert summary["model"]["path"].endswith("anogan_octdl.pt")
+    assert (
+        summary["bscan_rule"]
+        == "mean of the 20 highest patch feature_distance values of the B-scan"
+    )
+    with open(tmp_path / "octdl_DME_1188282_1_scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    percent = np.array([float(r["healthy_percentile"]) for r in rows])
+    assert len(rows) == summary["n_patches"] > 40
+    # a diseased B-scan: its B-scan score lies above the healthy reference's 95th percentile
+    ref = summary["model"]["reference"]
+    assert summary["volume_score"] > np.interp(95, ref["levels"], ref["feature_distance"])
+    assert np.all((percent >= 0) & (percent <= 100))
+    assert len(summary["candidates"]) >= 1
