@@ -80,7 +80,7 @@ def _run_real_demo(outdir: str | Path, settings: ScoreSettings) -> Generator:
     percent = result.patches["healthy_percentile"]
     lines = [
         f"napari-anogan demo --real: OCTDL B-scan {volume.name} (diabetic macular edema, "
-        f"not seen in training) scored with the bundled model trained on 205 healthy OCTDL "
+        f"not seen in training) scored with the bundled model trained on healthy OCTDL "
         f"B-scans ({_mode_text(settings)}; ranked by {result.settings['score_column']}).",
         f"B-scan score {result.volume_score:.4g}; {len(percent)} patches, "
         f"{int(np.sum(percent >= settings.percentile_threshold))} above the "
