@@ -22,6 +22,9 @@ Layout (``format_version`` 1)::
     feature_bank       optional: None or {"embeddings": (M, d) f16 tensor, "projection": (F, d)
                           f32 tensor} (healthy patch embeddings for the feature score, see
                           napari_anogan.models.feature_bank)
+
+Over 500 lines on purpose: the whole file format (layout, loading without pickle, healthy
+reference, feature bank, resume checks) is in one place.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ oriented so that higher is more anomalous), ``patch_scores.csv`` (every test pat
 label, lesion fraction, scores) and the figures. The metric and plotting functions live in
 :mod:`napari_anogan.evaluation.metrics` and :mod:`napari_anogan.evaluation.figures`; this
 module only gathers the numbers they take.
+
+Over 500 lines on purpose: one job gathers every number of the evaluation (patch and B-scan
+tables, masks, the baselines) from the one scoring path; metrics and plots live elsewhere.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Figures in the style of the paper: Fig. 3 (patch panel), Fig. 2b (t-SNE), Fig. 4 (ROCs).
 
 Numpy in, an image file out (matplotlib, Agg backend, atomic write).
+
+Over 500 lines on purpose: the paper's figures (2b, 3, 4) share one plotting setup.
 """
 
 from __future__ import annotations

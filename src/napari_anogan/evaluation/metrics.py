@@ -11,6 +11,9 @@ computed. All AnoGAN scores (``anomaly_score``, ``residual_score``, ``discrimina
 are. The discriminator output ``P_D = D(x)`` is the probability that ``x`` is a real
 (healthy) patch, so higher means *more normal*; it is scored as ``1 - P_D``
 (see :func:`orient_scores`). Youden thresholds are reported on that oriented scale.
+
+Over 500 lines on purpose: ROC, Youden points, pixel AUROC and the bootstrap share the score
+orientation and label checks.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ result: the CLI drains it with a progress bar, the GUI runs it in a ``thread_wor
 torch, the checkpoint reader and the preprocessing are imported inside the functions
 that use them, so that importing the package (napari's plugin discovery, the widgets'
 forms, ``napari-anogan --help``) stays light.
+
+Over 500 lines on purpose: the one scoring path (chunks, partial heatmaps, back-projection,
+feature distances) stays in one module, so every caller runs exactly the same code.
 """
 
 from __future__ import annotations

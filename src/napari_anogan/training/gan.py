@@ -17,6 +17,9 @@ express a score as a percentile of healthy.
 
 The encoder is trained afterwards (:mod:`napari_anogan.training.encoder`); the healthy
 reference is built by :mod:`napari_anogan.training.reference`.
+
+Over 500 lines on purpose: the GAN loop with its resume, DDP and checkpoint steps, which
+share the run's state.
 """
 
 from __future__ import annotations
