@@ -230,9 +230,9 @@ def test_holdout_split_and_config_round_trip():
 
 
 def test_training_defaults():
-    # the paper's batch size and DCGAN optimiser; 40 epochs (paper: 20) from real data
+    # the paper's batch size and DCGAN optimiser; 60 epochs (paper: 20) from real data
     cfg = TrainConfig()
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.beta1) == (40, 64, 2e-4, 0.5)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.beta1) == (60, 64, 2e-4, 0.5)
 
 
 def test_drain_returns_value_and_calls_back():
