@@ -25,11 +25,10 @@ from napari_anogan.checkpoint import (
 from napari_anogan.device import resolve_device
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.models import ModelConfig
-from napari_anogan.models.encoder import Encoder
 from napari_anogan.models.feature_bank import FeatureBank, build_feature_bank
 from napari_anogan.training.common import check_patches, frozen_gan, holdout_split, reference_split
 from napari_anogan.training.config import TrainConfig
-from napari_anogan.training.reference import healthy_reference
+from napari_anogan.training.reference import healthy_reference, stored_encoder_and_mode
 
 
 def add_feature_bank(
@@ -99,13 +98,7 @@ def add_feature_bank(
         d, bank_patches, dim=dim, max_size=max_size, seed=int(training.get("seed", 0))
     )
     data["feature_bank"] = feature_bank_to_checkpoint(bank)
-    encoder = None
-    if data.get("encoder") is not None:
-        encoder = Encoder(model_config)
-        encoder.load_state_dict(data["encoder"])
-        encoder.eval()
-    old = json.loads(data["reference"]["settings"]) if data.get("reference") else {}
-    mode = old.get("mode", "hybrid" if encoder is not None else "iterative")
+    encoder, mode = stored_encoder_and_mode(data, model_config)
     mcfg = train_config.reference_mapping(device=str(resolve_device(device)), mode=mode)
     data["reference"] = yield from healthy_reference(
         g, d, encoder, ref_set, ref_order, train_config, mcfg, bank

@@ -30,6 +30,7 @@ from napari_anogan.errors import ModelError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.mapping import MappingConfig, map_to_latent
 from napari_anogan.models import ModelConfig
+from napari_anogan.models.encoder import Encoder
 from napari_anogan.models.feature_bank import FeatureBank, feature_distance, patch_embeddings
 from napari_anogan.scoring import QUANTILE_LEVELS, score_quantiles
 from napari_anogan.training.common import (
@@ -39,6 +40,23 @@ from napari_anogan.training.common import (
 from napari_anogan.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+
+def stored_encoder_and_mode(
+    data: dict[str, Any], model_config: ModelConfig
+) -> tuple[nn.Module | None, str]:
+    """Return a raw checkpoint's encoder (eval mode, or None) and its reference's mapping mode.
+
+    The mode is the stored reference's, else ``hybrid`` with an encoder and ``iterative``
+    without: a rebuilt reference is mapped as the old one was.
+    """
+    encoder = None
+    if data.get("encoder") is not None:
+        encoder = Encoder(model_config)
+        encoder.load_state_dict(data["encoder"])
+        encoder.eval()
+    old = json.loads(data["reference"]["settings"]) if data.get("reference") else {}
+    return encoder, old.get("mode", "hybrid" if encoder is not None else "iterative")
 
 
 def stored_bank(data: dict[str, Any], model_config: ModelConfig, path: Path) -> FeatureBank | None:
@@ -128,8 +146,6 @@ def refresh_reference(
         Unreadable checkpoint, or a model whose reference came from held-out training
         patches (their patches do not depend on the scoring grid).
     """
-    from napari_anogan.models.encoder import Encoder
-
     path = Path(checkpoint_path)
     data = read_checkpoint(path)
     model_config = ModelConfig.from_json(data["model_config"])
@@ -145,13 +161,7 @@ def refresh_reference(
             path,
         )
     g, d = frozen_gan(data, model_config)
-    encoder = None
-    if data.get("encoder") is not None:
-        encoder = Encoder(model_config)
-        encoder.load_state_dict(data["encoder"])
-        encoder.eval()
-    old = json.loads(data["reference"]["settings"]) if data.get("reference") else {}
-    mode = old.get("mode", "hybrid" if encoder is not None else "iterative")
+    encoder, mode = stored_encoder_and_mode(data, model_config)
     _, ref_set, ref_order = reference_split(
         reference_patches, reference_patches, train_config, model_config
     )
