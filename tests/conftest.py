@@ -57,3 +57,11 @@ def tiny_model_path(synthetic_dir, tmp_path_factory) -> Path:
         )
     )
     return out
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that need the trained tiny model are slow: its training is the session's
+    costliest fixture, which ``pytest -m "not slow"`` then never starts."""
+    for item in items:
+        if "tiny_model_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
