@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from napari_anogan.checkpoint import read_checkpoint, save_checkpoint
+from napari_anogan.model_card import SYNTHETIC_DEMO
 
 logger = logging.getLogger("train_bundled_model")
 
@@ -98,6 +99,10 @@ def main() -> None:
         str(args.patches_per_scan),
         "--seed",
         str(args.seed),
+        "--data-kind",
+        "synthetic",
+        "--description",
+        SYNTHETIC_DEMO,
         "--encoder",  # f-AnoGAN encoder for the fast hybrid/encoder scoring
         "--encoder-epochs",
         str(args.encoder_epochs),

@@ -14,7 +14,7 @@ LAYERS = (
     {"models"},
     {"scoring"},
     {"mapping"},
-    {"checkpoint"},
+    {"checkpoint", "model_card"},
     {"training"},
     {"pipeline"},
     {"evaluation"},

@@ -22,6 +22,7 @@ Layout (``format_version`` 1)::
     feature_bank       optional: None or {"embeddings": (M, d) f16 tensor, "projection": (F, d)
                           f32 tensor} (healthy patch embeddings for the feature score, see
                           napari_anogan.models.feature_bank)
+    model_card         optional: JSON str, what the model is (napari_anogan.model_card)
 
 Over 500 lines on purpose: the whole file format (layout, loading without pickle, healthy
 reference, feature bank, resume checks) is in one place.
@@ -104,6 +105,9 @@ class LoadedModel:
     feature_bank : FeatureBank or None
         Healthy patch embeddings of the feature score (``feature_distance``); None for a
         model trained before it existed (scoring then ranks by the anomaly score A).
+    card : dict
+        The stored model card (:mod:`napari_anogan.model_card`); empty for a model
+        trained before cards existed.
     """
 
     generator: Generator
@@ -116,6 +120,7 @@ class LoadedModel:
     reference: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     feature_bank: FeatureBank | None = None
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -386,7 +391,20 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         reference=reference,
         path=path,
         feature_bank=feature_bank_from_checkpoint(data.get("feature_bank"), model_config, path),
+        card=_card(data, path),
     )
+
+
+def _card(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Return the optional model card entry, a JSON object (empty when absent)."""
+    if data.get("model_card") is None:
+        return {}
+    if not isinstance(data["model_card"], str):
+        raise ModelError("checkpoint entry 'model_card' is not a JSON string", path)
+    card = _json(data, "model_card", path)
+    if not isinstance(card, dict):
+        raise ModelError("checkpoint entry 'model_card' is not a JSON object", path)
+    return card
 
 
 def check_compatible(

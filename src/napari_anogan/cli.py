@@ -112,7 +112,7 @@ def _train_job(args: argparse.Namespace, *, device: str) -> Generator:
     from napari_anogan.pipeline import train_from_paths
 
     return train_from_paths(
-        args.inputs,
+        _expand(args, args.inputs),
         args.output,
         preset=args.preset,
         epochs=args.epochs,
@@ -123,7 +123,22 @@ def _train_job(args: argparse.Namespace, *, device: str) -> Generator:
         resume=args.resume,
         encoder=args.encoder,
         encoder_epochs=args.encoder_epochs,
+        init=args.init,
+        time_limit=args.time_limit,
+        data_kind=args.data_kind,
+        description=args.description,
     )
+
+
+def _expand(args: argparse.Namespace, paths: Sequence[str]) -> list[Path]:
+    """Return the scans of the paths given (``--folders``); say how folders were read."""
+    from napari_anogan.io.inputs import expand_inputs
+
+    scans, notes = expand_inputs(paths, args.folders)
+    if not args.quiet:
+        for note in notes:
+            print(note, file=sys.stderr)
+    return scans
 
 
 def _score_settings(args: argparse.Namespace):
@@ -153,13 +168,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.model)
     settings = _score_settings(args)
     outdir = _outdir(args.output)
-    for path in args.inputs:
+    for path in _expand(args, args.inputs):
         # lazy: a TIFF or .npy volume is read a chunk of B-scans at a time
         volume = read_volume(path, lazy=True)
         job = score_volume(volume, model, settings, outdir=outdir, chunk_slices=args.chunk_slices)
         result = _drain(job, f"score {volume.name}", quiet=args.quiet)
         print(_summary_line(result))
+        _print_fit(result, args.model, path)
     return 0
+
+
+def _print_fit(result, model, scan) -> None:
+    """Print the model-fit warning line when the model does not describe the scan."""
+    from napari_anogan.scoring.fit import fit_message
+
+    message = fit_message(result.model_fit, str(model), str(scan))
+    if message:
+        print(message)
 
 
 def _cmd_score_dask(args: argparse.Namespace) -> int:
@@ -169,7 +194,7 @@ def _cmd_score_dask(args: argparse.Namespace) -> int:
         print(f"[{done}/{total}] {status.line()}", flush=True)
 
     statuses = score_paths(
-        args.inputs,
+        _expand(args, args.inputs),
         args.model,
         _score_settings(args),
         args.output,
@@ -181,9 +206,12 @@ def _cmd_score_dask(args: argparse.Namespace) -> int:
 
 
 def _summary_line(result) -> str:
+    from napari_anogan.scoring.fit import fit_summary
+
     return (
         f"{result.name}: volume score {result.volume_score:.4g}, "
-        f"{len(result.patches['slice'])} patches, {len(result.candidates)} candidate regions"
+        f"{len(result.patches['slice'])} patches, {len(result.candidates)} candidate regions; "
+        f"model fit: {fit_summary(result.model_fit or {})}"
     )
 
 
@@ -193,8 +221,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _score_settings(args)
     job = run_evaluation(
         args.model,
-        normal=args.normal,
-        anomalous=args.anomalous,
+        normal=_expand(args, args.normal),
+        anomalous=_expand(args, args.anomalous),
         masks=args.masks,
         outdir=_outdir(args.output),
         settings=settings,
@@ -213,6 +241,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = _drain(run_demo(_outdir(args.output), real=args.real), "demo", quiet=args.quiet)
     print(result)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from napari_anogan.checkpoint import load_checkpoint
+    from napari_anogan.model_card import card_lines, model_card
+
+    model = load_checkpoint(args.model)
+    print(f"{args.model} ({Path(args.model).stat().st_size / 1e6:.1f} MB)")
+    for line in card_lines(model_card(model)):
+        print(f"  {line}")
     return 0
 
 
@@ -330,8 +369,39 @@ def _add_train_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
         help="model widths: the paper's DCGAN, a CPU-sized one, a test-sized one",
     )
     p.add_argument(
-        "--epochs", type=int, default=defaults.TRAIN_EPOCHS, help="training epochs (paper: 20)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="GAN training epochs (paper: 20); default: chosen for the data, about "
+        f"{defaults.TRAIN_UPDATES} updates ({defaults.ADAPT_UPDATES} with --init), "
+        f"{defaults.TRAIN_MIN_EPOCHS}-{defaults.TRAIN_MAX_EPOCHS} epochs",
     )
+    p.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="adapt this trained model to the scans (fine-tune its G, D and encoder; the "
+        "feature bank and healthy reference come from the new scans): a few healthy scans "
+        "of another device are enough",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="stop training in time to finish a usable model (encoder, feature bank and "
+        "healthy reference included) within MINUTES",
+    )
+    p.add_argument(
+        "--data-kind",
+        choices=("real", "synthetic"),
+        default="real",
+        help="what the healthy scans are, for the model card (napari-anogan info)",
+    )
+    p.add_argument(
+        "--description",
+        default="",
+        help="free text for the model card: device, protocol, cohort",
+    )
+    _add_folders_option(p)
     p.add_argument(
         "--patches-per-scan",
         type=int,
@@ -369,6 +439,7 @@ def _add_score_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the ``score`` subcommand."""
     p = sub("score", help="score volumes with a healthy model")
     p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
+    _add_folders_option(p)
     p.add_argument("-m", "--model", required=True, help="model checkpoint")
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_score_options(p)
@@ -397,6 +468,7 @@ def _add_evaluate_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("-m", "--model", required=True, help="model checkpoint")
     p.add_argument("--normal", nargs="+", required=True, help="healthy test inputs")
     p.add_argument("--anomalous", nargs="+", required=True, help="diseased test inputs")
+    _add_folders_option(p)
     p.add_argument("--masks", help="folder of lesion masks (same stem as the input)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument(
@@ -421,6 +493,24 @@ def _add_demo_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
         help="score the bundled real OCTDL B-scan with the bundled real model instead",
     )
     p.set_defaults(func=_cmd_demo)
+
+
+def _add_info_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the ``info`` subcommand."""
+    p = sub("info", help="show a model's card: what it was trained on, and how")
+    p.add_argument("model", help="model checkpoint (.pt)")
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_folders_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--folders",
+        choices=("auto", "volume", "collection"),
+        default=defaults.FOLDERS,
+        help="a folder of B-scan images is one volume (exported slices of one scan) or a "
+        "collection of independent B-scans, each a scan of its own; auto: a volume when "
+        "its images share one size and their names differ in one number only",
+    )
 
 
 def _add_view_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
@@ -449,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score_command(sub)
     _add_evaluate_command(sub)
     _add_demo_command(sub)
+    _add_info_command(sub)
     _add_view_command(sub)
     return parser
 

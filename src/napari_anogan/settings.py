@@ -16,6 +16,11 @@ DEVICE = "auto"
 #: Seed of every random choice (latent starts, patch positions, weights): runs repeat.
 SEED = 0
 
+#: A folder of B-scan images is ``auto``: one volume when its images share one size and
+#: their names differ in one number only (exported slices), else a collection of
+#: independent B-scans; or always ``volume`` / ``collection``.
+FOLDERS = "auto"
+
 # ------------------------------------------------------------------------ preprocessing
 
 #: Columns after resampling when the input's column spacing is unknown (paper: ~256 for 6 mm).
@@ -60,8 +65,23 @@ BOUNDARY_SMOOTH_SLICES = 0.0
 #: Model preset: quarter of the paper's widths; trains on a CPU (``paper`` for the paper's).
 TRAIN_PRESET = "small"
 #: GAN training epochs (paper: 20): 40, then 60 lifted the feature score's B-scan AUC on real
-#: scans (OCTDL validation, docs/results.md).
+#: scans (OCTDL validation, docs/results.md). The default of a bare TrainConfig; ``train``
+#: chooses the epochs from the data (TRAIN_UPDATES) unless given.
 TRAIN_EPOCHS = 60
+#: GAN updates ``train`` aims at when no epochs are given: the real-data recipe (60 epochs
+#: of 205 OCTDL B-scans x 64 patches, batch 64).
+TRAIN_UPDATES = 11700
+#: Fewest epochs ``train`` chooses (the paper's 20): large data sets still see every patch.
+TRAIN_MIN_EPOCHS = 20
+#: Most epochs ``train`` chooses: a few B-scans are not repeated without end.
+TRAIN_MAX_EPOCHS = 300
+#: GAN updates when adapting a trained model to new scans (``train --init``).
+ADAPT_UPDATES = 400
+#: ``--time-limit``: share of the time the GAN may take (the encoder, feature bank and
+#: healthy reference follow).
+TIME_LIMIT_GAN_SHARE = 0.7
+#: ``--time-limit``: share of the time by which the encoder must be done.
+TIME_LIMIT_ENCODER_SHARE = 0.9
 #: GAN training batch size (paper: 64).
 TRAIN_BATCH_SIZE = 64
 #: Random training patches per healthy B-scan: many per scan, each centred in the retina.
@@ -127,6 +147,12 @@ FEATURE_DIM = 128
 FEATURE_BANK_SIZE = 16384
 #: Candidates: a patch is anomalous above this percentile of the healthy reference.
 PERCENTILE_THRESHOLD = 99.0
+#: Model fit: a scan does not fit the model when its median patch score is more than this
+#: many times the healthy reference's 99th percentile. Measured (benchmarks/model_fit.py,
+#: docs/results.md): at most 1.08 on scans of a model's own domain, healthy or diseased
+#: (synthetic eyes, OCTDL val with the OCTDL model), at least 1.22 for the synthetic model
+#: on every real scan; 1.15 lies between.
+FIT_MEDIAN_EXCESS = 1.15
 #: B-scans preprocessed, mapped and written at a time when scoring to files (bounded memory).
 SCORE_CHUNK_SLICES = 16
 

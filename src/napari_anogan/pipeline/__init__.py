@@ -26,9 +26,11 @@ from napari_anogan.pipeline.score import (
     score_volume,
 )
 from napari_anogan.pipeline.train import (
+    auto_epochs,
     collect_training_patches,
     reference_patches_of,
     train_from_paths,
+    training_plan,
 )
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "MappedPatches",
     "ScoreSettings",
     "VolumeResult",
+    "auto_epochs",
     "collect_training_patches",
     "en_face_projection",
     "load_model",
@@ -50,6 +53,7 @@ __all__ = [
     "score_volume",
     "summary_dict",
     "train_from_paths",
+    "training_plan",
     "volume_result",
     "write_score_outputs",
 ]

@@ -67,8 +67,16 @@ def run_demo(
             f"{cand['col'] + cand['width']}, max score {cand['max_score']:.4g}, "
             f"planted lesion labels inside: {hit.tolist() or 'none'}"
         )
+    lines.append(_fit_line(result, BUNDLED_MODEL, volume.name))
     lines.append("outputs: " + ", ".join(str(p) for p in paths.values()))
     return "\n".join(lines)
+
+
+def _fit_line(result, model: str, scan: str) -> str:
+    from napari_anogan.scoring.fit import fit_message, fit_summary
+
+    fit = result.model_fit or {}
+    return fit_message(fit, model, scan) or f"model fit: {fit_summary(fit)}"
 
 
 def _run_real_demo(outdir: str | Path, settings: ScoreSettings) -> Generator:
@@ -92,5 +100,6 @@ def _run_real_demo(outdir: str | Path, settings: ScoreSettings) -> Generator:
             f"  #{cand['rank']}: rows {cand['row']}-{cand['row'] + cand['height']}, cols "
             f"{cand['col']}-{cand['col'] + cand['width']}, max score {cand['max_score']:.4g}"
         )
+    lines.append(_fit_line(result, BUNDLED_REAL_MODEL, volume.name))
     lines.append("outputs: " + ", ".join(str(p) for p in result.outputs.values()))
     return "\n".join(lines)

@@ -84,6 +84,10 @@ class VolumeResult:
         The preprocessing geometry (band <-> raw grid) of the volume.
     mapped : MappedPatches or None
         Patch images and mapping result, when asked for (``keep_patches``).
+    model_fit : dict
+        Whether the model's healthy reference describes this scan at all
+        (:func:`~napari_anogan.scoring.fit.model_fit`: ``verdict`` ``fits`` /
+        ``does_not_fit``, the statistics and the rule).
     """
 
     name: str
@@ -102,6 +106,7 @@ class VolumeResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     geometry: Any = None
     mapped: MappedPatches | None = None
+    model_fit: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -213,6 +218,7 @@ def summary_dict(result: VolumeResult) -> dict:
         "bscan_scores": [None if not np.isfinite(v) else float(v) for v in result.bscan_scores],
         "n_patches": len(result.patches["slice"]),
         "candidates": [{k: c[k] for k in CANDIDATE_COLUMNS} for c in result.candidates],
+        "model_fit": result.model_fit,
         "settings": result.settings,
         "model": result.model,
     }
@@ -281,6 +287,7 @@ def volume_result(
 ) -> VolumeResult:
     """Patch table, B-scan and volume scores and candidates of mapped grid patches."""
     from napari_anogan.scoring import aggregate_bscans, percentile_of, volume_score
+    from napari_anogan.scoring.fit import model_fit
 
     s_count = volume.shape[0]
     boxes_raw = raw_boxes(geometry, coords, size)
@@ -340,6 +347,9 @@ def volume_result(
         candidates=candidates,
         settings={**settings.to_dict(), "score_column": ranking},
         model=_model_description(model),
+        model_fit=model_fit(
+            table[ranking], None if reference is None else reference, ref.get("levels")
+        ),
     )
 
 
@@ -388,6 +398,8 @@ def en_face_projection(residual: np.ndarray, ilm: np.ndarray, bm: np.ndarray) ->
 
 
 def _model_description(model) -> dict:
+    from napari_anogan.model_card import model_card
+
     reference = {
         k: (v.tolist() if isinstance(v, np.ndarray) else v)
         for k, v in (model.reference or {}).items()
@@ -399,4 +411,5 @@ def _model_description(model) -> dict:
         "training": getattr(model, "training", {}) or {},
         "has_encoder": getattr(model, "encoder", None) is not None,
         "reference": reference,
+        "card": model_card(model),
     }

@@ -8,6 +8,7 @@ patches plus grid patches of held-out B-scans (the healthy reference);
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
@@ -21,10 +22,6 @@ from napari_anogan.io import read_volume
 from napari_anogan.pipeline.score import ScoreSettings, load_model, model_preprocess_config
 
 logger = logging.getLogger(__name__)
-
-
-def _expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    return [Path(p) for p in paths]
 
 
 def _fingerprint(arrays: Iterable[np.ndarray]) -> str:
@@ -43,6 +40,7 @@ def collect_training_patches(
     *,
     holdout_fraction: float = 0.0,
     reference_stride: int = defaults.SCORE_STRIDE,
+    folders: str = defaults.FOLDERS,
 ) -> Generator[ProgressEvent, None, tuple[np.ndarray, np.ndarray, dict, np.ndarray]]:
     """Read healthy scans, preprocess them and draw random training patches.
 
@@ -69,6 +67,8 @@ def collect_training_patches(
         single 2-D B-scan holds none out).
     reference_stride : int
         Grid stride of the reference patches (the scoring default).
+    folders : {"auto", "volume", "collection"}
+        How a folder of B-scan images is read (:func:`napari_anogan.io.inputs.expand_inputs`).
 
     Returns
     -------
@@ -78,23 +78,29 @@ def collect_training_patches(
         Grid patches of the held-out B-scans (M = 0 without any).
     info : dict
         ``inputs`` (paths), ``n_bscans``, ``n_patches``, ``data_fingerprint``,
-        ``holdout_bscans`` (``[input index, slice]`` pairs) and ``n_reference_patches``.
+        ``holdout_bscans`` (``[input index, slice]`` pairs), ``n_reference_patches`` and
+        ``pixel_size_um`` (median (slice, depth, width) spacing of the inputs that state
+        it, None entries where none does); also ``bank_groups``, an int array (not JSON:
+        callers pop it before storing ``info``) of the B-scan each bank patch comes from.
     bank : (K, 1, P, P) ndarray of float32
         Grid patches of the training (not held-out) B-scans, cut as scoring cuts them:
         the healthy patches of the model's feature bank.
     """
+    from napari_anogan.io.inputs import expand_inputs
     from napari_anogan.preprocess import grid_patches, preprocess_volume, random_patches
 
-    inputs = _expand_inputs(paths)
+    inputs, _ = expand_inputs(paths, folders)
     if not inputs:
         raise InputError("no healthy training inputs given")
     rng = np.random.default_rng(seed)
     pick_rng = np.random.default_rng([seed, 7])
-    chunks, ref_chunks, bank_chunks, held_out = [], [], [], []
+    chunks, ref_chunks, bank_chunks, group_chunks, held_out = [], [], [], [], []
     n_bscans = 0
+    spacings = []
     for i, path in enumerate(inputs):
         yield ProgressEvent(EventKind.STAGE, i, len(inputs), message=f"preprocessing {path.name}")
         volume = read_volume(path)
+        spacings.append([np.nan if v is None else float(v) for v in volume.spacing])
         pre = preprocess_volume(volume, preprocess_config)
         n_slices = volume.shape[0]
         # Hold out round(f * B-scans so far) in total: the same fraction of every input
@@ -106,6 +112,7 @@ def collect_training_patches(
         if train_slices.size:
             grid = grid_patches(pre, stride=reference_stride, slices=train_slices)
             bank_chunks.append(grid.images)
+            group_chunks.append(n_bscans + grid.coords[:, 0])  # the B-scan of each patch
         if held.size:
             ref_chunks.append(grid_patches(pre, stride=reference_stride, slices=held).images)
             held_out += [[i, int(s)] for s in held]
@@ -122,8 +129,20 @@ def collect_training_patches(
         "data_fingerprint": _fingerprint([patches]),
         "holdout_bscans": held_out,
         "n_reference_patches": len(reference),
+        "pixel_size_um": _median_spacing(spacings),
+        "bank_groups": (np.concatenate(group_chunks) if group_chunks else np.zeros(0, np.int64)),
     }
     return patches, reference, info, bank
+
+
+def _median_spacing(spacings: list[list[float]]) -> list[float | None]:
+    """Median spacing per axis over the inputs that state it (None where none does)."""
+    table = np.asarray(spacings, np.float64).reshape(-1, 3)
+    known = ~np.isnan(table)
+    return [
+        round(float(np.median(table[known[:, k], k])), 4) if known[:, k].any() else None
+        for k in range(3)
+    ]
 
 
 def reference_patches_of(model) -> Generator[ProgressEvent, None, np.ndarray]:
@@ -169,12 +188,100 @@ def reference_patches_of(model) -> Generator[ProgressEvent, None, np.ndarray]:
     return np.concatenate(chunks).astype(np.float32)
 
 
+def auto_epochs(n_patches: int, batch_size: int, *, adapt: bool = False) -> int:
+    """Epochs that give the data about the number of updates the recipe needs.
+
+    From scratch: :data:`~napari_anogan.settings.TRAIN_UPDATES` GAN updates (the real-data
+    recipe: 60 epochs of 205 OCTDL B-scans), at least :data:`~napari_anogan.settings.
+    TRAIN_MIN_EPOCHS` and at most :data:`~napari_anogan.settings.TRAIN_MAX_EPOCHS` epochs.
+    Adapting a trained model (``adapt``): :data:`~napari_anogan.settings.ADAPT_UPDATES`.
+
+    Examples
+    --------
+    >>> auto_epochs(195 * 64, 64)  # OCTDL: 205 B-scans, 10 held out, 64 patches each
+    60
+    """
+    batches = max(1, n_patches // max(1, min(batch_size, n_patches)))
+    updates = defaults.ADAPT_UPDATES if adapt else defaults.TRAIN_UPDATES
+    low = 1 if adapt else defaults.TRAIN_MIN_EPOCHS
+    return int(np.clip(round(updates / batches), low, defaults.TRAIN_MAX_EPOCHS))
+
+
+def _init_model(init: str | Path) -> tuple[dict, dict, dict]:
+    """Return a model to start from: raw checkpoint, model config dict, card entry."""
+    from napari_anogan.checkpoint import load_checkpoint, read_checkpoint
+    from napari_anogan.model_card import model_card
+
+    parent = load_checkpoint(init)  # checked as for scoring: loads, weights fit the config
+    card = model_card(parent)
+    entry = {"file": Path(init).name, "data_kind": card.get("data_kind", "unknown")}
+    return read_checkpoint(init), parent.model_config.to_dict(), entry
+
+
+def training_plan(
+    paths: Sequence[str | Path],
+    *,
+    preset: str = defaults.TRAIN_PRESET,
+    epochs: int | None = None,
+    patches_per_scan: int = defaults.PATCHES_PER_SCAN,
+    batch_size: int = defaults.TRAIN_BATCH_SIZE,
+    encoder: bool = defaults.TRAIN_ENCODER,
+    encoder_epochs: int = defaults.ENCODER_EPOCHS,
+    init: str | Path | None = None,
+    device: str = defaults.DEVICE,
+    folders: str = defaults.FOLDERS,
+) -> dict:
+    """Say what :func:`train_from_paths` would do with these inputs, and how long it takes.
+
+    Counts the B-scans (file headers where the reader can, else a full read), chooses the
+    epochs as training would (:func:`auto_epochs`) and times a few updates of the model
+    on the device (:func:`~napari_anogan.training.estimate.estimate_training_seconds`).
+
+    Returns
+    -------
+    dict
+        ``scans``, ``bscans``, ``patches``, ``epochs``, ``updates`` and ``seconds``.
+    """
+    from napari_anogan.io.inputs import expand_inputs
+    from napari_anogan.models import ModelConfig, get_preset
+    from napari_anogan.training.estimate import estimate_training_seconds
+
+    scans, _ = expand_inputs(paths, folders)
+    if not scans:
+        raise InputError("no healthy training inputs given")
+    n_bscans = sum(read_volume(p, lazy=True).shape[0] for p in scans)
+    holdout = round(defaults.HOLDOUT_FRACTION * n_bscans)
+    n_patches = (n_bscans - holdout) * patches_per_scan
+    if init is not None:
+        model_config = ModelConfig.from_dict(_init_model(init)[1])
+    else:
+        model_config = get_preset(preset)
+    if epochs is None:
+        epochs = auto_epochs(n_patches, batch_size, adapt=init is not None)
+    seconds = estimate_training_seconds(
+        model_config,
+        n_patches,
+        epochs,
+        batch_size=batch_size,
+        encoder_epochs=encoder_epochs if encoder else 0,
+        device=device,
+    )
+    return {
+        "scans": len(scans),
+        "bscans": n_bscans,
+        "patches": n_patches,
+        "epochs": epochs,
+        "updates": epochs * max(1, n_patches // max(1, min(batch_size, n_patches))),
+        "seconds": round(seconds, 1),
+    }
+
+
 def train_from_paths(
     paths: Sequence[str | Path],
     output: str | Path,
     *,
     preset: str = defaults.TRAIN_PRESET,
-    epochs: int = defaults.TRAIN_EPOCHS,
+    epochs: int | None = None,
     patches_per_scan: int = defaults.PATCHES_PER_SCAN,
     batch_size: int = defaults.TRAIN_BATCH_SIZE,
     seed: int = defaults.SEED,
@@ -185,6 +292,11 @@ def train_from_paths(
     train_overrides: dict | None = None,
     encoder: bool = defaults.TRAIN_ENCODER,
     encoder_epochs: int | None = None,
+    init: str | Path | None = None,
+    time_limit: float | None = None,
+    folders: str = defaults.FOLDERS,
+    data_kind: str = "real",
+    description: str = "",
 ) -> Generator[ProgressEvent, None, object]:
     """Train a healthy model from files or folders of healthy scans.
 
@@ -195,57 +307,97 @@ def train_from_paths(
     output : path
         Checkpoint file to write (atomically, after every epoch).
     preset : str
-        Model preset (``paper``, ``small`` or ``tiny``).
-    epochs, patches_per_scan, batch_size, seed, device
-        Training settings (paper: 20 epochs).
+        Model preset (``paper``, ``small`` or ``tiny``); ignored with ``init``.
+    epochs : int, optional
+        GAN training epochs; None: :func:`auto_epochs` for the data (about the number of
+        updates of the measured recipe).
+    patches_per_scan, batch_size, seed, device
+        Training settings.
     resume : bool
         Continue an interrupted run from ``output``.
     preprocess_config : PreprocessConfig, optional
-        Preprocessing; stored in the checkpoint and reused by scoring.
+        Preprocessing; stored in the checkpoint and reused by scoring. With ``init``,
+        the initial model's.
     model_overrides : dict, optional
         Custom widths etc. passed to the preset.
     train_overrides : dict, optional
         Other :class:`~napari_anogan.training.TrainConfig` fields (e.g. ``reference_steps``).
     encoder : bool
         After the GAN, train the f-AnoGAN encoder (:func:`napari_anogan.training.add_encoder`)
-        and store it in the checkpoint; the healthy reference is then computed with the
-        ``hybrid`` mapping (the scoring default). With ``resume`` on a finished model
-        (same inputs and settings) this adds an encoder to it.
+        and store it in the checkpoint. With ``resume`` on a finished model (same inputs
+        and settings) this adds an encoder to it.
     encoder_epochs : int, optional
         Encoder training epochs (default: :class:`~napari_anogan.training.EncoderConfig`'s).
+    init : path, optional
+        A trained model to adapt: G, D and the encoder start from its weights
+        (fine-tuning on these scans, e.g. a few healthy scans of another device), with its
+        architecture and preprocessing; the feature bank and the healthy reference are
+        built from the new scans only.
+    time_limit : float, optional
+        Minutes the whole training may take: the GAN stops after the last epoch that
+        fits in :data:`~napari_anogan.settings.TIME_LIMIT_GAN_SHARE` of it, the encoder
+        after the last that fits in :data:`~napari_anogan.settings.TIME_LIMIT_ENCODER_SHARE`;
+        the feature bank and healthy reference are always built (a usable model).
+    folders : {"auto", "volume", "collection"}
+        How a folder of B-scan images is read (:func:`napari_anogan.io.inputs.expand_inputs`).
+    data_kind : {"real", "synthetic"}
+        What the training scans are, for the model card.
+    description : str
+        Free text for the model card (device, protocol, cohort).
 
     Last, the feature bank of the feature score is built from grid patches of the training
     B-scans (:func:`napari_anogan.training.add_feature_bank`) and the healthy reference is
-    recomputed with it.
+    computed with it; the model card (:mod:`napari_anogan.model_card`) is written.
 
     Returns
     -------
     TrainResult
     """
-    from napari_anogan.models import get_preset
+    import time
+
+    from napari_anogan.model_card import new_card, write_card
+    from napari_anogan.models import ModelConfig, get_preset
     from napari_anogan.preprocess import PreprocessConfig
     from napari_anogan.training import TrainConfig, train_gan
 
-    preprocess_config = preprocess_config or PreprocessConfig()
-    model_config = get_preset(preset, **(model_overrides or {}))
+    started = time.monotonic()
+
+    def deadline(share: float) -> float | None:
+        return None if time_limit is None else started + 60.0 * time_limit * share
+
+    parent, parent_entry = None, None
+    if init is not None:
+        parent, model_dict, parent_entry = _init_model(init)
+        model_config = ModelConfig.from_dict(model_dict)
+        preprocess_config = PreprocessConfig.from_dict(json.loads(parent["preprocess_config"]))
+        logger.info("adapting %s: its architecture and preprocessing are kept", init)
+    else:
+        preprocess_config = preprocess_config or PreprocessConfig()
+        model_config = get_preset(preset, **(model_overrides or {}))
     if model_config.patch_size != preprocess_config.patch_size:
         preprocess_config = type(preprocess_config)(
             **{**preprocess_config.to_dict(), "patch_size": model_config.patch_size}
         )
+    holdout = TrainConfig(**(train_overrides or {})).holdout_fraction
+    patches, reference, info, bank_patches = yield from collect_training_patches(
+        paths,
+        preprocess_config,
+        patches_per_scan,
+        seed=seed,
+        holdout_fraction=holdout,
+        reference_stride=ScoreSettings().stride,
+        folders=folders,
+    )
+    bank_groups = info.pop("bank_groups")
+    if epochs is None:
+        epochs = auto_epochs(len(patches), batch_size, adapt=init is not None)
+        logger.info("%d training patches: %d epochs", len(patches), epochs)
     train_config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
         device=device,
         **(train_overrides or {}),
-    )
-    patches, reference, info, bank_patches = yield from collect_training_patches(
-        paths,
-        preprocess_config,
-        patches_per_scan,
-        seed=seed,
-        holdout_fraction=train_config.holdout_fraction,
-        reference_stride=ScoreSettings().stride,
     )
     # Held-out B-scans give the reference; only without any (a single B-scan) does
     # train_gan hold out single patches instead.
@@ -255,6 +407,12 @@ def train_from_paths(
         "data_fingerprint": info["data_fingerprint"],
         "data": info,
     }
+    if parent_entry is not None:
+        extra["init_from"] = parent_entry
+    from napari_anogan.training import ddp
+
+    ctx = ddp.current()
+    bank_follows = bool(len(bank_patches)) and (ctx is None or ctx.is_main)
     result = yield from train_gan(
         patches,
         model_config,
@@ -262,8 +420,10 @@ def train_from_paths(
         Path(output),
         resume=resume,
         extra=extra,
-        build_reference=not encoder,
+        build_reference=not encoder and not bank_follows,
         reference_patches=reference_patches,
+        init=None if parent is None else parent,
+        deadline=deadline(defaults.TIME_LIMIT_GAN_SHARE),
     )
     if encoder:
         from napari_anogan.training import EncoderConfig, add_encoder
@@ -277,12 +437,17 @@ def train_from_paths(
             encoder_config,
             data_fingerprint=info["data_fingerprint"],
             reference_patches=reference_patches,
+            init=None if parent is None else parent.get("encoder"),
+            deadline=deadline(defaults.TIME_LIMIT_ENCODER_SHARE),
+            build_reference=not bank_follows,
         )
-    from napari_anogan.training import add_feature_bank, ddp
+    if bank_follows:
+        from napari_anogan.training import add_feature_bank
 
-    ctx = ddp.current()
-    if len(bank_patches) and (ctx is None or ctx.is_main):  # rank 0 writes the model
         result.feature_bank, result.reference = yield from add_feature_bank(
-            Path(output), bank_patches, reference_patches, device=device
+            Path(output), bank_patches, reference_patches, device=device, bank_groups=bank_groups
         )
+    if ctx is None or ctx.is_main:
+        card = new_card(kind=data_kind, description=description, data=info, init_from=parent_entry)
+        write_card(output, card)
     return result

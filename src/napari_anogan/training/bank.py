@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from napari_anogan import settings as defaults
 from napari_anogan.checkpoint import (
@@ -25,7 +26,12 @@ from napari_anogan.checkpoint import (
 from napari_anogan.device import resolve_device
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.models import ModelConfig
-from napari_anogan.models.feature_bank import FeatureBank, build_feature_bank
+from napari_anogan.models.feature_bank import (
+    FeatureBank,
+    build_feature_bank,
+    feature_distance,
+    patch_embeddings,
+)
 from napari_anogan.training.common import check_patches, frozen_gan, holdout_split, reference_split
 from napari_anogan.training.config import TrainConfig
 from napari_anogan.training.reference import healthy_reference, stored_encoder_and_mode
@@ -39,6 +45,7 @@ def add_feature_bank(
     dim: int = defaults.FEATURE_DIM,
     max_size: int = defaults.FEATURE_BANK_SIZE,
     device: str = defaults.DEVICE,
+    bank_groups: np.ndarray | None = None,
 ) -> Generator[ProgressEvent, None, tuple[FeatureBank, dict[str, Any]]]:
     """Store a feature bank of healthy patches in a trained model, and its reference.
 
@@ -56,12 +63,18 @@ def add_feature_bank(
     bank_patches : (N, C, P, P) float32 ndarray
         Grid patches of the training B-scans.
     reference_patches : (M, C, P, P) float32 ndarray or None
-        Grid patches of the held-out B-scans; None (a single B-scan): the hold-out
-        fraction of ``bank_patches`` is held out of the bank for the reference instead.
+        Grid patches of the held-out B-scans. None (too few B-scans to hold any out):
+        with ``bank_groups`` of at least two B-scans, every patch joins the bank and the
+        feature distance's reference is cross-fitted: each B-scan's patches are measured
+        against the bank of the OTHER B-scans (as an unseen healthy scan would be); the
+        other scores' reference comes from the hold-out fraction of the patches. A single
+        B-scan: that fraction is held out of the bank for the whole reference.
     dim, max_size : int
         Embedding dimensions and most embeddings kept (:mod:`napari_anogan.settings`).
     device : str
         Device of the reference mapping.
+    bank_groups : (N,) int ndarray, optional
+        The B-scan each of ``bank_patches`` comes from (for the cross-fitted reference).
 
     Yields
     ------
@@ -82,7 +95,16 @@ def add_feature_bank(
     training = json.loads(data["training"])
     check_patches(bank_patches, model_config)
     g, d = frozen_gan(data, model_config)
-    if reference_patches is None:  # a single B-scan: hold out patches of the grid itself
+    cross_fit = (
+        reference_patches is None and bank_groups is not None and len(np.unique(bank_groups)) >= 2
+    )
+    all_patches = bank_patches
+    if cross_fit:  # few B-scans: all of them in the bank, the reference cross-fitted
+        _, ref_order = holdout_split(
+            len(bank_patches), train_config.holdout_fraction, train_config.seed
+        )
+        ref_set = bank_patches
+    elif reference_patches is None:  # a single B-scan: hold out patches of the grid itself
         keep, ref_order = holdout_split(
             len(bank_patches), train_config.holdout_fraction, train_config.seed
         )
@@ -103,8 +125,31 @@ def add_feature_bank(
     data["reference"] = yield from healthy_reference(
         g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
     )
-    training["feature_bank"] = {"n_patches": len(bank_patches), "size": len(bank.embeddings)}
+    if cross_fit and data["reference"]:
+        distances = _cross_fitted_distances(d, all_patches, np.asarray(bank_groups), bank)
+        levels = data["reference"]["levels"].numpy()
+        data["reference"]["quantiles"]["feature_distance"] = torch.from_numpy(
+            np.quantile(distances, levels / 100.0)
+        )
+    training["feature_bank"] = {
+        "n_patches": len(bank_patches),
+        "size": len(bank.embeddings),
+        "reference": "cross-fitted over B-scans" if cross_fit else "held out",
+    }
     data["training"] = json.dumps(training, sort_keys=True)
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 1, 1, message=str(path))
     return bank, reference_from_checkpoint(data["reference"])
+
+
+def _cross_fitted_distances(
+    d, patches: np.ndarray, groups: np.ndarray, bank: FeatureBank
+) -> np.ndarray:
+    """Each patch's feature distance to the healthy patches of the OTHER B-scans."""
+    embeddings = patch_embeddings(d, patches, bank.projection)
+    out = np.empty(len(patches), np.float64)
+    for group in np.unique(groups):
+        own = groups == group
+        others = FeatureBank(embeddings=embeddings[~own], projection=bank.projection)
+        out[own] = feature_distance(others, embeddings[own])
+    return out

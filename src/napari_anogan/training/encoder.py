@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ def train_encoder(
     config: EncoderConfig | None = None,
     *,
     indices: np.ndarray | None = None,
+    init: dict[str, torch.Tensor] | None = None,
+    deadline: float | None = None,
 ) -> Generator[ProgressEvent, None, EncoderResult]:
     """Train an f-AnoGAN encoder E for a trained, frozen G and D (izi_f).
 
@@ -87,6 +90,12 @@ def train_encoder(
         Settings.
     indices : (M,) int ndarray, optional
         Train on these patches only (e.g. those not held out for the reference).
+    init : dict, optional
+        State dict of a trained encoder of the same architecture to start from
+        (fine-tuning with ``train --init``).
+    deadline : float, optional
+        ``time.monotonic()`` value by which training must end: after an epoch, if the
+        next one (as long as the last) would pass it, training stops there.
 
     Yields
     ------
@@ -130,6 +139,13 @@ def train_encoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(config.seed, 5))
         encoder = Encoder(model_config)
+    if init is not None:
+        try:
+            encoder.load_state_dict(init)
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise ModelError(
+                f"the initial model's encoder does not fit this architecture ({exc})"
+            ) from exc
     use_amp = training_amp(device, config.amp)
     autocast = amp_context(device, use_amp)  # bf16: training_amp refuses GPUs without it
     layout = torch.channels_last if use_amp else torch.contiguous_format
@@ -155,6 +171,7 @@ def train_encoder(
         for m in frozen:
             m.eval().requires_grad_(False).to(device, memory_format=layout)
         for epoch in range(config.epochs):
+            began = time.monotonic()
             yield ProgressEvent(
                 EventKind.EPOCH_START,
                 epoch,
@@ -211,6 +228,14 @@ def train_encoder(
                 epoch=epoch,
                 samples=sample_grid(pair),
             )
+            now = time.monotonic()
+            if deadline is not None and epoch + 1 < config.epochs and 2 * now - began > deadline:
+                logger.warning(
+                    "time limit: encoder training stops after epoch %d of %d",
+                    epoch + 1,
+                    config.epochs,
+                )
+                break
     finally:
         for m, (was_training, flags, dev) in zip(frozen, saved, strict=True):
             m.to(dev, memory_format=torch.contiguous_format)
@@ -229,6 +254,9 @@ def add_encoder(
     data_fingerprint: str | None = None,
     reference_mode: str = "hybrid",
     reference_patches: np.ndarray | None = None,
+    init: dict[str, torch.Tensor] | None = None,
+    deadline: float | None = None,
+    build_reference: bool = True,
 ) -> Generator[ProgressEvent, None, TrainResult]:
     """Train an f-AnoGAN encoder for a trained model and store it in its checkpoint.
 
@@ -257,6 +285,11 @@ def add_encoder(
     reference_patches : (M, C, P, P) float ndarray, optional
         The GAN's reference patches (needed when it was trained with them, see
         :func:`train_gan`).
+    init, deadline
+        As in :func:`train_encoder`: an encoder to start from, a time to end by.
+    build_reference : bool
+        Map the reference patches again with the encoder (False when the caller builds
+        the reference next anyway, as the feature bank does: no mapping twice).
 
     Yields
     ------
@@ -309,7 +342,9 @@ def add_encoder(
     train_idx, ref_set, ref_order = reference_split(
         patches, reference_patches, train_config, model_config
     )
-    result = yield from train_encoder(patches, g, d, config, indices=train_idx)
+    result = yield from train_encoder(
+        patches, g, d, config, indices=train_idx, init=init, deadline=deadline
+    )
     encoder = result.encoder
     old_settings = json.loads(data["reference"]["settings"]) if data["reference"] else None
     training["encoder"] = {
@@ -324,15 +359,17 @@ def add_encoder(
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 1, 2, message=str(path))
 
-    device = resolve_device(config.device)
-    mcfg = train_config.reference_mapping(device=str(device), mode=reference_mode)
-    bank = stored_bank(data, model_config, path)
-    reference = yield from healthy_reference(
-        g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
-    )
-    data["reference"] = reference
-    save_checkpoint(path, data)
-    yield ProgressEvent(EventKind.CHECKPOINT, 2, 2, message=str(path))
+    reference = data["reference"]
+    if build_reference:
+        device = resolve_device(config.device)
+        mcfg = train_config.reference_mapping(device=str(device), mode=reference_mode)
+        bank = stored_bank(data, model_config, path)
+        reference = yield from healthy_reference(
+            g, d, encoder, ref_set, ref_order, train_config, mcfg, bank
+        )
+        data["reference"] = reference
+        save_checkpoint(path, data)
+        yield ProgressEvent(EventKind.CHECKPOINT, 2, 2, message=str(path))
     yield ProgressEvent(
         EventKind.DONE,
         config.epochs,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,8 @@ def train_gan(
     extra: dict[str, Any] | None = None,
     build_reference: bool = True,
     reference_patches: np.ndarray | None = None,
+    init: dict[str, Any] | None = None,
+    deadline: float | None = None,
 ) -> Generator[ProgressEvent, None, TrainResult]:
     """Train the DCGAN on healthy patches; checkpoint every epoch; build the reference.
 
@@ -144,6 +147,15 @@ def train_gan(
         :func:`~napari_anogan.pipeline.collect_training_patches`); the reference is then
         built from them (at most ``reference_max_patches``, a seeded random choice) and
         every patch of ``patches`` trains.
+    init : dict, optional
+        ``{"generator": state_dict, "discriminator": state_dict}`` of a trained model of
+        the same architecture: training starts from its weights (fine-tuning a model to
+        new data, ``train --init``) instead of a random initialisation; the optimisers
+        start afresh. Ignored when resuming.
+    deadline : float, optional
+        ``time.monotonic()`` value by which training must end: after an epoch, if the
+        next one (as long as the last) would pass it, training stops there and the
+        model is finished with the epochs done (``training["stopped"]`` says so).
 
     Notes
     -----
@@ -203,6 +215,11 @@ def train_gan(
             resume_state(ckpt_path, model_config, train_config, n, extra)
         )
         logger.info("resuming %s after epoch %d", ckpt_path, start_epoch)
+    elif init is not None:
+        run.start_from(init)
+    if deadline is not None and run.dist_ctx is not None:
+        logger.warning("a time limit is not supported under DDP: training all epochs")
+        deadline = None  # ranks must agree on when to stop
     preprocess = extra.pop("preprocess_config", None)
     training: dict[str, Any] = {
         "epochs_done": start_epoch,
@@ -234,6 +251,7 @@ def train_gan(
 
     with deterministic_algorithms(bool(train_config.deterministic)):
         for epoch in range(start_epoch, train_config.epochs):
+            began = time.monotonic()
             means = yield from run.epoch(patches, train_idx, epoch)
             history.append(means)
             training.update(epochs_done=epoch + 1, final_losses=means, history=history)
@@ -247,6 +265,18 @@ def train_gan(
                     message=str(ckpt_path),
                     epoch=epoch,
                 )
+            now = time.monotonic()
+            last = epoch + 1 == train_config.epochs
+            if deadline is not None and not last and now + (now - began) > deadline:
+                # the next epoch would not fit in the time left
+                training["stopped"] = f"time limit: {epoch + 1} of {train_config.epochs} epochs"
+                logger.warning(
+                    "time limit: GAN training stops after epoch %d of %d",
+                    epoch + 1,
+                    train_config.epochs,
+                )
+                save({})
+                break
 
     g, d = run.g, run.d
     g.eval()
@@ -353,6 +383,16 @@ class _GanRun:
             self.encoder_state = data.get("encoder")
             self.encoder_summary = saved.get("encoder")
         return start_epoch, list(saved.get("history", [])), reference
+
+    def start_from(self, init: dict[str, Any]) -> None:
+        """Start from a trained model's G and D (fine-tuning); optimisers stay fresh."""
+        try:
+            self.g.load_state_dict(init["generator"])
+            self.d.load_state_dict(init["discriminator"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise ModelError(
+                f"the initial model's weights do not fit this architecture ({exc})"
+            ) from exc
 
     def distribute(self, n: int, extra: dict[str, Any], history: list) -> None:
         """Check every rank trains the same thing, then wrap G and D in DDP."""
