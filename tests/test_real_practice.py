@@ -246,3 +246,31 @@ def test_time_limit_stops_at_an_epoch_and_still_finishes_the_model(synthetic_dir
     assert model.encoder is not None
     assert model.reference
     assert model.feature_bank is not None
+
+
+@pytest.mark.slow  # evaluate's bootstrap intervals take about a minute
+def test_evaluate_records_which_inputs_the_model_does_not_fit(tmp_path):
+    from napari_anogan.datasets.synthetic import make_volume
+    from napari_anogan.evaluation.experiment import run_evaluation
+    from napari_anogan.io import write_tiff
+
+    # an unseen healthy eye in the bundled model's own format (496 x 512 Spectralis-like)
+    eye = make_volume(2, 496, 512, seed=3001)
+    write_tiff(tmp_path / "normal.ome.tif", eye.data, spacing=eye.spacing)
+    out = tmp_path / "eval"
+    out.mkdir()
+    metrics = drain(
+        run_evaluation(
+            SYNTHETIC_MODEL,
+            normal=[tmp_path / "normal.ome.tif"],
+            anomalous=[KERMANY_SCAN],
+            outdir=out,
+            acae_epochs=0,
+            figures=False,
+        )
+    )
+    fit = metrics["model_fit"]
+    assert fit["verdicts"] == {"normal.ome.tif": FITS, KERMANY_SCAN.name: DOES_NOT_FIT}
+    assert fit["does_not_fit"] == [KERMANY_SCAN.name]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["model_fit"]["does_not_fit"] == [KERMANY_SCAN.name]

@@ -100,6 +100,7 @@ class _Scored:
     bscan_inputs: list[np.ndarray] = field(default_factory=list)
     tables: list[dict[str, np.ndarray]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    fits: dict[str, dict] = field(default_factory=dict)
 
     def cat(self, name: str) -> np.ndarray:
         return np.concatenate(self.scores[name]) if self.scores.get(name) else np.array([])
@@ -192,6 +193,7 @@ def _score_input(
         )
     index = len(out.labels)
     out.names.append(path.name)
+    out.fits[path.name] = scored.model_fit
     out.patch_inputs.append(np.full(n, index))
     out.bscan_inputs.append(np.full(volume.shape[0], index))
     group = np.full(n, "diseased" if anomalous else "test healthy")
@@ -448,6 +450,7 @@ def run_evaluation(
         seed=settings.seed,
     )
     metrics["settings"] = settings.to_dict()
+    metrics["model_fit"] = _fit_summary(scored.fits, getattr(model, "path", None))
     save_metrics(metrics, outdir / "metrics.json")
     _write_patch_table(scored.tables, outdir / "patch_scores.csv")
     _write_bscan_table(scored, outdir / "bscan_scores.csv")
@@ -460,6 +463,22 @@ def run_evaluation(
         _draw_figures(model, scored, labels, patch_scores, train_patches, train_mapped, outdir)
     yield ProgressEvent(EventKind.DONE, 1, 1, message=f"metrics in {outdir}")
     return metrics
+
+
+def _fit_summary(fits: dict[str, dict], model_path) -> dict:
+    """Model-fit verdicts of the test inputs; each input the model does not fit is logged."""
+    from napari_anogan.scoring.fit import fit_message
+
+    for name, fit in fits.items():
+        message = fit_message(fit, Path(model_path or "model").name, name)
+        if message:
+            logger.warning(message)
+    rules = {fit.get("rule") for fit in fits.values()}
+    return {
+        "verdicts": {name: fit.get("verdict") for name, fit in fits.items()},
+        "does_not_fit": [n for n, f in fits.items() if f.get("verdict") == "does_not_fit"],
+        "rule": rules.pop() if len(rules) == 1 else None,
+    }
 
 
 def _draw_figures(model, scored, labels, patch_scores, train_patches, train_mapped, outdir):
