@@ -1,8 +1,10 @@
 """Adapting a healthy model to another device with a few healthy scans.
 
-For each fold (a folder with ``train/``: the few healthy scans a user has, and
-``test_healthy/``: healthy scans of OTHER patients), four models are compared on the
-fold's held-out healthy scans against the diseased scans (``--diseased``):
+The healthy scans (``--healthy``, file names ``CLASS-patient-n``) are split by patient
+into two folds: the patient ids sorted as text, the first ``--train-patients`` patients
+train (the few healthy scans a user has) and the others are held out, and the other way
+round. Per fold, four models are compared on the held-out healthy scans against the
+diseased scans (``--diseased``):
 
 * ``as_is``: the base model (``--base``, another device) unchanged;
 * ``scratch``: a model trained from scratch on ``train/`` (``napari-anogan train``);
@@ -16,9 +18,10 @@ scan goes through the one scoring path and is resampled to the model's pixel gri
 columns whatever its width), so image width cannot tell the classes apart. Prints ONE
 JSON object.
 
+    K=../shared/data/real-oct
     .venv/bin/python benchmarks/adapt_device.py --base sample_data/anogan_octdl.pt \\
-        --synthetic sample_data/anogan_small.pt --folds kermany/foldA kermany/foldB \\
-        --diseased kermany/diseased -o results/adapt
+        --synthetic sample_data/anogan_small.pt --healthy $K/kermany2018*/NORMAL-* \\
+        --diseased $(ls $K/kermany2018*/*.jpeg | grep -v NORMAL) -o results/adapt
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from sklearn.metrics import roc_auc_score
 from napari_anogan.checkpoint import load_checkpoint
 from napari_anogan.events import drain
 from napari_anogan.io import read_volume
-from napari_anogan.io.inputs import expand_inputs
 from napari_anogan.pipeline import ScoreSettings, score_volume, train_from_paths
 from napari_anogan.scoring import percentile_of
 
@@ -98,8 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--synthetic", type=Path, required=True)
-    parser.add_argument("--folds", type=Path, nargs="+", required=True)
-    parser.add_argument("--diseased", type=Path, required=True)
+    parser.add_argument("--healthy", type=Path, nargs="+", required=True)
+    parser.add_argument("--diseased", type=Path, nargs="+", required=True)
+    parser.add_argument("--train-patients", type=int, default=5)
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument(
         "--configs", nargs="+", default=["as_is", "scratch", "adapted", "adapted_synthetic"]
@@ -108,19 +111,28 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     warnings.simplefilter("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
-    diseased, _ = expand_inputs([args.diseased], "collection")
+    diseased = sorted(args.diseased)
+    patients = sorted({_patient(p) for p in args.healthy})
+    first = set(patients[: args.train_patients])
+    folds = {
+        "A": [p for p in args.healthy if _patient(p) in first],
+        "B": [p for p in args.healthy if _patient(p) not in first],
+    }
     report: dict = {"diseased_scans": len(diseased), "folds": {}}
     pooled: dict[str, dict[str, list]] = {}
-    for fold in args.folds:
-        train, _ = expand_inputs([fold / "train"], "collection")
-        healthy, _ = expand_inputs([fold / "test_healthy"], "collection")
-        entry: dict = {"train_scans": len(train), "test_healthy_scans": len(healthy)}
+    for name, train in folds.items():
+        train = sorted(train)
+        healthy = sorted(p for p in args.healthy if p not in train)
+        entry: dict = {
+            "train": [p.name for p in train],
+            "test_healthy": [p.name for p in healthy],
+        }
         for config in args.configs:
             t0 = time.perf_counter()
             if config == "as_is":
                 path = args.base
             else:
-                path = args.out / f"{fold.name}_{config}.pt"
+                path = args.out / f"fold{name}_{config}.pt"
                 init = {"scratch": None, "adapted": args.base, "adapted_synthetic": args.synthetic}
                 drain(train_from_paths(train, path, init=init[config]))
             train_s = time.perf_counter() - t0
@@ -135,9 +147,9 @@ def main() -> None:
                 "healthy": h,
             }
             pool = pooled.setdefault(config, {"h": [], "d": []})
-            pool["h"] += [{**r, "patient": f"{fold.name}/{r['patient']}"} for r in h]
-            pool["d"] += [{**r, "patient": f"{fold.name}/{r['patient']}"} for r in d]
-        report["folds"][fold.name] = entry
+            pool["h"] += [{**r, "patient": f"{name}/{r['patient']}"} for r in h]
+            pool["d"] += [{**r, "patient": f"{name}/{r['patient']}"} for r in d]
+        report["folds"][name] = entry
     report["pooled_percentile_auc"] = {
         c: _auc(p["h"], p["d"], "percentile") for c, p in pooled.items()
     }
