@@ -222,6 +222,7 @@ def test_demo_scores_the_bundled_sample_and_finds_its_lesions(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "bundled small model (hybrid mapping: encoder start + 10 steps" in report
     assert "the paper maps with 500 steps" in report
+    assert "model fit: fits (typical patch" in report  # a diseased eye is in its domain
     summary = json.loads((tmp_path / "sample_volume_summary.json").read_text())
     assert summary["shape"] == [16, 496, 512]
     assert summary["settings"]["mode"] == "hybrid"
