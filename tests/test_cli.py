@@ -285,6 +285,7 @@ def test_demo_real_scores_the_octdl_bscan_with_the_real_model(tmp_path, capsys):
     assert main(["-q", "demo", "--real", "-o", str(tmp_path)]) == 0
     report = capsys.readouterr().out
     assert "ranked by feature_distance" in report
+    assert "model fit: fits (typical patch" in report
     summary = json.loads((tmp_path / "octdl_DME_1188282_1_summary.json").read_text())
     assert summary["shape"] == [1, 409, 1095]
     assert summary["settings"]["score_column"] == "feature_distance"
