@@ -8,8 +8,8 @@ import pytest
 from napari_anogan import settings
 from napari_anogan._widgets import _layers
 from napari_anogan.pipeline import VolumeResult
-from napari_anogan.scoring.display import PIXEL_SOURCES, heatmap_rgba
 from napari_anogan.scoring.candidates import find_candidates
+from napari_anogan.scoring.display import PIXEL_SOURCES, heatmap_rgba
 
 S, H, W, P, STRIDE = 3, 64, 96, 32, 16
 

@@ -58,14 +58,19 @@ def test_result_layers_added_over_the_image(scored_viewer):
     for kind in ("reconstruction", "residual", "patch scores", "score bars", "boundaries"):
         layer = scored_viewer.layers[f"scan {kind}"]
         np.testing.assert_allclose(layer.scale[-3:], SCALE)
-    assert scored_viewer.layers["scan residual"].blending == "additive"
+    residual = scored_viewer.layers["scan residual"]
+    assert residual.blending == "translucent"
+    assert residual.colorbar.visible  # the heatmap's colour bar, in residual units
+    assert residual.metadata["heatmap_threshold"]["value"] == residual.contrast_limits[0]
+    raw = scored_viewer.layers["scan residual (raw)"]
+    assert raw.data is residual.data  # one array, two displays
     cands = scored_viewer.layers["scan candidates"]
     assert len(cands.data) >= 1
     assert "decision" in cands.features.columns
-    # every layer inserted hidden was shown again; only G(z) and the patch boxes stay
-    # hidden (they would cover the scan)
+    # every layer inserted hidden was shown again; only G(z), the raw residual and the
+    # patch boxes stay hidden (they would cover the scan)
     hidden = [layer.name for layer in scored_viewer.layers if not layer.visible]
-    assert hidden == ["scan reconstruction", "scan patch scores"]
+    assert hidden == ["scan reconstruction", "scan residual (raw)", "scan patch scores"]
 
 
 def test_result_layer_steps_insert_hidden_then_show(make_napari_viewer):
@@ -87,7 +92,7 @@ def test_result_layer_steps_insert_hidden_then_show(make_napari_viewer):
     assert all(not visible for step, visible in log if step.startswith("inserted"))
     shown = [step.split(" ", 1)[1] for step, visible in log if step.startswith("showed")]
     assert all(visible for step, visible in log if step.startswith("showed"))
-    starts_hidden = ("reconstruction", "patch scores")
+    starts_hidden = ("reconstruction", "residual (raw)", "patch scores")
     assert shown == [f"scan {kind}" for kind in LAYER_KINDS if kind not in starts_hidden]
 
 
@@ -298,13 +303,14 @@ def test_export_writes_files_that_reopen(scored_viewer, tmp_path, errors):
     widget.folder.setText(str(tmp_path))
     written = widget.export()
     assert not errors
-    assert set(written) == {"heatmap", "candidates", "scores", "snapshot", "summary"}
+    assert set(written) == {"heatmap", "candidates", "scores", "overview", "snapshot", "summary"}
     # the CLI's file names for the ``score`` outputs
     from napari_anogan._widgets._common import RESULT_KEY
     from napari_anogan.pipeline import output_paths
 
-    cli = output_paths(widget.source.layer().metadata[RESULT_KEY].name, tmp_path)
-    assert [written[k] for k in ("heatmap", "scores", "summary")] == list(cli.values())
+    cli = output_paths(widget.source.layer().metadata[RESULT_KEY].name, tmp_path, figures=True)
+    kinds = ("heatmap", "scores", "overview", "summary")
+    assert [written[k] for k in kinds] == list(cli.values())
     heatmap = read_volume(written["heatmap"])
     assert heatmap.data.shape == (S, H, W)
     np.testing.assert_allclose(heatmap.spacing, SCALE)
@@ -320,6 +326,10 @@ def test_export_writes_files_that_reopen(scored_viewer, tmp_path, errors):
     from PIL import Image
 
     assert Image.open(written["snapshot"]).size[0] > 10
+    # the CLI's overview figure, at the heatmap threshold the viewer shows
+    assert Image.open(written["overview"]).size[0] >= settings.FIGURE_MIN_WIDTH
+    shown = scored_viewer.layers["scan residual"].metadata["heatmap_threshold"]
+    assert summary["heatmap_threshold"]["source"] == shown["source"]
 
 
 def test_export_to_missing_folder_notifies(scored_viewer, tmp_path, errors):
