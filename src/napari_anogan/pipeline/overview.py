@@ -47,7 +47,6 @@ DPI = 100
 """Figure resolution: sizes below are in pixels of the PNG."""
 MARGIN = 16
 LINE = 21  # pixels per line of 10-point text
-CAPTION = 24
 GAP = 12
 FOOTER = 140
 CANDIDATE_COLOR = (1.0, 0.65, 0.0, 1.0)  # the napari candidate boxes' orange
@@ -258,14 +257,35 @@ def write_overview(
         len(wrapped) * (LINE + (4 if size > 11 else 0)) for wrapped, _, size, _ in lines
     )
 
+    scores = np.asarray(result.bscan_scores, dtype=float)
+    ranked = sorted(np.flatnonzero(np.isfinite(scores)), key=lambda i: -scores[i])
+    ranks = {int(s): i + 1 for i, s in enumerate(ranked)}
+    captions = []
+    for s, top, bottom in crops:
+        caption = f"B-scan {s}" if s_count > 1 else "B-scan"
+        if np.isfinite(scores[s]):
+            caption += f": score {scores[s]:.4g}"
+            if s_count > 1:
+                caption += f" ({_ordinal(ranks[s])} highest of {s_count})"
+        cands = _candidates_on(result, s)
+        if cands:
+            caption += f"; candidates {', '.join('#' + str(c['rank']) for c in cands)}"
+        captions.append(
+            textwrap.wrap(f"{caption} (rows {top}-{bottom - 1} shown)", _chars(text_w, 10.5))
+        )
     en_face = getattr(result, "en_face", None)
     show_en_face = s_count > 1 and en_face is not None
     en_face_h = min(max(4 * s_count, 120), int(0.35 * panel_w)) if show_en_face else 0
+    en_face_caption = textwrap.wrap(
+        "en-face map: mean residual between ILM and BM, one row per B-scan (top: B-scan 0); "
+        f"cyan lines: B-scans {', '.join(str(s) for s in shown)} shown above",
+        _chars(text_w, 10.5),
+    )
     heights = [(bottom - top) * scale for _, top, bottom in crops]
     fig_h = (
         header_h
-        + sum(CAPTION + h + GAP for h in heights)
-        + ((CAPTION + en_face_h + GAP) if show_en_face else 0)
+        + sum(len(c) * LINE + 4 + h + GAP for c, h in zip(captions, heights, strict=True))
+        + ((len(en_face_caption) * LINE + 4 + en_face_h + GAP) if show_en_face else 0)
         + FOOTER
     )
 
@@ -288,22 +308,13 @@ def write_overview(
             y += LINE + (4 if size > 11 else 0)
     y = header_h
 
-    scores = np.asarray(result.bscan_scores, dtype=float)
-    ranked = sorted(np.flatnonzero(np.isfinite(scores)), key=lambda i: -scores[i])
-    ranks = {int(s): i + 1 for i, s in enumerate(ranked)}
-    for (s, top, bottom), grey, residual, h in zip(crops, greys, residuals, heights, strict=True):
-        cands = _candidates_on(result, s)
-        score = float(scores[s])
-        caption = f"B-scan {s}" if s_count > 1 else "B-scan"
-        if np.isfinite(score):
-            caption += f": score {score:.4g}"
-            if s_count > 1:
-                caption += f" ({_ordinal(ranks[s])} highest of {s_count})"
-        if cands:
-            caption += f"; candidates {', '.join('#' + str(c['rank']) for c in cands)}"
-        caption += f" (rows {top}-{bottom - 1} shown)"
-        text(MARGIN, y + 4, caption, fontsize=10, fontweight="bold")
-        y += CAPTION
+    for (s, top, bottom), grey, residual, h, caption in zip(
+        crops, greys, residuals, heights, captions, strict=True
+    ):
+        for line in caption:
+            text(MARGIN, y + 4, line, fontsize=10, fontweight="bold")
+            y += LINE
+        y += 4
         _draw_bscan(
             axes(MARGIN, y, panel_w, h),
             grey,
@@ -315,19 +326,14 @@ def write_overview(
             width,
             bars=score_bars(_slice_patches(result.patches, s), ilm, image_height=height),
             bar_threshold=bar_threshold,
-            candidates=cands,
+            candidates=_candidates_on(result, s),
         )
         y += h + GAP
     if show_en_face:
-        text(
-            MARGIN,
-            y + 4,
-            "en-face map: mean residual between ILM and BM, one row per B-scan (top: B-scan "
-            f"0); cyan lines: B-scans {', '.join(str(s) for s in shown)} shown above",
-            fontsize=10,
-            fontweight="bold",
-        )
-        y += CAPTION
+        for line in en_face_caption:
+            text(MARGIN, y + 4, line, fontsize=10, fontweight="bold")
+            y += LINE
+        y += 4
         _draw_en_face(axes(MARGIN, y, panel_w, en_face_h), np.asarray(en_face, float), shown)
         y += en_face_h + GAP
     _draw_legend(fig, fig_w, fig_h, y, heatmap, (low, high), bar_threshold)
