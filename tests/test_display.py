@@ -117,3 +117,25 @@ def test_retina_rows_crop_to_the_boundaries_with_margins():
     assert retina_rows(ilm, bm, 496, above=10, below=20) == (90, 342)
     assert retina_rows(np.full(3, np.nan), bm, 496) == (0, 496)
     assert retina_rows(ilm - 200, bm + 300, 496, above=5, below=5) == (0, 496)
+
+
+def test_training_stores_the_pixel_reference_that_scoring_thresholds_at(
+    synthetic_dir, tiny_model_path
+):
+    """A model trained now keeps the quantiles of its held-out patches' pixel residual;
+    the heatmap of a scan it scores is then thresholded at them."""
+    from napari_anogan.checkpoint import load_checkpoint
+    from napari_anogan.events import drain
+    from napari_anogan.io import read_volume
+    from napari_anogan.pipeline import ScoreSettings, score_volume
+
+    model = load_checkpoint(tiny_model_path)
+    quantiles = model.reference["pixel_residual"]
+    assert quantiles.shape == model.reference["levels"].shape == (101,)
+    assert np.all(np.diff(quantiles) >= 0)
+    assert 0.0 <= quantiles[0] <= quantiles[-1] <= 2.0
+    volume = read_volume(synthetic_dir / "diseased.ome.tif")
+    result = drain(score_volume(volume, model, ScoreSettings(mode="iterative", steps=2)))
+    threshold = heatmap_threshold(result)
+    assert threshold.source == "healthy reference"
+    assert threshold.value == pytest.approx(np.interp(99.0, model.reference["levels"], quantiles))

@@ -166,7 +166,7 @@ class ProgressTracker:
     # ----------------------------------------------------------------- stages
     def _stage_of(self, event: ProgressEvent) -> str:
         kind = EventKind(event.kind)
-        message = (event.message or "").strip()
+        message = (getattr(event, "message", "") or "").strip()
         if kind == EventKind.STAGE:
             lower = message.lower()
             for prefix, name in STAGE_PREFIXES:
@@ -199,8 +199,9 @@ class ProgressTracker:
         if kind == EventKind.EPOCH_END and total > 0:
             self._epochs = int(total)
             return step / total
-        if kind == EventKind.BATCH and total > 0 and self._epochs and event.epoch is not None:
-            return (event.epoch + step / total) / self._epochs
+        epoch = getattr(event, "epoch", None)
+        if kind == EventKind.BATCH and total > 0 and self._epochs and epoch is not None:
+            return (epoch + step / total) / self._epochs
         if kind in _MAPPING and total > 0:
             return step / total
         if kind == EventKind.STAGE and total > 0:
@@ -211,16 +212,18 @@ class ProgressTracker:
 
     def _detail_of(self, event: ProgressEvent) -> str:
         kind = EventKind(event.kind)
-        if kind == EventKind.BATCH and event.epoch is not None and self._epochs:
-            return f"epoch {event.epoch + 1}/{self._epochs}, batch {event.step}/{event.total}"
+        epoch = getattr(event, "epoch", None)
+        message = getattr(event, "message", "") or ""
+        if kind == EventKind.BATCH and epoch is not None and self._epochs:
+            return f"epoch {epoch + 1}/{self._epochs}, batch {event.step}/{event.total}"
         if kind == EventKind.MAPPING_STEP:
             # patches scored say more than the search's step count (chunk-relative)
             return self._detail or "searching the latent codes"
         if kind == EventKind.MAPPING_BATCH:
-            return event.message or f"{event.step}/{event.total}"
+            return message or f"{event.step}/{event.total}"
         if kind in (EventKind.SAMPLES, EventKind.CHECKPOINT):
             return self._detail
-        return event.message or self._detail
+        return message or self._detail
 
     # ----------------------------------------------------------------- update
     def update(self, event: ProgressEvent) -> Progress:
