@@ -153,8 +153,7 @@ class LegendPanel(QGroupBox):
         source = str(threshold.get("source", ""))
         self.heatmap_text.setText(
             f"heatmap: residual |x − G(z)|, transparent up to {low:.3g} = "
-            f"p{float(threshold.get('percentile', 0)):g} of the "
-            f"{PIXEL_SOURCES.get(source, source)}"
+            f"p{float(threshold.get('percentile', 0)):g} of {PIXEL_SOURCES.get(source, source)}"
         )
 
     def show_bars(self, threshold: float | None) -> None:

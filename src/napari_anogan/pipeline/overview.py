@@ -250,7 +250,7 @@ def write_overview(
         header.append((fit[0], fit[1], 10, "bold"))
     if heatmap.source != "healthy reference":
         header.append(
-            (f"heatmap threshold from the {PIXEL_SOURCES[heatmap.source]}", "0.3", 9, "normal")
+            (f"heatmap threshold from {PIXEL_SOURCES[heatmap.source]}", "0.3", 9, "normal")
         )
     lines = [(textwrap.wrap(t, _chars(text_w, size)), c, size, w) for t, c, size, w in header]
     header_h = MARGIN + sum(

@@ -21,12 +21,13 @@ tissue, read from the first of these that exists (:func:`pixel_reference`):
    quantiles, and a patch score is a sum over 64 x 64 pixels whose pixel spread it does
    not record (on the bundled sample the mean-pixel level of the 99th-percentile healthy
    patch, R / 64², still coloured 31 % of the retina). So the pixels of this scan's
-   patches whose score is at or below the healthy median
+   patches whose residual score R is at or below the healthy median
    (:data:`~napari_anogan.settings.HEALTHY_LOOKING_PERCENTILE`) stand in for healthy
-   tissue: the model itself judges them typical of its healthy reference, and they are
-   reconstructed as well as this scan's healthy parts are. On the bundled sample their
-   99th percentile (0.53) colours 1-2 % of the retina outside the planted lesions and
-   the drusen, PED and SRF borders inside them.
+   tissue: the model itself judges their residual typical of its healthy reference, and
+   they are reconstructed as well as this scan's healthy parts are. On the bundled
+   sample their 99th percentile (0.55) leaves 97 % of the retina outside the planted
+   lesions clear and colours the lesions five times as often (drusen, the PED and the
+   SRF border); on the bundled OCTDL B-scan (DME) it leaves 95 % of the retina clear.
 3. ``this scan``: without a healthy reference at all (or with fewer than
    :data:`~napari_anogan.settings.HEALTHY_LOOKING_MIN_PATCHES` healthy-looking patches),
    the scan's own residual: then the heatmap shows the scan's strongest residual, not
@@ -156,14 +157,15 @@ RANGE_SAMPLES = 1 << 18
 
 
 PIXEL_SOURCES = {
-    "healthy reference": "pixel residual of the model's held-out healthy patches",
+    "healthy reference": "the pixel residual of the model's held-out healthy patches",
     "healthy-looking patches": (
-        "pixel residual of this scan's patches at or below the healthy median (the model "
-        "stores no pixel reference)"
+        "the pixel residual of this scan's patches whose residual score is at or below the "
+        "healthy median (the model stores no pixel reference)"
     ),
     "this scan": (
-        "this scan's own pixel residual: no healthy reference, so the heatmap shows the "
-        "scan's strongest residual, not what is unlike healthy tissue"
+        "this scan's own pixel residual (the model stores no pixel reference and too few of "
+        "the scan's patches look healthy): the heatmap shows the scan's strongest residual, "
+        "not what is unlike healthy tissue"
     ),
 }
 """Where a heatmap threshold comes from (:func:`pixel_reference`), in words."""
@@ -313,7 +315,11 @@ def pixel_reference(result: Any) -> PixelReference:
         return stored
     residual = result.residual
     patches = getattr(result, "patches", None) or {}
-    percent = np.asarray(patches.get("healthy_percentile", []), dtype=float)
+    # a patch's residual score R is its pixels' residual summed: its healthy percentile
+    # says whether those pixels look healthy (else the ranking score's, for old tables)
+    percent = np.asarray(patches.get("residual_percentile", []), dtype=float)
+    if not np.isfinite(percent).any():
+        percent = np.asarray(patches.get("healthy_percentile", []), dtype=float)
     levels = np.asarray(QUANTILE_LEVELS, np.float64)
     with np.errstate(invalid="ignore"):
         calm = np.flatnonzero(percent <= defaults.HEALTHY_LOOKING_PERCENTILE)
