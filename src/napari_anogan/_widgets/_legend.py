@@ -21,6 +21,7 @@ from napari_anogan.scoring.display import (
     HEATMAP_OPACITY,
     PIXEL_SOURCES,
     heatmap_rgba,
+    ranking_note,
 )
 
 #: Candidate box colours by decision, in words.
@@ -100,6 +101,7 @@ class LegendPanel(QGroupBox):
         bar_row.addWidget(self.heatmap_high)
 
         self.bars_title = QLabel("score bars above the retina (paper Fig. 3)")
+        self.bars_title.setWordWrap(True)
         self.bars_title.setToolTip(BAR_RULE)
         grid = QGridLayout()
         grid.setHorizontalSpacing(6)
@@ -156,11 +158,15 @@ class LegendPanel(QGroupBox):
             f"p{float(threshold.get('percentile', 0)):g} of {PIXEL_SOURCES.get(source, source)}"
         )
 
-    def show_bars(self, threshold: float | None) -> None:
-        """Say at which healthy percentile the score bars light up."""
+    def show_bars(self, threshold: float | None, column: str = "anomaly_score") -> None:
+        """Say at which healthy percentile the score bars light up.
+
+        ``column`` is the score the candidates come from: when it is neither R nor D nor
+        their sum A (the feature distance), the bars may stay grey over a candidate, and
+        the legend says why.
+        """
         if threshold is None:
-            self.bars_title.setText("score bars above the retina (paper Fig. 3)")
+            text = "score bars above the retina (paper Fig. 3)"
         else:
-            self.bars_title.setText(
-                f"score bars above the retina (paper Fig. 3), lit at healthy p{threshold:g}:"
-            )
+            text = f"score bars above the retina (paper Fig. 3), lit at healthy p{threshold:g}"
+        self.bars_title.setText(text + ranking_note(column) + ":")

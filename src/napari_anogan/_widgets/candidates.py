@@ -507,7 +507,10 @@ class CandidatesWidget(QWidget):
                 f"{self.threshold.value():g}; volume score {result.volume_score:.4g}"
             )
             percentile = self.mode.currentText() == "healthy percentile"
-            self.legend.show_bars(float(self.threshold.value()) if percentile else None)
+            self.legend.show_bars(
+                float(self.threshold.value()) if percentile else None,
+                str((result.settings or {}).get("score_column", "anomaly_score")),
+            )
 
 
 def _slices(cand: Mapping[str, Any]) -> str:

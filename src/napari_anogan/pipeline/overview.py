@@ -35,6 +35,7 @@ from napari_anogan.scoring.display import (
     heatmap_range,
     heatmap_rgba,
     heatmap_threshold,
+    ranking_note,
     retina_rows,
     score_bars,
 )
@@ -48,7 +49,6 @@ DPI = 100
 MARGIN = 16
 LINE = 21  # pixels per line of 10-point text
 GAP = 12
-FOOTER = 140
 CANDIDATE_COLOR = (1.0, 0.65, 0.0, 1.0)  # the napari candidate boxes' orange
 DECISION_COLORS = {"keep": (0.2, 0.8, 0.3, 1.0), "reject": (0.55, 0.55, 0.55, 1.0)}
 FITS_COLOR = "#1b7a35"
@@ -282,11 +282,13 @@ def write_overview(
         _chars(text_w, 10.5),
     )
     heights = [(bottom - top) * scale for _, top, bottom in crops]
+    column = str(settings.get("score_column", "anomaly_score"))
+    legend = _legend_lines(heatmap, bar_threshold, column, text_w)
     fig_h = (
         header_h
         + sum(len(c) * LINE + 4 + h + GAP for c, h in zip(captions, heights, strict=True))
         + ((len(en_face_caption) * LINE + 4 + en_face_h + GAP) if show_en_face else 0)
-        + FOOTER
+        + _legend_height(legend)
     )
 
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
@@ -336,7 +338,7 @@ def write_overview(
         y += 4
         _draw_en_face(axes(MARGIN, y, panel_w, en_face_h), np.asarray(en_face, float), shown)
         y += en_face_h + GAP
-    _draw_legend(fig, fig_w, fig_h, y, heatmap, (low, high), bar_threshold)
+    _draw_legend(fig, fig_w, fig_h, y, legend, (low, high))
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, facecolor="white", format="png")
@@ -426,14 +428,35 @@ def _draw_en_face(ax: Any, en_face: np.ndarray, shown: Sequence[int]) -> None:
         ax.axhline(s, color="cyan", lw=1.0)
 
 
+def _legend_lines(
+    heatmap: HeatmapThreshold, bar_threshold: float, column: str, text_w: float
+) -> tuple[list[str], list[str]]:
+    """Return the legend's two texts (heatmap; bars and boxes), wrapped to ``text_w`` px."""
+    heat = (
+        f"heatmap: residual |x − G(z)|, transparent up to {heatmap.value:.3g} "
+        f"(p{heatmap.percentile:g} of the {_short_source(heatmap.source)})"
+    )
+    bars = (
+        f"score bars (as in the paper's Fig. 3), lit at the {bar_threshold:g}th healthy "
+        "percentile of a patch column's score; boxes: candidate regions" + ranking_note(column)
+    )
+    return textwrap.wrap(heat, _chars(text_w, 9)), textwrap.wrap(bars, _chars(text_w, 9))
+
+
+def _legend_height(lines: tuple[list[str], list[str]]) -> int:
+    return LEGEND_LINE * (len(lines[0]) + len(lines[1])) + 36 + 44 + MARGIN
+
+
+LEGEND_LINE = 16
+
+
 def _draw_legend(
     fig: Any,
     fig_w: float,
     fig_h: float,
     y: float,
-    heatmap: HeatmapThreshold,
+    lines: tuple[list[str], list[str]],
     heat_range: tuple[float, float],
-    bar_threshold: float,
 ) -> None:
     """Colour bar of the heatmap and the key of the score bars and boxes, from ``y`` down."""
     from matplotlib.patches import Rectangle
@@ -441,17 +464,15 @@ def _draw_legend(
     def frac(x: float, yy: float, w: float, h: float) -> tuple[float, float, float, float]:
         return (x / fig_w, 1.0 - (yy + h) / fig_h, w / fig_w, h / fig_h)
 
+    def text(value: str) -> None:
+        fig.text(MARGIN / fig_w, 1.0 - y / fig_h, value, fontsize=9, va="top")
+
     low, high = heat_range
-    fig.text(
-        MARGIN / fig_w,
-        1.0 - y / fig_h,
-        f"heatmap: residual |x − G(z)|, transparent up to {heatmap.value:.3g} "
-        f"(p{heatmap.percentile:g} of the {_short_source(heatmap.source)})",
-        fontsize=9,
-        va="top",
-    )
+    for line in lines[0]:
+        text(line)
+        y += LEGEND_LINE
     bar_w = min(320.0, fig_w - 2 * MARGIN)
-    ax = fig.add_axes(frac(MARGIN, y + 20, bar_w, 12))
+    ax = fig.add_axes(frac(MARGIN, y + 4, bar_w, 12))
     ramp = np.linspace(low, high, 256)
     ax.imshow(
         heatmap_rgba(ramp[None, :] + 1e-12, low, high),
@@ -463,16 +484,11 @@ def _draw_legend(
     ticks = (low, (low + high) / 2, high)
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{v:.3g}" for v in ticks], fontsize=8)
-    y += 54
-    fig.text(
-        MARGIN / fig_w,
-        1.0 - y / fig_h,
-        f"score bars (as in the paper's Fig. 3), lit at the {bar_threshold:g}th healthy "
-        "percentile of a patch column's score; boxes: candidate regions",
-        fontsize=9,
-        va="top",
-    )
-    y += 18
+    y += 36
+    for line in lines[1]:
+        text(line)
+        y += LEGEND_LINE
+    y += 2
     key_w = fig_w - 2 * MARGIN
     key = fig.add_axes(frac(MARGIN, y, key_w, 40))
     key.set_axis_off()

@@ -57,6 +57,7 @@ __all__ = [
     "heatmap_rgba",
     "heatmap_threshold",
     "pixel_reference",
+    "ranking_note",
     "retina_rows",
     "score_bars",
     "stored_pixel_reference",
@@ -101,6 +102,13 @@ BAR_RULE = (
     "length is the columns of its patches; it is lit (red R, yellow D) where that score "
     "of a patch reaches the healthy percentile threshold."
 )
+
+
+def ranking_note(column: str) -> str:
+    """Say that candidates come from another score than the bars' R and D, if they do."""
+    if column in ("anomaly_score", "residual_score", "discrimination_score"):
+        return ""
+    return f" (found by the {column.replace('_', ' ')}, which the bars do not show)"
 
 
 def heatmap_colormap_stops() -> tuple[np.ndarray, np.ndarray]:
