@@ -233,7 +233,7 @@ def write_overview(
     n_cand = len(getattr(result, "candidates", None) or [])
     model_name = Path(str((getattr(result, "model", None) or {}).get("path") or "")).name
     header: list[tuple[str, str, float, str]] = [  # (text, colour, size, weight)
-        (f"{result.name}: {what} score {result.volume_score:.4g}", "black", 13, "bold"),
+        (f"{_printable(result.name)}: {what} score {result.volume_score:.4g}", "black", 13, "bold"),
         (_rule_line(result, s_count), "black", 10, "normal"),
         (
             f"{s_count} B-scan{'s' if s_count != 1 else ''} of {height} x {width} px, "
@@ -511,6 +511,11 @@ def _draw_legend(
             )
         )
         key.text(cx + 24, cy + 7.5, label, fontsize=8.5, va="center")
+
+
+def _printable(text: str) -> str:
+    """Return ``text`` with characters no font draws (controls) shown as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
 
 
 def _ordinal(k: int) -> str:
