@@ -58,13 +58,14 @@ def shoot(viewer, name: str, out: Path) -> None:
 
 
 def zoom_to_retina(viewer, image) -> None:
-    """Fill the canvas with the retina of the B-scan shown (its rows 130-400, all columns)."""
+    """Fill the canvas with the retina of the B-scan shown (rows 130-400, every column)."""
     import numpy as np
 
     from napari_anogan._widgets._common import zoom_to_box
 
-    lo = image.data_to_world(np.array([0.0, 130.0, 0.0])[-image.ndim :])
-    hi = image.data_to_world(np.array([0.0, 400.0, image.data.shape[-1] * 0.62])[-image.ndim :])
+    width = image.data.shape[-1]  # zoom_to_box shows 1.6 x the box: the whole width
+    lo = image.data_to_world(np.array([0.0, 130.0, 0.19 * width])[-image.ndim :])
+    hi = image.data_to_world(np.array([0.0, 400.0, 0.81 * width])[-image.ndim :])
     zoom_to_box(viewer, lo, hi)
 
 
