@@ -50,6 +50,8 @@ def test_model_fit_verdict_words():
     assert _fit_line({"verdict": "fits", "median_percentile": 50})[0].startswith(
         "model fit: the model fits"
     )
+    assert _fit_line({"verdict": "no_reference"})[0].startswith("model fit: unknown")
+    assert _fit_line({}) is None  # a result scored before model fits were judged
 
 
 def test_overview_with_a_model_fit_verdict(tmp_path):

@@ -123,7 +123,9 @@ def _fit_line(fit: dict | None) -> tuple[str, str] | None:
             "comparable to its healthy reference",
             MISFIT_COLOR,
         )
-    return f"model fit: {verdict}{detail}", "black"
+    if verdict == "no_reference":
+        return "model fit: unknown (the model has no healthy reference to judge it)", "0.3"
+    return f"model fit: {verdict.replace('_', ' ')}{detail}", "black"
 
 
 def _rule_line(result: Any, s_count: int) -> str:
