@@ -5,17 +5,26 @@ Run under a display (or Xvfb)::
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py
 
 Writes ``docs/screenshot_*.png``: the sample with the widgets docked, scoring results,
-the candidate table with a region selected, the export, training in progress, and the real
-OCTDL sample scored by the bundled real model (``real``).
+the candidate table with a region selected, the export, training in progress, the real
+OCTDL sample scored by the bundled real model (``real``), and ``docs/overview_sample.png``,
+the quick-look figure ``napari-anogan score`` writes for the sample (``overview``).
+
+Every path the widgets show is one a reader can use: the script runs in a scratch folder
+holding a link ``sample_data`` to the bundled files, so the model field reads
+``sample_data/anogan_small.pt`` and the export folder ``results``, as if napari had been
+started from a checkout of this repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +57,63 @@ def shoot(viewer, name: str, out: Path) -> None:
     logger.info("wrote %s", path)
 
 
+def zoom_to_retina(viewer, image) -> None:
+    """Fill the canvas with the retina of the B-scan shown (rows 130-400, every column)."""
+    import numpy as np
+
+    from napari_anogan._widgets._common import zoom_to_box
+
+    width = image.data.shape[-1]  # zoom_to_box shows 1.6 x the box: the whole width
+    lo = image.data_to_world(np.array([0.0, 130.0, 0.19 * width])[-image.ndim :])
+    hi = image.data_to_world(np.array([0.0, 400.0, 0.81 * width])[-image.ndim :])
+    zoom_to_box(viewer, lo, hi)
+
+
 def show_dock(viewer, title: str) -> None:
     """Bring a docked plugin widget's tab to the front."""
     widget = viewer.window.dock_widgets[f"{title} (napari-anogan)"]
     widget.parent().raise_()
+
+
+@contextlib.contextmanager
+def reader_folder() -> Iterator[Path]:
+    """Work in a scratch folder with a link ``sample_data`` to the bundled files."""
+    from napari_anogan.resources import sample_data_dir
+
+    before = Path.cwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "sample_data").symlink_to(sample_data_dir(), target_is_directory=True)
+        os.chdir(folder)
+        try:
+            yield folder
+        finally:
+            os.chdir(before)
+
+
+def relative(path: str | Path) -> str:
+    """``path`` as the scratch folder sees it (``sample_data/...``)."""
+    from napari_anogan.resources import sample_data_dir
+
+    path = Path(path)
+    try:
+        return str(Path("sample_data") / path.resolve().relative_to(sample_data_dir().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def shoot_overview(out: Path) -> None:
+    """The quick-look PNG of ``napari-anogan score`` for the bundled sample (no model given)."""
+    from napari_anogan.cli import main as cli
+
+    with reader_folder() as folder:
+        status = cli(["-q", "score", "sample_data/sample_volume.ome.tif", "-o", "results"])
+        if status != 0:
+            raise SystemExit(f"napari-anogan score ended with {status}")
+        shutil.copyfile(
+            folder / "results" / "sample_volume_overview.png", out / "overview_sample.png"
+        )
+    logger.info("wrote %s", out / "overview_sample.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,25 +127,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
-    import napari
-
     from napari_anogan._widgets._common import bundled_model_path
-    from napari_anogan._widgets.viewer import dock_widgets
 
-    model = args.model or bundled_model_path()
+    model = Path(args.model).resolve() if args.model else bundled_model_path()
     if model is None:
         parser.error("no bundled model yet: pass --model")
+    args.out = args.out.resolve()  # the shots are taken in a scratch folder
     args.out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only or ["sample", "score", "candidates", "export", "train", "real"])
+    every = ["sample", "score", "candidates", "export", "train", "real", "overview"]
+    wanted = set(args.only or every)
+    if "overview" in wanted:
+        shoot_overview(args.out)
+        wanted.discard("overview")
     if "real" in wanted:
-        shoot_real(args.out)
+        with reader_folder():
+            shoot_real(args.out)
         wanted.discard("real")
-        if not wanted:
-            return 0
+    if not wanted:
+        return 0
+    with reader_folder():
+        return shoot_widgets(args, wanted, model)
+
+
+def shoot_widgets(args: argparse.Namespace, wanted: set[str], model: str | Path) -> int:
+    """The sample with the widgets: sample, score, candidates, export, train."""
+    import napari
+
+    from napari_anogan._widgets.viewer import dock_widgets
 
     viewer = napari.Viewer(title="napari-anogan")
     viewer.window.resize(1600, 1000)
     widgets = dock_widgets(viewer)
+    widgets["Score volume"].model_path.setText(relative(model))
     viewer.open_sample("napari-anogan", "synthetic_volume")
     image = viewer.layers[0]
     viewer.dims.set_point(0, 8 * image.scale[0])
@@ -96,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     score = widgets["Score volume"]
-    score.model_path.setText(str(model))
+    score.model_path.setText(relative(model))
     if args.steps is not None:
         score.steps.setValue(args.steps)
     outcome: list[str] = []
@@ -105,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     wait_until(lambda: bool(outcome))
     if outcome != ["done"]:
         raise SystemExit(f"scoring ended with {outcome[0]}")
-    viewer.reset_view()
+    zoom_to_retina(viewer, image)
     if "score" in wanted:
         shoot(viewer, "score", args.out)
 
@@ -119,35 +194,31 @@ def main(argv: list[str] | None = None) -> int:
 
     export = widgets["Export"]
     show_dock(viewer, "Export")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "sample_volume_results"
-        folder.mkdir()
-        export.folder.setText(str(folder))
-        export.export()
-        if "export" in wanted:
-            shoot(viewer, "export", args.out)
+    Path("results").mkdir(exist_ok=True)
+    export.folder.setText("results")
+    export.export()
+    if "export" in wanted:
+        shoot(viewer, "export", args.out)
 
     if "train" in wanted:
         train = widgets["Train healthy model"]
         show_dock(viewer, "Train healthy model")
         for layer in viewer.layers:  # only the scan and, soon, the samples
             layer.visible = layer is image
-        with tempfile.TemporaryDirectory() as folder:
-            from napari_anogan.resources import SAMPLE_VOLUME, sample_path
-
-            train.set_paths([sample_path(SAMPLE_VOLUME)])
-            train.preset.setCurrentText("small")
-            train.epochs.setValue(20)
-            train.patches_per_scan.setValue(32)
-            train.output.setText(str(Path(folder) / "model.pt"))
-            ended: list[str] = []
-            train.finished.connect(ended.append)
-            train.train_button.click()
-            wait_until(lambda: len(train.plot.values["d_loss"]) >= 40 or bool(ended))
-            viewer.reset_view()
-            shoot(viewer, "train", args.out)
-            train.cancel_button.click()
-            wait_until(lambda: bool(ended))
+        train.set_paths(["sample_data/sample_volume.ome.tif"])
+        train.preset.setCurrentText("small")
+        train.epochs.setValue(20)
+        train.patches_per_scan.setValue(32)
+        train.output.setText("healthy_model.pt")
+        ended: list[str] = []
+        train.finished.connect(ended.append)
+        train.train_button.click()
+        # past the first epoch, so the bar shows the time left
+        wait_until(lambda: len(train.plot.values["d_loss"]) >= 60 or bool(ended))
+        viewer.reset_view()
+        shoot(viewer, "train", args.out)
+        train.cancel_button.click()
+        wait_until(lambda: bool(ended))
     viewer.close()
     return 0
 
@@ -163,6 +234,7 @@ def shoot_real(out: Path) -> None:
     widgets = dock_widgets(viewer)
     viewer.open_sample("napari-anogan", "octdl_bscan")
     score = widgets["Score volume"]
+    score.model_path.setText(relative(score.model_path.text()))
     outcome: list[str] = []
     score.finished.connect(outcome.append)
     score.run_button.click()

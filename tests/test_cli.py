@@ -85,6 +85,17 @@ def test_score_writes_the_documented_outputs(synthetic_dir, tiny_model_path, tmp
     assert summary["settings"]["hybrid_steps"] == 3
     assert len(summary["bscan_scores"]) == 3
     assert "diseased: volume score" in capsys.readouterr().out
+    # the quick-look figure, written before the summary; --no-figures skips it
+    overview = tmp_path / "diseased_overview.png"
+    assert 20_000 < overview.stat().st_size < 3_000_000
+    again = tmp_path / "again"
+    args = ["-q", "score", str(src), "-m", str(tiny_model_path), "-o", str(again)]
+    assert main([*args, "--hybrid-steps", "1", "--no-figures"]) == 0
+    assert sorted(p.name for p in again.iterdir()) == [
+        "diseased_residual.tif",
+        "diseased_scores.csv",
+        "diseased_summary.json",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -209,6 +220,52 @@ def test_evaluate_writes_metrics_for_every_score(synthetic_dir, tiny_model_path,
         assert roc_auc_score(labels, values) == pytest.approx(metrics[name]["patch_auc"], abs=1e-12)
     for fig in ("fig3_patches.png", "fig4a_roc_models.png", "fig4c_residual_score.png"):
         assert (out / fig).stat().st_size > 5_000
+
+
+@pytest.mark.slow
+def test_score_without_a_model_uses_the_bundled_one_and_says_so(tmp_path, capsys):
+    """`score` without -m: the bundled model, named on the first line of each output, and
+    the overview PNG of the sample, readable at 100 % (about 1000 px wide, cropped)."""
+    from PIL import Image
+
+    from napari_anogan.resources import SAMPLE_VOLUME, sample_path
+
+    assert main(["-q", "score", str(sample_path(SAMPLE_VOLUME)), "-o", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0].startswith(
+        "napari-anogan score: no model given (-m): using the bundled model anogan_small.pt"
+    )
+    assert out.splitlines()[0].startswith(
+        "sample_volume: bundled model anogan_small.pt (no -m given); volume score"
+    )
+    summary = json.loads((tmp_path / "sample_volume_summary.json").read_text())
+    assert summary["model"]["path"].endswith("anogan_small.pt")
+    # the heatmap threshold a TIFF reader needs: the model has no pixel reference (it
+    # predates it), so this scan's healthy-looking patches stand in, and the summary says so
+    assert summary["heatmap_threshold"]["source"] == "healthy-looking patches"
+    assert 0.3 < summary["heatmap_threshold"]["value"] < 0.8
+    overview = tmp_path / "sample_volume_overview.png"
+    with Image.open(overview) as png:
+        width, height = png.size
+    assert width == 2 * 512 + 32  # 512 columns drawn as 2 x 2 pixels, and margins
+    assert 1200 < height < 2600  # three cropped B-scans, the en-face map, the legend
+    assert 200_000 < overview.stat().st_size < 2_000_000
+
+
+def test_summary_line_names_the_model_and_its_fit():
+    from types import SimpleNamespace
+
+    from napari_anogan.cli import _summary_line
+
+    result = SimpleNamespace(
+        name="scan", volume_score=12.0, patches={"slice": [0, 0]}, candidates=[{}]
+    )
+    assert _summary_line(result) == "scan: volume score 12, 2 patches, 1 candidate regions"
+    result.model_fit = {"verdict": "does_not_fit"}
+    assert _summary_line(result, model_note="bundled model m.pt (no -m given)") == (
+        "scan: bundled model m.pt (no -m given); model fit: does_not_fit; volume score 12, "
+        "2 patches, 1 candidate regions"
+    )
 
 
 @pytest.mark.slow

@@ -114,7 +114,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(synthetic_dir, tmp_p
     inputs = [str(p) for p in sorted(synthetic_dir.glob("healthy_*.ome.tif"))]
     killed = tmp_path / "killed.pt"
     t0 = time.monotonic()
-    _kill_mid_epoch(inputs, killed, "epoch 2, batch 3/")
+    _kill_mid_epoch(inputs, killed, "epoch 2/3, batch 3/")
     # The checkpoint left behind is the complete one of epoch 1, never a partial file.
     training = json.loads(read_checkpoint(killed)["training"])
     assert training["epochs_done"] == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_anogan"
 
 LAYERS = (
-    {"settings", "errors", "events", "_atomic", "device", "resources"},
+    {"settings", "errors", "events", "progress", "_atomic", "device", "resources"},
     {"io"},
     {"preprocess", "datasets"},
     {"models"},

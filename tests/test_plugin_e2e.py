@@ -7,6 +7,7 @@ mapping steps. Slow-ish (seconds), but every widget runs its real core job in a 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -64,11 +65,27 @@ def test_train_widget_one_epoch(make_napari_viewer, qtbot, data_dir, notes, tmp_
     widget.reference_steps.setValue(5)
     output = tmp_path / "gui.pt"
     widget.output.setText(str(output))
+    seen = []  # what the progress bar and the status line show after each event
+
+    def record(event):
+        seen.append((widget.progress.format(), widget.progress.value(), widget.status.text()))
+
     with qtbot.waitSignal(widget.finished, timeout=TIMEOUT_MS) as blocker:
         widget.train_button.click()
+        widget.job.worker.yielded.connect(record)
         assert widget.cancel_button.isEnabled()
         assert not widget.train_button.isEnabled()
     assert blocker.args == ["done"]
+    # one bar per stage, each only moving forward; epochs and batches in the status line
+    runs = [list(group) for _, group in itertools.groupby(seen, key=lambda s: s[0])]
+    stages = [run[0][0].split(":")[0] for run in runs]
+    assert stages[:2] == ["preprocess", "train GAN"]
+    assert "train encoder" in stages
+    for run in runs:
+        values = [v for _, v, _ in run if v >= 0]  # -1: a busy bar, share unknown
+        assert values == sorted(values), run[0][0]
+    assert any("epoch 1/1, batch" in text for fmt, _, text in seen if "train GAN" in fmt)
+    assert widget.status.text() == f"done: healthy model written to {output}"
     assert not notes["error"]
     assert load_checkpoint(output).model_config.preset == "tiny"
     assert widget.plot.values["d_loss"]

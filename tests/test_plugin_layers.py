@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_anogan import settings
 from napari_anogan._widgets import _layers
 from napari_anogan.pipeline import VolumeResult
 from napari_anogan.scoring.candidates import find_candidates
+from napari_anogan.scoring.display import PIXEL_SOURCES, heatmap_rgba
 
 S, H, W, P, STRIDE = 3, 64, 96, 32, 16
 
@@ -77,11 +79,23 @@ def test_result_layers_names_and_types():
     assert names == [f"scan {kind}" for kind in _layers.LAYER_KINDS]
     types = {meta["name"]: kind for _, meta, kind in layers}
     assert types["scan residual"] == "image"
+    assert types["scan residual (raw)"] == "image"
     assert types["scan patch scores"] == "shapes"
-    residual = layers[1]
-    assert residual[1]["blending"] == "additive"
-    assert residual[1]["scale"] == (2.0, 1.0, 1.5)
-    assert residual[0].shape == (S, H, W)
+    by_name = {meta["name"]: (data, meta) for data, meta, _ in layers}
+    data, residual = by_name["scan residual"]
+    assert residual["blending"] == "translucent"
+    assert residual["scale"] == (2.0, 1.0, 1.5)
+    assert data.shape == (S, H, W)
+    # the thresholded heatmap starts at its threshold, which its metadata states
+    threshold = residual["metadata"][_layers.HEATMAP_KEY]
+    assert residual["contrast_limits"][0] == threshold["value"]
+    assert threshold["percentile"] == settings.HEATMAP_PERCENTILE
+    assert threshold["source"] in PIXEL_SOURCES
+    # the raw residual: same array, hidden, coloured from 0 as before
+    raw_data, raw = by_name["scan residual (raw)"]
+    assert raw_data is data
+    assert raw["visible"] is False
+    assert raw["contrast_limits"][0] == 0.0
 
 
 def test_reconstruction_limits_ignore_nan():
@@ -104,15 +118,38 @@ def test_contrast_limits_of_a_large_volume_from_a_subsample():
     assert _layers._robust_limits(np.ones((4, 4))) == (1.0, 2.0)
 
 
-def test_image_layers_are_the_first_two_result_layers():
+def test_image_layers_are_the_first_three_result_layers():
     result = fake_result()
     images = _layers.image_layers(result, "scan", scale=(2.0, 1.0, 1.5))
     full = _layers.result_layers(result, "scan", scale=(2.0, 1.0, 1.5))
-    assert [m["name"] for _, m, _ in images] == ["scan reconstruction", "scan residual"]
-    for (data, meta, kind), (data2, meta2, kind2) in zip(images, full[:2], strict=True):
+    assert [m["name"] for _, m, _ in images] == [
+        "scan reconstruction",
+        "scan residual (raw)",
+        "scan residual",
+    ]
+    for (data, meta, kind), (data2, meta2, kind2) in zip(images, full[:3], strict=True):
         np.testing.assert_array_equal(data, data2)
-        assert meta == meta2
+        assert {k: v for k, v in meta.items() if k != "colormap"} == {
+            k: v for k, v in meta2.items() if k != "colormap"
+        }
         assert kind == kind2 == "image"
+
+
+def test_heatmap_is_transparent_at_and_below_its_threshold():
+    """napari's colormap of the residual layer: alpha 0 up to the threshold, opaque above."""
+    result = fake_result()
+    data, meta, _ = _layers.residual_layer(result, "scan", scale=(1, 1, 1))
+    low, high = meta["contrast_limits"]
+    colormap = meta["colormap"]
+    norm = np.clip((data - low) / (high - low), 0, 1)
+    alpha = colormap.map(norm.ravel())[:, 3]
+    hot = (data > low).ravel()
+    assert hot.sum() == 20 * 20  # the planted 20 x 20 block of residual 1.0
+    assert np.all(alpha[~hot] == 0.0)
+    assert np.all(alpha[hot] == 1.0)
+    # the same colours as the overview figure draws
+    rgba = heatmap_rgba(data, low, high).reshape(-1, 4)
+    np.testing.assert_allclose(rgba[hot], colormap.map(norm.ravel()[hot]), atol=0.01)
 
 
 def test_patch_rectangles_cover_pixel_edges():

@@ -58,14 +58,19 @@ def test_result_layers_added_over_the_image(scored_viewer):
     for kind in ("reconstruction", "residual", "patch scores", "score bars", "boundaries"):
         layer = scored_viewer.layers[f"scan {kind}"]
         np.testing.assert_allclose(layer.scale[-3:], SCALE)
-    assert scored_viewer.layers["scan residual"].blending == "additive"
+    residual = scored_viewer.layers["scan residual"]
+    assert residual.blending == "translucent"
+    assert residual.colorbar.visible  # the heatmap's colour bar, in residual units
+    assert residual.metadata["heatmap_threshold"]["value"] == residual.contrast_limits[0]
+    raw = scored_viewer.layers["scan residual (raw)"]
+    assert raw.data is residual.data  # one array, two displays
     cands = scored_viewer.layers["scan candidates"]
     assert len(cands.data) >= 1
     assert "decision" in cands.features.columns
-    # every layer inserted hidden was shown again; only G(z) and the patch boxes stay
-    # hidden (they would cover the scan)
+    # every layer inserted hidden was shown again; only G(z), the raw residual and the
+    # patch boxes stay hidden (they would cover the scan)
     hidden = [layer.name for layer in scored_viewer.layers if not layer.visible]
-    assert hidden == ["scan reconstruction", "scan patch scores"]
+    assert hidden == ["scan reconstruction", "scan residual (raw)", "scan patch scores"]
 
 
 def test_result_layer_steps_insert_hidden_then_show(make_napari_viewer):
@@ -87,7 +92,7 @@ def test_result_layer_steps_insert_hidden_then_show(make_napari_viewer):
     assert all(not visible for step, visible in log if step.startswith("inserted"))
     shown = [step.split(" ", 1)[1] for step, visible in log if step.startswith("showed")]
     assert all(visible for step, visible in log if step.startswith("showed"))
-    starts_hidden = ("reconstruction", "patch scores")
+    starts_hidden = ("reconstruction", "residual (raw)", "patch scores")
     assert shown == [f"scan {kind}" for kind in LAYER_KINDS if kind not in starts_hidden]
 
 
@@ -298,13 +303,14 @@ def test_export_writes_files_that_reopen(scored_viewer, tmp_path, errors):
     widget.folder.setText(str(tmp_path))
     written = widget.export()
     assert not errors
-    assert set(written) == {"heatmap", "candidates", "scores", "snapshot", "summary"}
+    assert set(written) == {"heatmap", "candidates", "scores", "overview", "snapshot", "summary"}
     # the CLI's file names for the ``score`` outputs
     from napari_anogan._widgets._common import RESULT_KEY
     from napari_anogan.pipeline import output_paths
 
-    cli = output_paths(widget.source.layer().metadata[RESULT_KEY].name, tmp_path)
-    assert [written[k] for k in ("heatmap", "scores", "summary")] == list(cli.values())
+    cli = output_paths(widget.source.layer().metadata[RESULT_KEY].name, tmp_path, figures=True)
+    kinds = ("heatmap", "scores", "overview", "summary")
+    assert [written[k] for k in kinds] == list(cli.values())
     heatmap = read_volume(written["heatmap"])
     assert heatmap.data.shape == (S, H, W)
     np.testing.assert_allclose(heatmap.spacing, SCALE)
@@ -320,6 +326,10 @@ def test_export_writes_files_that_reopen(scored_viewer, tmp_path, errors):
     from PIL import Image
 
     assert Image.open(written["snapshot"]).size[0] > 10
+    # the CLI's overview figure, at the heatmap threshold the viewer shows
+    assert Image.open(written["overview"]).size[0] >= 0.9 * settings.FIGURE_MIN_WIDTH
+    shown = scored_viewer.layers["scan residual"].metadata["heatmap_threshold"]
+    assert summary["heatmap_threshold"]["source"] == shown["source"]
 
 
 def test_export_to_missing_folder_notifies(scored_viewer, tmp_path, errors):
@@ -612,3 +622,150 @@ def test_real_sample_is_scored_with_the_bundled_real_model(make_napari_viewer):
     assert layer.metadata["model"] == str(sample_path(BUNDLED_REAL_MODEL))
     assert widget.image.layer() is layer
     assert Path(widget.model_path.text()) == sample_path(BUNDLED_REAL_MODEL)
+
+
+def _transparent_share(layer, where=None) -> float:
+    """Share of a heatmap layer's pixels (``where`` True) that napari draws fully transparent."""
+    low, high = layer.contrast_limits
+    data = np.asarray(layer.data, dtype=float)
+    norm = np.clip((data - low) / (high - low), 0.0, 1.0)
+    alpha = layer.colormap.map(norm.ravel())[:, 3].reshape(data.shape)
+    selected = alpha[where] if where is not None else alpha
+    return float(np.mean(selected == 0.0))
+
+
+def test_heatmap_threshold_moves_from_the_candidate_widget(make_napari_viewer, errors):
+    """The heatmap is transparent below a healthy pixel percentile: 99 by default, moved
+    from the Candidate markers widget, stored in the residual layer's metadata."""
+    from napari_anogan._widgets._layers import pixel_reference_from_metadata, result_layers
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((S, H, W), np.float32), name="scan", scale=SCALE)
+    result = fake_result()
+    rng = np.random.default_rng(0)
+    result.residual = rng.uniform(0.1, 0.2, (S, H, W)).astype(np.float32)
+    result.residual[1, 16:48, 32:64] = 1.5  # what only the anomalous patches cover
+    add_result_layers(viewer, result_layers(result, "scan", scale=SCALE), "scan")
+    residual = viewer.layers["scan residual"]
+    lesion = np.zeros((S, H, W), bool)
+    lesion[1, 16:48, 32:64] = True
+    # 99th percentile: the lesion and about 1 % of the rest are coloured
+    assert residual.metadata["heatmap_threshold"]["percentile"] == settings.HEATMAP_PERCENTILE
+    assert _transparent_share(residual, lesion) == 0.0
+    assert 0.985 <= _transparent_share(residual, ~lesion) <= 0.995
+    widget = CandidatesWidget(viewer)
+    assert widget.heatmap_percentile.value() == settings.HEATMAP_PERCENTILE
+    reference = pixel_reference_from_metadata(residual.metadata)
+    widget.heatmap_percentile.setValue(60.0)
+    assert residual.contrast_limits[0] == pytest.approx(reference.value_at(60.0))
+    assert residual.metadata["heatmap_threshold"]["percentile"] == 60.0
+    assert 0.58 <= _transparent_share(residual, ~lesion) <= 0.62
+    assert "p60 of the" in widget.legend.heatmap_text.text()
+    # the raw residual is kept, hidden, coloured from 0
+    raw = viewer.layers["scan residual (raw)"]
+    assert not raw.visible
+    assert raw.blending == "additive"
+    assert raw.contrast_limits[0] == 0.0
+    assert not errors
+
+
+def test_legend_says_what_the_colours_mean(scored_viewer):
+    widget = CandidatesWidget(scored_viewer)
+    widget.show()
+    legend = widget.legend
+    assert legend.isVisible()
+    assert legend.heatmap_bar.pixmap().width() == 200
+    texts = [label.text() for label in legend.bar_labels + legend.box_labels]
+    assert any(t.startswith("upper bar: residual score R") for t in texts)
+    assert any(t.startswith("lower bar: discrimination score D") for t in texts)
+    assert any("below the threshold" in t for t in texts)
+    assert any("candidate region" in t for t in texts)
+    assert "lit at healthy p99" in legend.bars_title.text()
+    residual = scored_viewer.layers["scan residual"]
+    low = residual.contrast_limits[0]
+    assert f"transparent up to {low:.3g}" in legend.heatmap_text.text()
+    assert residual.colorbar.visible  # and the canvas shows the heatmap's colour bar
+    widget.threshold.setValue(99.95)  # bars follow the candidates' threshold
+    assert "lit at healthy p99.95" in legend.bars_title.text()
+
+
+def test_candidate_table_fits_the_default_dock(make_napari_viewer, qtbot, errors):
+    """Rank, B-scans, score, percentile, decision: no horizontal scrolling in the dock the
+    plugin opens with; the rest of a region in its tooltip and the details line."""
+    from napari_anogan._widgets._layers import result_layers
+    from napari_anogan._widgets.candidates import COLUMNS
+    from napari_anogan._widgets.viewer import dock_widgets
+
+    viewer = make_napari_viewer(show=True)
+    widgets = dock_widgets(viewer)
+    viewer.add_image(np.zeros((S, H, W), np.float32), name="scan", scale=SCALE)
+    add_result_layers(viewer, result_layers(fake_result(), "scan", scale=SCALE), "scan")
+    widget = widgets["Candidate markers"]
+    widget.parent().raise_()
+    qtbot.waitUntil(lambda: widget.table.isVisible() and widget.table.rowCount() > 0)
+    qtbot.wait(50)
+    table = widget.table
+    headers = [table.horizontalHeaderItem(i).text() for i in range(table.columnCount())]
+    assert headers == list(COLUMNS) == ["#", "B-scans", "score", "pct", "decision"]
+    assert table.horizontalScrollBar().maximum() == 0  # nothing hidden to the right
+    metrics = table.horizontalHeader().fontMetrics()
+    for i, text in enumerate(headers):  # every header readable in full
+        assert table.horizontalHeader().sectionSize(i) >= metrics.horizontalAdvance(text)
+    tip = table.item(0, 0).toolTip()
+    assert "rows" in tip
+    assert "columns" in tip
+    assert "mean" in tip
+    widget.select(0)
+    assert widget.details.text() == tip
+    assert widget.details.wordWrap()
+    assert not errors
+
+
+def test_messages_are_shown_in_full_in_the_widgets(make_napari_viewer, errors, tmp_path):
+    viewer = make_napari_viewer()
+    score = ScoreWidget(viewer)
+    score.run()  # no image
+    assert score.status.text() == errors[-1]
+    assert score.status.wordWrap()
+    train = TrainWidget(viewer)
+    train.start()
+    assert train.status.text() == errors[-1]
+    export = ExportWidget(viewer)
+    export.export()
+    assert export.status.text() == errors[-1]
+    assert "nothing to export yet" in export.status.text()
+
+
+def test_bundled_sample_heatmap_colours_what_healthy_tissue_rarely_shows(
+    make_napari_viewer, qtbot, errors
+):
+    """The README's first look: the synthetic sample scored with the bundled model in
+    napari. The heatmap leaves most of the retina clear and colours the planted lesions
+    several times as often; the progress bar ends on "done" and the status line says the
+    whole result."""
+    from napari_anogan._widgets.viewer import dock_widgets
+    from napari_anogan.io import read_volume
+    from napari_anogan.resources import SAMPLE_MASK, sample_path
+
+    viewer = make_napari_viewer()
+    widgets = dock_widgets(viewer)
+    viewer.open_sample("napari-anogan", "synthetic_volume")
+    score = widgets["Score volume"]
+    with qtbot.waitSignal(score.finished, timeout=600_000) as blocker:
+        score.run_button.click()
+    assert blocker.args == ["done"]
+    assert not errors
+    assert score.progress.format() == "done"
+    assert score.status.text().startswith("sample_volume: volume score ")
+    assert "candidate regions above the 99th healthy percentile" in score.status.text()
+    residual = viewer.layers["sample_volume residual"]
+    result = viewer.layers["sample_volume patch scores"].metadata["anogan_result"]
+    rows = np.arange(residual.data.shape[1])[None, :, None]
+    retina = (rows >= np.floor(result.ilm)[:, None, :]) & (rows <= np.ceil(result.bm)[:, None, :])
+    mask = read_volume(sample_path(SAMPLE_MASK)).data > 0
+    clear = _transparent_share(residual, retina & ~mask)
+    assert 0.93 <= clear <= 0.995  # measured 0.97: the retina is no longer covered
+    coloured_lesion = 1.0 - _transparent_share(residual, mask)
+    assert coloured_lesion >= 4 * (1.0 - clear)  # measured 5x as often in the lesions
+    before = _transparent_share(viewer.layers["sample_volume residual (raw)"], retina)
+    assert before < 0.01  # the raw residual, coloured from 0, covers it all

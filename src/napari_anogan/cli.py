@@ -21,32 +21,85 @@ from napari_anogan.errors import AnoganError
 logger = logging.getLogger("napari_anogan")
 
 
-def _drain(job: Generator, description: str, *, quiet: bool = False):
-    """Run a progress generator to completion with a tqdm bar; return its result."""
+#: A stage's bar on the command line: its share done, then what and how long still.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:24}| {detail}"
+#: A stage whose share done is not known yet: what it does.
+BUSY_FORMAT = "{desc}: {detail}"
+#: Least time between two redraws of a bar (seconds), unless its whole percent changed.
+BAR_REFRESH_S = 0.2
+
+
+def _stage_bar(description: str):
+    """Return a tqdm bar of one stage, with a ``{detail}`` field (what, time left)."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="step", disable=quiet, file=sys.stderr, leave=True)
+    class StageBar(tqdm):
+        detail = ""
+
+        @property
+        def format_dict(self):
+            return {**super().format_dict, "detail": self.detail}
+
+    return StageBar(
+        total=100, desc=description, bar_format=BUSY_FORMAT, file=sys.stderr, leave=True
+    )
+
+
+def _drain(job: Generator, description: str, *, quiet: bool = False):
+    """Run a progress generator to completion with one bar per stage; return its result.
+
+    The events go through :class:`~napari_anogan.progress.ProgressTracker`, as in the
+    widgets: each stage (preprocess, map, write; train GAN, reference, ...) gets a bar of
+    its own that only moves forward, with what it does and its estimated time left, and
+    ends with the time it took.
+    """
+    import time
+
+    from napari_anogan.progress import ProgressTracker, format_duration
+
+    tracker = ProgressTracker()
+    bar = None
+    shown: tuple = ()
+    last_draw = 0.0
+
+    def close(bar, seconds: float, known: bool) -> None:
+        if known:
+            bar.bar_format = BAR_FORMAT
+            bar.n = 100
+        bar.detail = f"done in {format_duration(seconds)}"
+        bar.refresh()
+        bar.close()
+
     try:
         while True:
             try:
                 event = next(job)
             except StopIteration as stop:
+                if bar is not None and tracker.last is not None:
+                    close(bar, tracker.stage_seconds(), tracker.last.fraction is not None)
+                    bar = None
                 return stop.value
-            total = getattr(event, "total", None)
-            step = getattr(event, "step", None)
-            if total and bar.total != total:
-                bar.reset(total=total)
-            if step is not None and total:
-                bar.n = min(step, total)
-            losses = getattr(event, "losses", None) or {}
-            if losses:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]}, refresh=False)
-            message = getattr(event, "message", "")
-            if message:
-                bar.set_description(f"{description}: {message}", refresh=False)
-            bar.refresh()
+            if quiet:
+                continue
+            before = tracker.last
+            progress = tracker.update(event)
+            if progress.new_stage:
+                if bar is not None and before is not None:
+                    close(bar, progress.previous_s or 0.0, before.fraction is not None)
+                bar = _stage_bar(f"{description} · {progress.stage}")
+            assert bar is not None
+            if progress.fraction is not None:
+                bar.bar_format = BAR_FORMAT
+                bar.n = progress.percent
+            now = time.monotonic()
+            state = (progress.stage_number, progress.percent)
+            if state != shown or now - last_draw >= BAR_REFRESH_S:
+                bar.detail = " · ".join(p for p in (progress.detail, progress.eta_text()) if p)
+                bar.refresh()
+                shown, last_draw = state, now
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
@@ -158,7 +211,26 @@ def _score_settings(args: argparse.Namespace):
     )
 
 
+def _score_model(args: argparse.Namespace) -> str:
+    """Return the ``-m`` model, or the bundled one (said on stderr) when none was given."""
+    if args.model is not None:
+        args.model_note = ""
+        return args.model
+    from napari_anogan.resources import BUNDLED_MODEL, sample_path
+
+    path = sample_path(BUNDLED_MODEL)
+    args.model_note = f"bundled model {path.name} (no -m given)"
+    print(
+        f"napari-anogan score: no model given (-m): using the bundled model {path.name}, "
+        "trained on synthetic healthy eyes only; give -m MODEL for real scans",
+        file=sys.stderr,
+    )
+    logger.debug("bundled model: %s", path)
+    return str(path)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
+    args.model = _score_model(args)
     if args.workers is not None or args.scheduler is not None:
         return _cmd_score_dask(args)
     from napari_anogan.checkpoint import load_checkpoint
@@ -171,9 +243,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for path in _expand(args, args.inputs):
         # lazy: a TIFF or .npy volume is read a chunk of B-scans at a time
         volume = read_volume(path, lazy=True)
-        job = score_volume(volume, model, settings, outdir=outdir, chunk_slices=args.chunk_slices)
+        job = score_volume(
+            volume,
+            model,
+            settings,
+            outdir=outdir,
+            chunk_slices=args.chunk_slices,
+            figures=args.figures,
+        )
         result = _drain(job, f"score {volume.name}", quiet=args.quiet)
-        print(_summary_line(result))
+        print(_summary_line(result, model_note=args.model_note))
         _print_fit(result, args.model, path)
     return 0
 
@@ -201,17 +280,23 @@ def _cmd_score_dask(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         on_result=report,
+        figures=args.figures,
     )
     return 2 if any(s.status == "failed" for s in statuses) else 0
 
 
-def _summary_line(result) -> str:
+def _summary_line(result, model_note: str = "") -> str:
+    """One line per scored volume: the model (when it was not chosen), its fit, the scores."""
     from napari_anogan.scoring.fit import fit_summary
 
+    head = [model_note] if model_note else []
+    fit = getattr(result, "model_fit", None)
+    if fit:
+        head.append(f"model fit: {fit_summary(fit)}")
+    prefix = f"{'; '.join(head)}; " if head else ""
     return (
-        f"{result.name}: volume score {result.volume_score:.4g}, "
-        f"{len(result.patches['slice'])} patches, {len(result.candidates)} candidate regions; "
-        f"model fit: {fit_summary(result.model_fit or {})}"
+        f"{result.name}: {prefix}volume score {result.volume_score:.4g}, "
+        f"{len(result.patches['slice'])} patches, {len(result.candidates)} candidate regions"
     )
 
 
@@ -440,9 +525,21 @@ def _add_score_command(sub: Callable[..., argparse.ArgumentParser]) -> None:
     p = sub("score", help="score volumes with a healthy model")
     p.add_argument("inputs", nargs="+", help="volumes, B-scans or folders of B-scans")
     _add_folders_option(p)
-    p.add_argument("-m", "--model", required=True, help="model checkpoint")
+    p.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="model checkpoint (default: the bundled model, trained on synthetic healthy eyes)",
+    )
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_score_options(p)
+    p.add_argument(
+        "--figures",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.WRITE_FIGURES,
+        help="also write <stem>_overview.png: the top B-scans with heatmap, candidates and "
+        "score bars, the en-face map, the volume score (--no-figures: skip it)",
+    )
     p.add_argument(
         "--workers",
         type=int,

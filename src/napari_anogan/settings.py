@@ -160,3 +160,29 @@ SCORE_CHUNK_SLICES = 16
 
 #: Training epochs of the aCAE baseline (Table 1) when ``evaluate`` trains it.
 ACAE_EPOCHS = 5
+
+# ------------------------------------------------------------------------------ display
+
+#: Residual heatmap: transparent up to this percentile of the healthy pixel residual, so
+#: only residual that healthy tissue rarely reaches is coloured (the same level as the
+#: candidates' patch threshold; adjustable in the Candidate markers widget).
+HEATMAP_PERCENTILE = 99.0
+#: A model without a pixel reference: this scan's patches at or below this healthy
+#: percentile (the healthy median) stand in for healthy tissue.
+HEALTHY_LOOKING_PERCENTILE = 50.0
+#: Fewest such healthy-looking patches to use them; with fewer, the scan's whole residual.
+HEALTHY_LOOKING_MIN_PATCHES = 8
+#: Most patches read for that stand-in reference (a seeded choice): bounded work on large
+#: volumes whose residual is read lazily from disk.
+HEALTHY_LOOKING_MAX_PATCHES = 256
+#: Write ``<stem>_overview.png`` with the ``score`` outputs (``--no-figures``: skip it).
+WRITE_FIGURES = True
+#: B-scans shown in the overview figure: the highest-scoring ones.
+OVERVIEW_BSCANS = 3
+#: Figures of B-scans (the ``score`` overview, the ``preprocess`` boundaries): narrower
+#: B-scans are enlarged (whole pixels, no smoothing) to about this width, wider ones are
+#: drawn pixel for pixel, so either is readable at 100 % zoom.
+FIGURE_MIN_WIDTH = 900
+#: Progress: a stage's time left is estimated once it has run this long (seconds), from
+#: its progress since its first report (the first batch, which warms up, is not timed).
+ETA_MIN_S = 2.0

@@ -145,18 +145,21 @@ def device_choices() -> list[tuple[str, str]]:
     return choices
 
 
-def notify_error(exc: BaseException, what: str) -> None:
-    """Show an error as a napari notification (and log it).
+def notify_error(exc: BaseException, what: str) -> str:
+    """Show an error as a napari notification (and log it); return the message shown.
 
     A project error (:class:`AnoganError`) is the user's to fix: its message is shown as
-    is. Anything else is a bug: logged with its traceback and shown with its type.
+    is. Anything else is a bug: logged with its traceback and shown with its type. The
+    notification may be cut off; widgets show the returned message in full, in a label.
     """
     if isinstance(exc, AnoganError):
         logger.warning("%s failed: %s", what, exc)
-        show_error(f"{what} failed: {exc}")
+        message = f"{what} failed: {exc}"
     else:
         logger.error("%s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
-        show_error(f"{what} failed ({type(exc).__name__}): {exc}")
+        message = f"{what} failed ({type(exc).__name__}): {exc}"
+    show_error(message)
+    return message
 
 
 def notify_info(message: str) -> None:
@@ -211,6 +214,8 @@ class Job:
         self.worker: Any = None
         self._gen: Generator | None = None
         self._outcome = "done"
+        #: The message of the last job's error ("" if none), for the widget's label.
+        self.error = ""
 
     @property
     def running(self) -> bool:
@@ -225,6 +230,7 @@ class Job:
             raise RuntimeError(f"{self.what} is already running")
         self._outcome = "done"
         self._gen = None
+        self.error = ""
 
         def run() -> Generator:
             gen = job(*args, **kwargs)
@@ -260,7 +266,7 @@ class Job:
         self._outcome = "error"
         if isinstance(exc, _WorkerRuntimeError) and exc.__cause__ is not None:
             exc = exc.__cause__
-        notify_error(exc, self.what)
+        self.error = notify_error(exc, self.what)
 
     def _aborted(self) -> None:
         self._outcome = "cancelled"
@@ -416,6 +422,21 @@ def _nothing() -> None:
 
 def _log_step_error(exc: BaseException) -> None:
     logger.error("layer update failed", exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def show_progress(bar: Any, label: Any, progress: Any) -> None:
+    """Show a :class:`~napari_anogan.progress.Progress` in a progress bar and its label.
+
+    The bar shows the stage and its share done (a busy indicator while unknown); the
+    label the whole line: stage, share, what is being done, estimated time left.
+    """
+    if progress.fraction is None:
+        bar.setRange(0, 0)
+    else:
+        bar.setRange(0, 1000)
+        bar.setValue(round(1000 * progress.fraction))
+    bar.setFormat(f"{progress.stage}: %p%")
+    label.setText(progress.text())
 
 
 def layer_by_name(viewer: napari.Viewer, name: str) -> Any | None:

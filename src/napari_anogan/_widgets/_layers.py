@@ -17,12 +17,39 @@ from typing import Any
 import numpy as np
 
 from napari_anogan import settings as defaults
+from napari_anogan.scoring.display import (
+    DISCRIMINATION_COLOR,
+    HEATMAP_OPACITY,
+    RESIDUAL_COLOR,
+    UNLIT_COLOR,
+    HeatmapThreshold,
+    PixelReference,
+    bar_colors,
+    component_percentiles,
+    heatmap_colormap_stops,
+    heatmap_range,
+    heatmap_threshold,
+    score_bars,
+)
+
+__all__ = [
+    "DISCRIMINATION_COLOR",
+    "LAYER_KINDS",
+    "RESIDUAL_COLOR",
+    "UNLIT_COLOR",
+    "bar_colors",
+    "component_percentiles",
+    "image_layers",
+    "layer_name",
+    "result_layers",
+]
 
 LayerData = tuple[Any, dict, str]
 
 #: Layer kinds added for one scored image, in the order they are added (bottom to top).
 LAYER_KINDS = (
     "reconstruction",
+    "residual (raw)",
     "residual",
     "boundaries",
     "score bars",
@@ -32,9 +59,6 @@ LAYER_KINDS = (
     "patch scores",
 )
 
-RESIDUAL_COLOR = (0.95, 0.1, 0.1, 1.0)  # paper Fig. 3: red bar = residual score
-DISCRIMINATION_COLOR = (1.0, 0.85, 0.0, 1.0)  # yellow bar = discrimination score
-UNLIT_COLOR = (0.35, 0.35, 0.35, 0.55)
 ILM_COLOR = (0.25, 0.85, 1.0, 1.0)
 BM_COLOR = (1.0, 0.45, 0.85, 1.0)
 DECISION_COLORS = {
@@ -67,19 +91,6 @@ def rectangle(slice_index: int, row: float, col: float, height: float, width: fl
 def _trim(shapes: Sequence[np.ndarray], ndim: int) -> list[np.ndarray]:
     """Drop the slice coordinate when the image is a single 2-D B-scan."""
     return [np.asarray(s)[:, -ndim:] for s in shapes]
-
-
-def component_percentiles(patches: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Healthy percentiles of the residual and discrimination scores of every patch.
-
-    Uses the table's ``residual_percentile`` / ``discrimination_percentile`` columns when
-    the core provides them, else the percentile of the anomaly score for both (so the
-    bars still light up where the patch is anomalous).
-    """
-    fallback = np.asarray(patches.get("healthy_percentile", []), dtype=float)
-    residual = np.asarray(patches.get("residual_percentile", fallback), dtype=float)
-    discrimination = np.asarray(patches.get("discrimination_percentile", fallback), dtype=float)
-    return residual, discrimination
 
 
 def patch_score_layer(
@@ -115,23 +126,6 @@ def patch_score_layer(
     return (_trim(rects, ndim), style, "shapes")
 
 
-def _bar_segments(cols: np.ndarray, widths: np.ndarray) -> list[tuple[float, float]]:
-    """Split the columns covered by overlapping patches into one segment per patch.
-
-    Each patch owns the columns nearer to its centre than to its neighbours' centres, so
-    bars of a row of overlapping patches tile the B-scan without overlapping.
-    """
-    centres = cols + widths / 2.0
-    lows = np.empty_like(centres)
-    highs = np.empty_like(centres)
-    lows[0] = cols[0]
-    highs[-1] = cols[-1] + widths[-1]
-    mids = (centres[:-1] + centres[1:]) / 2.0
-    highs[:-1] = mids
-    lows[1:] = mids
-    return list(zip(lows.tolist(), highs.tolist(), strict=True))
-
-
 def score_bar_layer(
     patches: Mapping[str, np.ndarray],
     ilm: np.ndarray,
@@ -142,12 +136,12 @@ def score_bar_layer(
     ndim: int = 3,
     **meta: Any,
 ) -> LayerData:
-    """Shapes layer of Fig. 3-style bars above the retina.
+    """Shapes layer of the Fig. 3-style score bars above the retina.
 
-    For every B-scan and patch column (the maximum over patches stacked in depth), two
-    thin rectangles above the ILM: the top row for the residual score (red when lit), the
-    row below for the discrimination score (yellow when lit). A bar is lit where the
-    component's healthy percentile reaches ``threshold``.
+    The bars of :func:`~napari_anogan.scoring.display.score_bars`: for every patch
+    column, the upper bar for the residual score R (red when lit) and the one below for
+    the discrimination score D (yellow when lit). A bar is lit where the component's
+    healthy percentile reaches ``threshold``.
 
     Parameters
     ----------
@@ -164,52 +158,15 @@ def score_bar_layer(
     ndim : int
         2 for a single B-scan, else 3.
     """
-    bar_h = max(2.0, round(image_height * 0.015))
-    gap = bar_h
-    residual_pct, discrimination_pct = component_percentiles(patches)
-    residual = np.asarray(patches.get("residual_score", []), dtype=float)
-    discrimination = np.asarray(patches.get("discrimination_score", []), dtype=float)
-    slices = np.asarray(patches.get("slice", []), dtype=int)
-    cols = np.asarray(patches.get("col", []), dtype=float)
-    widths = np.asarray(patches.get("width", []), dtype=float)
-    tops = np.asarray(patches.get("row", []), dtype=float)
-    ilm = np.asarray(ilm, dtype=float)
-
-    rects: list[np.ndarray] = []
-    feats: dict[str, list] = {
-        k: [] for k in ("slice", "col0", "col1", "component", "score", "percentile")
-    }
-    for s in np.unique(slices):
-        in_slice = np.flatnonzero(slices == s)
-        keys = sorted({(cols[i], widths[i]) for i in in_slice})
-        key_cols = np.array([k[0] for k in keys])
-        key_widths = np.array([k[1] for k in keys])
-        for (c, w), (lo, hi) in zip(keys, _bar_segments(key_cols, key_widths), strict=True):
-            members = in_slice[(cols[in_slice] == c) & (widths[in_slice] == w)]
-            c0, c1 = int(max(lo, 0)), int(np.ceil(hi))
-            row_ilm = ilm[s, c0:c1] if ilm.ndim == 2 and s < ilm.shape[0] else np.array([])
-            top = np.nanmin(row_ilm) if np.isfinite(row_ilm).any() else tops[members].min()
-            y0 = max(top - gap - 2 * bar_h - 1, 0.0)
-            for k, (component, score, pct) in enumerate(
-                (
-                    ("residual", residual, residual_pct),
-                    ("discrimination", discrimination, discrimination_pct),
-                )
-            ):
-                r0 = y0 + k * (bar_h + 1)
-                rects.append(
-                    np.array([[s, r0, lo], [s, r0, hi], [s, r0 + bar_h, hi], [s, r0 + bar_h, lo]])
-                    - np.array([0, 0.5, 0.5])
-                )
-                feats["slice"].append(int(s))
-                feats["col0"].append(float(lo))
-                feats["col1"].append(float(hi))
-                feats["component"].append(component)
-                feats["score"].append(float(np.nanmax(score[members])) if members.size else np.nan)
-                feats["percentile"].append(
-                    float(np.nanmax(pct[members])) if np.isfinite(pct[members]).any() else np.nan
-                )
-    features = {k: np.asarray(v) for k, v in feats.items()}
+    bars = score_bars(patches, ilm, image_height=image_height)
+    corners = zip(
+        bars["slice"], bars["row0"], bars["row1"], bars["col0"], bars["col1"], strict=True
+    )
+    rects = [
+        np.array([[s, r0, c0], [s, r0, c1], [s, r1, c1], [s, r1, c0]]) - np.array([0, 0.5, 0.5])
+        for s, r0, r1, c0, c1 in corners
+    ]
+    features = {k: bars[k] for k in ("slice", "col0", "col1", "component", "score", "percentile")}
     style: dict[str, Any] = {
         "name": name,
         "ndim": ndim,
@@ -222,17 +179,6 @@ def score_bar_layer(
     }
     style.update(meta)
     return (_trim(rects, ndim), style, "shapes")
-
-
-def bar_colors(features: Mapping[str, Any], threshold: float) -> np.ndarray:
-    """Face colours (N, 4) of score bars: lit (red/yellow) where percentile >= threshold."""
-    component = np.asarray(features["component"])
-    with np.errstate(invalid="ignore"):
-        lit = np.asarray(features["percentile"], dtype=float) >= threshold
-    colours = np.tile(np.array(UNLIT_COLOR), (component.size, 1))
-    colours[lit & (component == "residual")] = RESIDUAL_COLOR
-    colours[lit & (component == "discrimination")] = DISCRIMINATION_COLOR
-    return colours
 
 
 def _paths(rows: np.ndarray, s: int, step: int) -> list[np.ndarray]:
@@ -477,6 +423,99 @@ def _placement(
     return {"scale": scale, "translate": translate, "metadata": {"anogan_image": image_name}}
 
 
+#: Metadata key of the residual layer: its heatmap threshold
+#: (:meth:`~napari_anogan.scoring.display.HeatmapThreshold.to_dict`: value, percentile,
+#: source and what that source means).
+HEATMAP_KEY = "heatmap_threshold"
+#: Metadata key of the residual layer: the pixel reference its threshold is read from
+#: (levels, quantiles, source), so the threshold can move without recomputing it.
+PIXEL_REFERENCE_KEY = "heatmap_reference"
+
+
+def heatmap_colormap() -> Any:
+    """Return the napari colormap of the thresholded heatmap (transparent at its bottom)."""
+    from napari.utils.colormaps import Colormap
+
+    controls, colors = heatmap_colormap_stops()
+    return Colormap(colors=colors, controls=controls, name="anogan residual")
+
+
+def pixel_reference_from_metadata(metadata: Mapping[str, Any]) -> PixelReference | None:
+    """Return the pixel reference a residual layer stored (:data:`PIXEL_REFERENCE_KEY`)."""
+    stored = (metadata or {}).get(PIXEL_REFERENCE_KEY)
+    if not stored:
+        return None
+    return PixelReference(
+        np.asarray(stored["levels"], np.float64),
+        np.asarray(stored["quantiles"], np.float64),
+        str(stored["source"]),
+    )
+
+
+def heatmap_metadata(threshold: HeatmapThreshold) -> dict[str, Any]:
+    """Metadata entries of a residual layer thresholded at ``threshold``."""
+    reference = threshold.reference
+    return {
+        HEATMAP_KEY: threshold.to_dict(),
+        PIXEL_REFERENCE_KEY: {
+            "levels": [float(v) for v in reference.levels],
+            "quantiles": [float(v) for v in reference.quantiles],
+            "source": reference.source,
+        },
+    }
+
+
+def residual_layer(
+    result: Any,
+    image_name: str,
+    *,
+    scale: Sequence[float],
+    translate: Sequence[float] | None = None,
+    ndim: int = 3,
+    threshold: HeatmapThreshold | None = None,
+) -> LayerData:
+    """Build the residual heatmap layer, transparent at and below its threshold.
+
+    Parameters
+    ----------
+    result : VolumeResult
+        A (partial) scoring result.
+    image_name : str
+        The scored image layer's name.
+    scale, translate, ndim
+        As :func:`result_layers`.
+    threshold : HeatmapThreshold, optional
+        Default: :func:`~napari_anogan.scoring.display.heatmap_threshold` of the result
+        at :data:`~napari_anogan.settings.HEATMAP_PERCENTILE`.
+
+    Returns
+    -------
+    (data, meta, "image")
+        The metadata holds the threshold (:data:`HEATMAP_KEY`) and its reference.
+    """
+    common = _placement(scale, translate, ndim, image_name)
+    residual = _squeeze(result.residual, ndim)
+    threshold = threshold or heatmap_threshold(result)
+    return (
+        residual,
+        {
+            "name": layer_name(image_name, "residual"),
+            "colormap": heatmap_colormap(),
+            "blending": "translucent",
+            "opacity": HEATMAP_OPACITY,
+            "contrast_limits": heatmap_range(residual, threshold.value),
+            **common,
+            "metadata": {**common["metadata"], **heatmap_metadata(threshold)},
+        },
+        "image",
+    )
+
+
+def _squeeze(volume: Any, ndim: int) -> np.ndarray:
+    volume = np.asarray(volume, dtype=np.float32)
+    return volume[0] if ndim == 2 and volume.ndim == 3 else volume
+
+
 def image_layers(
     result: Any,
     image_name: str,
@@ -484,21 +523,18 @@ def image_layers(
     scale: Sequence[float],
     translate: Sequence[float] | None = None,
     ndim: int = 3,
+    threshold: HeatmapThreshold | None = None,
 ) -> list[LayerData]:
     """Build the reconstruction and residual image layers of a (partial) result.
 
-    The first two of :func:`result_layers`, with explicit contrast limits so napari
-    never scans the whole volume for them; cheap enough to rebuild for every partial
-    result while a volume is being scored.
+    The first three of :func:`result_layers`: G(z) (hidden), the raw residual (hidden,
+    coloured from 0 as the paper's overlay) and the thresholded residual heatmap
+    (:func:`residual_layer`), both residual layers on the same array. Explicit contrast
+    limits, so napari never scans the whole volume for them.
     """
     common = _placement(scale, translate, ndim, image_name)
-
-    def squeeze(volume: np.ndarray) -> np.ndarray:
-        volume = np.asarray(volume, dtype=np.float32)
-        return volume[0] if ndim == 2 and volume.ndim == 3 else volume
-
-    residual = squeeze(result.residual)
-    reconstruction = squeeze(result.reconstruction)
+    residual = _squeeze(result.residual, ndim)
+    reconstruction = _squeeze(result.reconstruction, ndim)
     return [
         (
             reconstruction,
@@ -514,14 +550,18 @@ def image_layers(
         (
             residual,
             {
-                "name": layer_name(image_name, "residual"),
+                "name": layer_name(image_name, "residual (raw)"),
                 "colormap": "inferno",
                 "blending": "additive",
-                "opacity": 0.8,
+                "opacity": HEATMAP_OPACITY,
                 "contrast_limits": (0.0, max(_robust_limits(residual, 0, 99.9)[1], 1e-6)),
+                "visible": False,
                 **common,
             },
             "image",
+        ),
+        residual_layer(
+            result, image_name, scale=scale, translate=translate, ndim=ndim, threshold=threshold
         ),
     ]
 
@@ -535,6 +575,7 @@ def result_layers(
     ndim: int = 3,
     threshold: float | None = None,
     candidates: Sequence[Mapping[str, Any]] | None = None,
+    heatmap: HeatmapThreshold | None = None,
 ) -> list[LayerData]:
     """All layers for one scored image, in :data:`LAYER_KINDS` order.
 
@@ -552,6 +593,9 @@ def result_layers(
         Healthy percentile that lights score bars (default: the result's setting, 99).
     candidates : list of dict, optional
         Candidate regions (default: ``result.candidates``).
+    heatmap : HeatmapThreshold, optional
+        Threshold of the residual heatmap (default: at
+        :data:`~napari_anogan.settings.HEATMAP_PERCENTILE` of the result's pixel reference).
 
     Returns
     -------
@@ -566,7 +610,9 @@ def result_layers(
     scale, translate = common["scale"], common["translate"]
     height = int(result.shape[-2])
     layers: list[LayerData] = [
-        *image_layers(result, image_name, scale=scale, translate=translate, ndim=ndim),
+        *image_layers(
+            result, image_name, scale=scale, translate=translate, ndim=ndim, threshold=heatmap
+        ),
         boundary_layer(
             result.ilm, result.bm, layer_name(image_name, "boundaries"), ndim=ndim, **common
         ),

@@ -29,12 +29,15 @@ import numpy as np
 
 from napari_anogan._widgets._common import layer_by_name
 from napari_anogan._widgets._layers import (
+    HEATMAP_KEY,
     LAYER_KINDS,
     en_face_marker,
-    image_layers,
     layer_name,
+    residual_layer,
     result_layers,
 )
+from napari_anogan.scoring.display import HeatmapThreshold, stored_pixel_reference
+from napari_anogan.settings import HEATMAP_PERCENTILE
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class PartialLayers:
     ----------
     images : list of (data, meta, layer_type)
         Image layers of the patches mapped so far, with their contrast limits already
-        computed (:func:`._layers.image_layers`). Only the residual heatmap: the
+        computed (:func:`._layers.residual_layer`). Only the residual heatmap: the
         reconstruction layer is hidden until the user shows it, so it waits for the
         final result (each new napari layer costs the GUI thread ~0.1 s).
     """
@@ -92,7 +95,7 @@ class PartialLayers:
         zeros = np.zeros(tuple(shape), dtype=np.float32)
         place = {k: geometry[k] for k in ("scale", "translate", "ndim")}
         blank = SimpleNamespace(residual=zeros, reconstruction=zeros)
-        return cls([image_layers(blank, geometry["image_name"], **place)[1]])
+        return cls([residual_layer(blank, geometry["image_name"], **place)])
 
 
 def score_job(
@@ -129,8 +132,6 @@ def score_job(
     tuple
         (VolumeResult, list of napari layers not yet in a viewer).
     """
-    from napari.layers import Layer
-
     from napari_anogan import pipeline
 
     if gui_idle is not None:
@@ -140,6 +141,14 @@ def score_job(
 
         model = load_checkpoint(model)
     place = {k: geometry[k] for k in ("scale", "translate", "ndim")}
+    # Partial heatmaps are thresholded at the model's pixel reference when it has one,
+    # else at the pixels mapped so far; the final result brings the final threshold.
+    stored = stored_pixel_reference(getattr(model, "reference", None))
+    provisional = (
+        None
+        if stored is None
+        else HeatmapThreshold(stored.value_at(HEATMAP_PERCENTILE), HEATMAP_PERCENTILE, stored)
+    )
     with gui_torch_threads():
         job = pipeline.score_volume(volume, model, settings, partial_results=True, **region)
         while True:
@@ -150,7 +159,9 @@ def score_job(
                 break
             partial = getattr(event, "partial", None)
             if partial is not None and not isinstance(partial, dict):
-                residual = image_layers(partial, geometry["image_name"], **place)[1]
+                residual = residual_layer(
+                    partial, geometry["image_name"], threshold=provisional, **place
+                )
                 event.partial = PartialLayers([residual])
                 if gui_idle is not None:
                     # The GUI will have layer work for this event: wait for it below
@@ -160,7 +171,7 @@ def score_job(
             if gui_idle is not None and not gui_idle.wait(GUI_WAIT_S):
                 logger.debug("GUI layer work still queued after %.1f s; mapping on", GUI_WAIT_S)
     tuples = result_layers(result, geometry["image_name"], **place)
-    return result, [Layer.create(*data_tuple) for data_tuple in tuples]
+    return result, [create_layer(data_tuple) for data_tuple in tuples]
 
 
 #: Longest the scoring worker waits for the GUI thread's queued layer work, in seconds.
@@ -266,6 +277,21 @@ def warm_up() -> None:
             logger.debug("warm-up: cannot import %s: %s", name, exc)
     gc.collect()
     logger.debug("scoring warm-up took %.2f s", time.perf_counter() - start)
+
+
+def create_layer(item: tuple) -> Any:
+    """Make a napari layer from a layer data tuple; a residual heatmap gets its colour bar.
+
+    The colour bar (napari's canvas overlay, where this napari has one) shows the
+    heatmap's colours from its threshold up, in residual units.
+    """
+    from napari.layers import Layer
+
+    layer = Layer.create(*item)
+    colorbar = getattr(layer, "colorbar", None)
+    if colorbar is not None and HEATMAP_KEY in (layer.metadata or {}):
+        colorbar.visible = True
+    return layer
 
 
 def add_result_layers(viewer: Any, tuples: list, image_name: str) -> list[Any]:
@@ -376,7 +402,7 @@ def result_layer_steps(
 
     # Image layers are cheap to make here (their data is ready) and may be reused.
     items = [
-        Layer.create(*item) if not isinstance(item, Layer) and item[2] == "image" else item
+        create_layer(item) if not isinstance(item, Layer) and item[2] == "image" else item
         for item in items
     ]
     names = [item.name if isinstance(item, Layer) else item[1].get("name") for item in items]
@@ -399,7 +425,7 @@ def result_layer_steps(
     touched: list[Any] = []
     try:
         for item in items:
-            new = item if isinstance(item, Layer) else Layer.create(*item)
+            new = item if isinstance(item, Layer) else create_layer(item)
             old = reusable.get(new.name)
             if old is not None:
                 touched.append(old)
@@ -487,10 +513,8 @@ def partial_layer_steps(
     cancelled or fails: each layer inserted, and each earlier layer as it was before
     its first update.
     """
-    from napari.layers import Layer
-
     for item in partial.images:
-        new = Layer.create(*item)
+        new = create_layer(item)
         old = layer_by_name(viewer, new.name)
         if old is not None and _updatable(old, new):
             if undo is not None and all(layer is not old for layer, _ in undo):

@@ -1,10 +1,13 @@
 """Candidate markers: browse, re-threshold and keep/reject the candidate regions.
 
 The candidates themselves come from the core (:func:`napari_anogan.scoring.candidates.
-find_candidates`); this widget shows them in a table ranked by score, moves the viewer
-to a region when its row is clicked, stores keep/reject decisions in the candidate
-layer's features, and recomputes candidates and score-bar colours live when the
-threshold changes.
+find_candidates`); this widget shows them in a table ranked by score (the columns that
+fit a dock: rank, B-scans, score, healthy percentile, decision; the rest in each row's
+tooltip and in a details line for the selected region), moves the viewer to a region
+when its row is clicked, stores keep/reject decisions in the candidate layer's
+features, and recomputes candidates and score-bar colours live when the threshold
+changes. It also sets the residual heatmap's threshold and shows the legend of the
+heatmap, the score bars and the boxes (:class:`._legend.LegendPanel`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QTableWidget,
@@ -42,29 +46,31 @@ from napari_anogan._widgets._common import (
     zoom_to_box,
 )
 from napari_anogan._widgets._layers import (
+    HEATMAP_KEY,
     bar_colors,
     candidate_features,
     candidate_rectangles,
     decision_colors,
     layer_name,
+    pixel_reference_from_metadata,
 )
+from napari_anogan._widgets._legend import LegendPanel
+from napari_anogan.scoring.display import HeatmapThreshold, heatmap_range
 
 if TYPE_CHECKING:
     import napari
 
 logger = logging.getLogger(__name__)
 
-# Most telling first (the dock is narrow): rank, where, how anomalous, the decision.
-COLUMNS = ("#", "slices", "max", "pct", "decision", "row, col", "h × w", "mean")
+# What fits a dock: rank, where, how anomalous, the decision. Position, size, mean score
+# and patch count are in each row's tooltip and in the details line of the selected row.
+COLUMNS = ("#", "B-scans", "score", "pct", "decision")
 TOOLTIPS = (
-    "rank by highest anomaly score",
+    "rank by highest patch score",
     "first–last B-scan of the region",
-    "highest patch anomaly score",
+    "highest patch score of the region",
     "healthy percentile of the highest score (100: above every healthy patch)",
     "keep / reject (stored in the candidates layer's features)",
-    "top-left corner in raw pixels",
-    "height × width in raw pixels",
-    "mean patch anomaly score",
 )
 DECISION_COLUMN = COLUMNS.index("decision")
 THRESHOLD_MODES = {"healthy percentile": "healthy_percentile", "anomaly score": "anomaly_score"}
@@ -157,7 +163,8 @@ def peak_slice(candidate: Mapping[str, Any], result: Any | None = None) -> int:
     members = candidate.get("patch_index")
     if result is not None and members:
         members = np.asarray(members, dtype=int)
-        scores = np.asarray(result.patches["anomaly_score"], dtype=float)[members]
+        column = (result.settings or {}).get("score_column", "anomaly_score")
+        scores = np.asarray(result.patches[column], dtype=float)[members]
         return int(np.asarray(result.patches["slice"])[members[np.nanargmax(scores)]])
     return (int(candidate["slice_start"]) + int(candidate["slice_end"])) // 2
 
@@ -184,6 +191,18 @@ class CandidatesWidget(QWidget):
         self.threshold.setDecimals(4)
         self.threshold.setSingleStep(0.5)
         self.threshold.setValue(defaults.PERCENTILE_THRESHOLD)
+        self.threshold.setToolTip(
+            "candidates: patches at or above this value; score bars light up from it"
+        )
+        self.heatmap_percentile = QDoubleSpinBox()
+        self.heatmap_percentile.setRange(50.0, 100.0)
+        self.heatmap_percentile.setDecimals(1)
+        self.heatmap_percentile.setSingleStep(0.5)
+        self.heatmap_percentile.setValue(defaults.HEATMAP_PERCENTILE)
+        self.heatmap_percentile.setToolTip(
+            "residual heatmap: transparent at and below this percentile of the healthy pixel "
+            "residual (stored in the residual layer's metadata)"
+        )
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
         for column, tip in enumerate(TOOLTIPS):
@@ -192,7 +211,14 @@ class CandidatesWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        header = self.table.horizontalHeader()
+        for column in range(len(COLUMNS)):  # every column shares the dock's width
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(24)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.details = QLabel("select a region for its position, size and mean score")
+        self.details.setWordWrap(True)
+        self.legend = LegendPanel()
         self.keep_button = QPushButton("Keep")
         self.reject_button = QPushButton("Reject")
         self.clear_button = QPushButton("Undecided")
@@ -208,6 +234,7 @@ class CandidatesWidget(QWidget):
         form.addRow("threshold on", self.mode)
         form.addRow("threshold", self.threshold)
         form.addRow("", self.youden_button)
+        form.addRow("heatmap above p", self.heatmap_percentile)
         buttons = QHBoxLayout()
         for button in (self.keep_button, self.reject_button, self.clear_button):
             buttons.addWidget(button)
@@ -215,7 +242,9 @@ class CandidatesWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
+        layout.addWidget(self.details)
         layout.addLayout(buttons)
+        layout.addWidget(self.legend)
 
         self.candidates: list[dict] = []
         # keep/reject remembered by region, so a decision survives a threshold round trip
@@ -223,6 +252,7 @@ class CandidatesWidget(QWidget):
         self.source.currentTextChanged.connect(self._load)
         self.mode.currentTextChanged.connect(self._mode_changed)
         self.threshold.valueChanged.connect(self.apply_threshold)
+        self.heatmap_percentile.valueChanged.connect(self.apply_heatmap_threshold)
         self.table.itemSelectionChanged.connect(self._row_selected)
         self.keep_button.clicked.connect(lambda: self.decide("keep"))
         self.reject_button.clicked.connect(lambda: self.decide("reject"))
@@ -252,6 +282,7 @@ class CandidatesWidget(QWidget):
         """Show the candidates stored in the chosen result's candidate layer."""
         layer = self._layer("candidates")
         result = self.result()
+        self._load_heatmap()
         if result is None:
             self.candidates = []
             self._fill_table()
@@ -325,6 +356,40 @@ class CandidatesWidget(QWidget):
             return
         self._fill_table()
 
+    def _load_heatmap(self) -> None:
+        """Show the residual layer's threshold in the spin box and the legend."""
+        layer = self._layer("residual")
+        shown = (getattr(layer, "metadata", None) or {}).get(HEATMAP_KEY)
+        if layer is None or not shown:
+            self.legend.show_heatmap(None, None)
+            return
+        self.heatmap_percentile.blockSignals(True)
+        self.heatmap_percentile.setValue(float(shown["percentile"]))
+        self.heatmap_percentile.blockSignals(False)
+        self.legend.show_heatmap(shown, layer.contrast_limits)
+
+    def apply_heatmap_threshold(self, *_: Any) -> None:
+        """Make the residual heatmap transparent up to the chosen healthy percentile.
+
+        The threshold is read from the pixel reference the layer stored (no rescoring),
+        set as the layer's lower contrast limit and stored in its metadata.
+        """
+        layer = self._layer("residual")
+        reference = pixel_reference_from_metadata(getattr(layer, "metadata", None) or {})
+        if layer is None or reference is None:
+            return
+        percentile = float(self.heatmap_percentile.value())
+        threshold = HeatmapThreshold(reference.value_at(percentile), percentile, reference)
+        low, high = threshold.value, float(layer.contrast_limits[1])
+        if high <= low:  # the old top of the range is below the new threshold
+            high = heatmap_range(layer.data, low)[1]
+        range_low, range_high = (float(v) for v in layer.contrast_limits_range)
+        if low < range_low or high > range_high:  # napari clips limits to this range
+            layer.contrast_limits_range = (min(low, range_low), max(high, range_high))
+        layer.contrast_limits = (low, high)
+        layer.metadata = {**layer.metadata, HEATMAP_KEY: threshold.to_dict()}
+        self.legend.show_heatmap(layer.metadata[HEATMAP_KEY], layer.contrast_limits)
+
     def _browse_youden(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Evaluation metrics", "", "JSON (*.json)")
         if path:
@@ -363,6 +428,7 @@ class CandidatesWidget(QWidget):
         item = self.table.item(row, DECISION_COLUMN)
         if item is not None:
             item.setText(decision)
+        self.details.setText(candidate_details(self.candidates[row], self.result()))
 
     def selected_row(self) -> int | None:
         """Return the index of the selected candidate, or None."""
@@ -376,6 +442,7 @@ class CandidatesWidget(QWidget):
     def _row_selected(self) -> None:
         row = self.selected_row()
         if row is not None and row < len(self.candidates):
+            self.details.setText(candidate_details(self.candidates[row], self.result()))
             self.go_to(self.candidates[row])
 
     def go_to(self, candidate: Mapping[str, Any]) -> None:
@@ -411,36 +478,81 @@ class CandidatesWidget(QWidget):
 
     def _fill_table(self) -> None:
         self.table.setRowCount(len(self.candidates))
+        result = self.result()
         for i, cand in enumerate(self.candidates):
-            slices = (
-                f"{cand['slice_start']}"
-                if cand["slice_start"] == cand["slice_end"]
-                else f"{cand['slice_start']}–{cand['slice_end']}"
-            )
             cells = (
                 str(cand["rank"]),
-                slices,
+                _slices(cand),
                 f"{cand['max_score']:.4g}",
                 _percent(cand.get("healthy_percentile")),
                 str(cand.get("decision", "")),
-                f"{cand['row']}, {cand['col']}",
-                f"{cand['height']} × {cand['width']}",
-                f"{cand['mean_score']:.4g}",
             )
+            tip = candidate_details(cand, result)
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                item.setToolTip(tip)
                 self.table.setItem(i, j, item)
-        self.table.resizeColumnsToContents()
-        result = self.result()
+        row = self.selected_row()
+        if row is None or row >= len(self.candidates):
+            self.details.setText("select a region for its position, size and mean score")
         if result is None:
             self.summary.setText("no scored image yet: use Score volume")
+            self.legend.show_bars(None)
         else:
             n = len(self.candidates)
+            by = THRESHOLD_MODES[self.mode.currentText()].replace("_", " ")
             self.summary.setText(
-                f"{result.name}: {n} candidate region{'s' if n != 1 else ''}, "
-                f"volume score {result.volume_score:.3g}"
+                f"{result.name}: {n} candidate region{'s' if n != 1 else ''} at {by} >= "
+                f"{self.threshold.value():g}; volume score {result.volume_score:.4g}"
             )
+            percentile = self.mode.currentText() == "healthy percentile"
+            self.legend.show_bars(
+                float(self.threshold.value()) if percentile else None,
+                str((result.settings or {}).get("score_column", "anomaly_score")),
+            )
+
+
+def _slices(cand: Mapping[str, Any]) -> str:
+    first, last = int(cand["slice_start"]), int(cand["slice_end"])
+    return f"{first}" if first == last else f"{first}–{last}"
+
+
+def candidate_details(cand: Mapping[str, Any], result: Any | None = None) -> str:
+    """Describe a candidate region in full: what the table's columns leave out.
+
+    Parameters
+    ----------
+    cand : mapping
+        A candidate (:data:`~napari_anogan.scoring.candidates.CANDIDATE_COLUMNS`).
+    result : VolumeResult, optional
+        Its result, for the B-scan where the region peaks.
+
+    Returns
+    -------
+    str
+        E.g. ``"#1: B-scans 2–9 (peak 5), rows 147–365, columns 0–397 (219 × 398 px), 160
+        patches; highest score 2035 (healthy percentile 100.0), mean 1234; undecided"``.
+    """
+    row, col = int(cand["row"]), int(cand["col"])
+    height, width = int(cand["height"]), int(cand["width"])
+    where = (
+        f"B-scans {_slices(cand)}"
+        if cand["slice_start"] != cand["slice_end"]
+        else (f"B-scan {_slices(cand)}")
+    )
+    if result is not None and cand["slice_start"] != cand["slice_end"]:
+        where += f" (peak {peak_slice(cand, result)})"
+    n = int(cand.get("n_patches", 0) or 0)
+    percent = _percent(cand.get("healthy_percentile"))
+    decision = str(cand.get("decision", "") or "") or "undecided"
+    return (
+        f"#{cand['rank']}: {where}, rows {row}–{row + height - 1}, columns {col}–"
+        f"{col + width - 1} ({height} × {width} px), {n} patch{'es' if n != 1 else ''}; "
+        f"highest score {cand['max_score']:.4g}"
+        + (f" (healthy percentile {percent})" if percent else "")
+        + f", mean {cand['mean_score']:.4g}; {decision}"
+    )
 
 
 def _percent(value: Any) -> str:

@@ -2,9 +2,10 @@
 
 The ``score`` outputs, through the CLI's own writers and file names
 (:func:`napari_anogan.pipeline.write_score_outputs`): ``<stem>_residual.tif`` (heatmap,
-here with the image layer's physical pixel sizes), ``<stem>_scores.csv`` (patch table)
-and ``<stem>_summary.json`` (the CLI's summary plus the image layer, the threshold and
-the candidates with their keep/reject decisions); and two files only the viewer has:
+here with the image layer's physical pixel sizes), ``<stem>_scores.csv`` (patch table),
+``<stem>_overview.png`` (the CLI's quick-look figure, at the heatmap threshold shown
+now) and ``<stem>_summary.json`` (the CLI's summary plus the image layer, the threshold
+and the candidates with their keep/reject decisions); and two files only the viewer has:
 ``<stem>_candidates.csv`` (with the decisions) and ``<stem>_snapshot.png`` (the canvas).
 ``<stem>`` is the scored volume's name made safe as a file name, as in the CLI.
 """
@@ -37,7 +38,11 @@ from napari_anogan._widgets._common import (
     spacing_of_layer,
 )
 from napari_anogan._widgets._forms import export_choices
-from napari_anogan._widgets._layers import layer_name
+from napari_anogan._widgets._layers import (
+    HEATMAP_KEY,
+    layer_name,
+    pixel_reference_from_metadata,
+)
 from napari_anogan.errors import OutputError
 
 if TYPE_CHECKING:
@@ -49,11 +54,17 @@ ARTEFACTS = {
     "heatmap": "residual heatmap (OME-TIFF)",
     "candidates": "candidates with decisions (CSV)",
     "scores": "patch scores (CSV)",
+    "overview": "overview figure, as 'score' writes it (PNG)",
     "snapshot": "snapshot of the view (PNG)",
     "summary": "summary: scores, candidates, model, settings (JSON)",
 }
 
-CORE_KINDS = {"heatmap": "residual", "scores": "scores", "summary": "summary"}
+CORE_KINDS = {
+    "heatmap": "residual",
+    "scores": "scores",
+    "overview": "overview",
+    "summary": "summary",
+}
 """Export choices that are ``score`` outputs, and their kind in the CLI's outputs."""
 
 
@@ -118,6 +129,8 @@ def export_result(
         folder,
         include=[kind for key, kind in CORE_KINDS.items() if include[key] and kind != "summary"],
         spacing=spacing_of_layer(image) if image is not None else None,
+        image=None if image is None else image.data,
+        heatmap=shown_heatmap_threshold(viewer, image_name),
     )
     written.update({key: core[kind] for key, kind in CORE_KINDS.items() if kind in core})
     if include["candidates"]:
@@ -137,6 +150,19 @@ def export_result(
         written["summary"] = core["summary"]
     logger.info("exported %s to %s: %s", image_name, folder, sorted(written))
     return written
+
+
+def shown_heatmap_threshold(viewer: Any, image_name: str) -> Any | None:
+    """Return the heatmap threshold the residual layer of ``image_name`` shows (or None)."""
+    from napari_anogan.scoring.display import HeatmapThreshold
+
+    layer = layer_by_name(viewer, layer_name(image_name, "residual"))
+    metadata = getattr(layer, "metadata", None) or {}
+    reference = pixel_reference_from_metadata(metadata)
+    shown = metadata.get(HEATMAP_KEY)
+    if reference is None or not shown:
+        return None
+    return HeatmapThreshold(float(shown["value"]), float(shown["percentile"]), reference)
 
 
 def _write_png(path: Path, viewer: Any) -> Path:
@@ -200,8 +226,7 @@ class ExportWidget(QWidget):
             include = {k: box.isChecked() for k, box in self.checks.items()}
             written = export_result(self.viewer, layer, self.folder.text().strip(), include=include)
         except Exception as exc:
-            notify_error(exc, "Export")
-            self.status.setText("export failed")
+            self.status.setText(notify_error(exc, "Export"))
             return {}
         names = ", ".join(p.name for p in written.values())
         self.status.setText(f"wrote {names}")

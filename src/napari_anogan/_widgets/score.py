@@ -36,10 +36,11 @@ from napari_anogan._widgets._common import (
     layer_by_name,
     notify_error,
     notify_info,
+    show_progress,
     volume_from_layer,
 )
 from napari_anogan._widgets._forms import score_parameters
-from napari_anogan._widgets._layers import image_layers, layer_name, result_layers
+from napari_anogan._widgets._layers import layer_name, residual_layer, result_layers
 from napari_anogan._widgets._results import (
     PartialLayers,
     boxes_from_shapes,
@@ -51,6 +52,7 @@ from napari_anogan._widgets._results import (
     warm_up,
 )
 from napari_anogan.errors import InputError
+from napari_anogan.progress import ProgressTracker
 
 if TYPE_CHECKING:
     import napari
@@ -133,6 +135,9 @@ class ScoreWidget(QWidget):
         self.layer_steps = StepQueue(budget_ms=0.0, pause_ms=LAYER_STEP_PAUSE_MS, parent=self)
         self._image_layer: Any = None
         self._failed = False
+        #: The last job's outcome in words (the widget's status line once it is done).
+        self._message = ""
+        self.tracker = ProgressTracker()
         #: What this run's partial heatmaps changed (undone if it does not finish).
         self._partial_undo: list = []
         self.run_button.clicked.connect(self.run)
@@ -243,12 +248,15 @@ class ScoreWidget(QWidget):
             volume = volume_from_layer(layer)
             settings = self.settings()
         except Exception as exc:
-            notify_error(exc, "Scoring")
+            self.status.setText(notify_error(exc, "Scoring"))
             return
         self._image_layer = layer
         self._failed = False
+        self._message = ""
         self._partial_undo = []
+        self.tracker = ProgressTracker()
         self.progress.setRange(0, 0)
+        self.progress.setFormat("starting: %p%")
         self.status.setText(f"scoring {layer.name}…")
         geometry = {
             "image_name": layer.name,
@@ -262,11 +270,7 @@ class ScoreWidget(QWidget):
         self._update_enabled()
 
     def _on_event(self, event: Any) -> None:
-        if event.total:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(1000 * min(event.step / event.total, 1.0)))
-        if event.message:
-            self.status.setText(event.message)
+        show_progress(self.progress, self.status, self.tracker.update(event))
         partial = getattr(event, "partial", None)
         if partial is not None:
             self._show_partial(partial)
@@ -289,7 +293,15 @@ class ScoreWidget(QWidget):
         self._partial_undo = []
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if outcome == "done" else 0)
-        self.status.setText({"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome])
+        self.progress.setFormat(
+            {"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome]
+        )
+        if outcome == "done":
+            self.status.setText(self._message or "done")
+        elif outcome == "cancelled":
+            self.status.setText("cancelled: the earlier results, if any, are back")
+        else:
+            self.status.setText(self._message or self.job.error or "failed")
         self._update_enabled()
         self.finished.emit(outcome)
 
@@ -304,13 +316,13 @@ class ScoreWidget(QWidget):
         if layer is None:
             return
         if not isinstance(partial, PartialLayers):  # a bare VolumeResult (library callers)
-            residual = image_layers(
+            residual = residual_layer(
                 partial,
                 layer.name,
                 scale=tuple(layer.scale),
                 translate=tuple(layer.translate),
                 ndim=layer.ndim,
-            )[1]
+            )
             partial = PartialLayers([residual])
         viewer, name = self.viewer, layer.name
         undo = self._partial_undo
@@ -332,15 +344,12 @@ class ScoreWidget(QWidget):
 
         def done() -> None:
             self._follow_slice()
-            n = len(result.candidates)
-            notify_info(
-                f"{result.name}: volume score {result.volume_score:.3g}, "
-                f"{n} candidate region{'s' if n != 1 else ''}"
-            )
+            self._message = result_message(result)
+            notify_info(self._message)
 
         def failed(exc: BaseException) -> None:
             self._failed = True
-            notify_error(exc, "Scoring")
+            self._message = notify_error(exc, "Scoring")
 
         self.layer_steps.submit(
             "result", lambda: result_layer_steps(viewer, layers, name), done, failed
@@ -360,6 +369,21 @@ class ScoreWidget(QWidget):
             update_en_face_markers(self.viewer)
         except RuntimeError:  # this widget was deleted while the viewer lives on
             logger.debug("en-face marker update skipped", exc_info=True)
+
+
+def result_message(result: Any) -> str:
+    """Say what a scoring result found, in full (the status line and the notification)."""
+    n = len(result.candidates)
+    what = "B-scan" if int(result.shape[0]) == 1 else "volume"
+    line = (
+        f"{result.name}: {what} score {result.volume_score:.4g}, {n} candidate "
+        f"region{'s' if n != 1 else ''} above the "
+        f"{float((result.settings or {}).get('percentile_threshold', 99)):g}th healthy percentile"
+    )
+    fit = getattr(result, "model_fit", None)
+    if fit:
+        line += f"; model fit: {str(fit.get('verdict', '?')).replace('_', ' ')}"
+    return line + " (see Candidate markers)"
 
 
 def _scan_image(layer: Any) -> bool:

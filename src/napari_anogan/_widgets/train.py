@@ -34,10 +34,12 @@ from napari_anogan._widgets._common import (
     device_choices,
     notify_error,
     notify_info,
+    show_progress,
 )
 from napari_anogan._widgets._forms import train_parameters
 from napari_anogan._widgets._loss_plot import LossPlot
 from napari_anogan.errors import InputError
+from napari_anogan.progress import ProgressTracker
 
 if TYPE_CHECKING:
     import napari
@@ -117,6 +119,7 @@ class TrainWidget(QWidget):
 
         self.job = Job("Training", self._on_event, self._on_result, self._on_finish)
         self.result: Any = None
+        self.tracker = ProgressTracker()
         add_files.clicked.connect(self._add_files)
         add_folder.clicked.connect(self._add_folder)
         remove.clicked.connect(self._remove_selected)
@@ -183,11 +186,13 @@ class TrainWidget(QWidget):
             if not Path(output).parent.is_dir():
                 raise InputError("output folder does not exist", Path(output).parent)
         except Exception as exc:
-            notify_error(exc, "Training")
+            self.status.setText(notify_error(exc, "Training"))
             return
         if not resume:
             self.plot.clear()
+        self.tracker = ProgressTracker()
         self.progress.setRange(0, 0)
+        self.progress.setFormat("starting: %p%")
         self.status.setText("resuming…" if resume else "starting…")
         self.job.start(
             train_from_paths,
@@ -208,16 +213,8 @@ class TrainWidget(QWidget):
             self.plot.add(event.losses)
         if event.samples is not None:
             self._show_samples(event.samples)
-        if kind in ("epoch_start", "epoch_end", "batch") and event.epoch is not None:
-            epochs = int(self.epochs.value())
-            batch = f", batch {event.step}/{event.total}" if kind == "batch" else ""
-            self.status.setText(f"epoch {event.epoch + 1}/{epochs}{batch}")
-            if kind == "batch" and event.total:
-                done = (event.epoch + event.step / event.total) / max(epochs, 1)
-                self.progress.setRange(0, 1000)
-                self.progress.setValue(int(1000 * min(done, 1.0)))
-        elif event.message:
-            self.status.setText(event.message)
+        # stage (train GAN, reference, train encoder, ...), epochs and batches, time left
+        show_progress(self.progress, self.status, self.tracker.update(event))
 
     def _show_samples(self, samples: np.ndarray) -> None:
         """Show (or refresh) the grid of generated samples beside the data."""
@@ -245,12 +242,18 @@ class TrainWidget(QWidget):
     def _on_finish(self, outcome: str) -> None:
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if outcome == "done" else 0)
+        self.progress.setFormat(
+            {"done": "done", "cancelled": "cancelled", "error": "failed"}[outcome]
+        )
         if outcome == "cancelled":
             self.status.setText(
                 "cancelled: the checkpoint of the last finished epoch is kept; Resume continues"
             )
+        elif outcome == "error":
+            self.status.setText(self.job.error or "failed")
         else:
-            self.status.setText({"done": "done", "error": "failed"}[outcome])
+            path = getattr(self.result, "path", None) or self.output.text().strip()
+            self.status.setText(f"done: healthy model written to {path}")
         self._update_enabled()
         self.finished.emit(outcome)
 

@@ -20,6 +20,7 @@ complete either way. No Qt here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_anogan.errors import AnoganError, InputError, OutputError
+from napari_anogan.settings import WRITE_FIGURES
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +125,19 @@ def already_scored(path: str | os.PathLike, outdir: str | os.PathLike, fingerpri
     )
 
 
-def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: str) -> VolumeStatus:
+def score_one(
+    path: str,
+    model_path: str,
+    settings,
+    outdir: str,
+    fingerprint: str,
+    *,
+    figures: bool = WRITE_FIGURES,
+) -> VolumeStatus:
     """Score one volume and write its outputs (the task each worker runs).
 
     The summary, with ``fingerprint`` added, is written last: its presence marks the
-    volume as complete.
+    volume as complete. ``figures``: also write the overview PNG.
     """
     import dask
 
@@ -147,7 +157,9 @@ def score_one(path: str, model_path: str, settings, outdir: str, fingerprint: st
     # The lazy reads run here, in this task: inside a worker dask would otherwise send
     # them to the cluster as tasks of their own (where another volume may kill them).
     with dask.config.set(scheduler="synchronous"):
-        job = score_volume(volume, model, settings, outdir=out, chunk_slices=SCORE_CHUNK_SLICES)
+        job = score_volume(
+            volume, model, settings, outdir=out, chunk_slices=SCORE_CHUNK_SLICES, figures=figures
+        )
         result = drain(job)
     written = result.outputs
     summary = summary_dict(result)
@@ -174,6 +186,7 @@ def score_paths(
     force: bool = False,
     on_result: Callable[[VolumeStatus, int, int], Any] | None = None,
     task: Callable[..., VolumeStatus] | None = None,
+    figures: bool = WRITE_FIGURES,
 ) -> list[VolumeStatus]:
     """Score volumes as Dask tasks; skip those already scored with the same model/settings.
 
@@ -199,6 +212,8 @@ def score_paths(
         Called ``on_result(status, done, total)`` as each volume finishes (progress).
     task : callable, optional
         Replaces :func:`score_one` (tests).
+    figures : bool
+        Also write each volume's overview PNG (:func:`score_one`).
 
     Returns
     -------
@@ -257,7 +272,7 @@ def score_paths(
             scheduler=scheduler,
             retries=retries,
             on_result=on_result,
-            task=task or score_one,
+            task=task or (score_one if figures else functools.partial(score_one, figures=False)),
         )
     return [results[i] for i in range(total)]
 

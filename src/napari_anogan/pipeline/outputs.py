@@ -2,9 +2,10 @@
 
 :class:`VolumeResult` (heatmaps, the patch table with :data:`PATCH_COLUMNS`, B-scan and
 volume scores, candidates), built from mapped patches by :func:`volume_result`; the
-``score`` outputs ``<stem>_residual.tif``, ``<stem>_scores.csv`` and
-``<stem>_summary.json`` (:func:`output_paths`, :func:`write_score_outputs`), which the
-CLI, Dask, the demo and the Export widget all write.
+``score`` outputs ``<stem>_residual.tif``, ``<stem>_scores.csv``, the quick-look figure
+``<stem>_overview.png`` (:mod:`napari_anogan.pipeline.overview`) and
+``<stem>_summary.json``, written last (:func:`output_paths`, :func:`write_score_outputs`),
+which the CLI, Dask, the demo and the Export widget all write.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from napari_anogan.io import Volume, safe_stem, write_csv, write_json, write_tiff
 from napari_anogan.scoring.candidates import CANDIDATE_COLUMNS, find_candidates
+from napari_anogan.scoring.display import heatmap_threshold
 
 if TYPE_CHECKING:
     from napari_anogan.pipeline.score import ScoreSettings
@@ -129,19 +131,39 @@ class MappedPatches:
     mapping: Any
 
 
-def output_paths(name: str, outdir: str | Path) -> dict[str, Path]:
-    """Output files of a volume, checked to stay inside ``outdir``."""
+def output_paths(name: str, outdir: str | Path, *, figures: bool = False) -> dict[str, Path]:
+    """Output files of a volume, checked to stay inside ``outdir``.
+
+    Parameters
+    ----------
+    name : str
+        The volume's name (made a safe file stem).
+    outdir : str or Path
+        The output folder.
+    figures : bool
+        Include the quick-look figure ``overview`` (``<stem>_overview.png``).
+
+    Returns
+    -------
+    dict of str to Path
+        ``residual``, ``scores``, (``overview``,) ``summary``, in the order written.
+    """
     outdir = Path(outdir)
     stem = safe_stem(name)
-    return {
+    paths = {
         "residual": outdir / f"{stem}_residual.tif",
         "scores": outdir / f"{stem}_scores.csv",
-        "summary": outdir / f"{stem}_summary.json",
     }
+    if figures:
+        paths["overview"] = outdir / f"{stem}_overview.png"
+    paths["summary"] = outdir / f"{stem}_summary.json"
+    return paths
 
 
 SCORE_OUTPUTS = ("residual", "scores", "summary")
 """The ``score`` outputs of a volume, by kind (see :func:`output_paths`)."""
+FIGURE_OUTPUTS = ("overview",)
+"""The figures ``score`` writes too unless asked not to (``--no-figures``)."""
 
 
 def write_score_outputs(
@@ -151,13 +173,16 @@ def write_score_outputs(
     include: Sequence[str] = SCORE_OUTPUTS,
     spacing: tuple[float, float, float] | None = None,
     summary: dict | None = None,
+    image: Any = None,
+    heatmap: Any = None,
 ) -> dict[str, Path]:
-    """Write ``<stem>_residual.tif``, ``<stem>_scores.csv`` and ``<stem>_summary.json``.
+    """Write a result's ``score`` outputs: residual, scores, overview, summary (last).
 
-    The writers and file names of ``napari-anogan score``, for a result kept in memory
-    (the Export widget, scripts). Every file is written atomically; the stem is the
-    volume name made safe as a file name (:func:`safe_stem`), so outputs stay inside
-    ``outdir``.
+    ``<stem>_residual.tif``, ``<stem>_scores.csv``, ``<stem>_overview.png`` and
+    ``<stem>_summary.json``: the writers and file names of ``napari-anogan score``, for a
+    result kept in memory (the Export widget, scripts). Every file is written atomically;
+    the stem is the volume name made safe as a file name (:func:`safe_stem`), so outputs
+    stay inside ``outdir``.
 
     Parameters
     ----------
@@ -165,33 +190,58 @@ def write_score_outputs(
     outdir : str or Path
         Existing folder.
     include : sequence of str
-        Which of :data:`SCORE_OUTPUTS` to write.
+        Which of :data:`SCORE_OUTPUTS` and :data:`FIGURE_OUTPUTS` to write.
     spacing : (float, float, float), optional
         Physical pixel size (slice, row, column) stored in the residual TIFF.
     summary : dict, optional
         The summary to write instead of :func:`summary_dict` (a caller adding to it).
+    image : (S, H, W) array-like, optional
+        The scored scan's grey values: the overview needs them (without, no overview).
+    heatmap : HeatmapThreshold, optional
+        The overview's heatmap threshold (default: as napari shows it first).
 
     Returns
     -------
     dict of str to Path
         The written files by kind.
     """
-    paths = output_paths(result.name, outdir)
+    paths = output_paths(result.name, outdir, figures=True)
     written = {}
     if "residual" in include:
         residual = np.asarray(result.residual, dtype=np.float32)
         written["residual"] = write_tiff(paths["residual"], residual, spacing=spacing)
     if "scores" in include:
         written["scores"] = write_patch_table(result, paths["scores"])
+    if "overview" in include and image is not None:
+        written["overview"] = write_overview(result, image, paths["overview"], heatmap=heatmap)
     if "summary" in include:
         written["summary"] = write_json(paths["summary"], summary or summary_dict(result))
     return written
 
 
-def write_tables(result: VolumeResult, paths: dict[str, Path]) -> None:
-    """Write the patch table (``scores``) and the summary (``summary``) of a result."""
+def write_tables(result: VolumeResult, paths: dict[str, Path], image: Any = None) -> None:
+    """Write the patch table, the overview (when ``paths`` has one) and the summary.
+
+    Parameters
+    ----------
+    result : VolumeResult
+        The result (its residual may be the lazy view of the written TIFF).
+    paths : dict of str to Path
+        From :func:`output_paths`; ``overview`` is written only when present.
+    image : array-like, optional
+        The scored scan's grey values, for the overview.
+    """
     write_patch_table(result, paths["scores"])
+    if "overview" in paths and image is not None:
+        write_overview(result, image, paths["overview"])
     write_json(paths["summary"], summary_dict(result))
+
+
+def write_overview(result: VolumeResult, image: Any, path: Path, **kw: Any) -> Path:
+    """Write the quick-look PNG (:func:`napari_anogan.pipeline.overview.write_overview`)."""
+    from napari_anogan.pipeline.overview import write_overview as draw
+
+    return draw(result, image, path, **kw)
 
 
 def write_patch_table(result: VolumeResult, path: Path) -> Path:
@@ -219,6 +269,7 @@ def summary_dict(result: VolumeResult) -> dict:
         "n_patches": len(result.patches["slice"]),
         "candidates": [{k: c[k] for k in CANDIDATE_COLUMNS} for c in result.candidates],
         "model_fit": result.model_fit,
+        "heatmap_threshold": heatmap_threshold(result).to_dict(),
         "settings": result.settings,
         "model": result.model,
     }

@@ -297,6 +297,7 @@ def score_volume(
     boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
     partial_results: bool = False,
     keep_patches: bool = False,
+    figures: bool = defaults.WRITE_FIGURES,
 ) -> Generator[ProgressEvent, None, VolumeResult]:
     """Score a volume with a healthy model: the one scoring path of every caller.
 
@@ -323,8 +324,9 @@ def score_volume(
         Mapping and grid settings; defaults to :class:`ScoreSettings`'s.
     outdir : str or Path, optional
         Existing folder: write ``<stem>_residual.tif`` chunk by chunk, then
-        ``<stem>_scores.csv`` and ``<stem>_summary.json`` (:func:`output_paths`), each to a
-        temporary name renamed when complete. The result's ``residual`` is then a lazy
+        ``<stem>_scores.csv``, ``<stem>_overview.png`` (``figures``) and
+        ``<stem>_summary.json`` (:func:`output_paths`), each to a temporary name renamed
+        when complete. The result's ``residual`` is then a lazy
         (dask) view of the TIFF and its ``reconstruction`` is None (not an output).
     chunk_slices : int or None
         B-scans per chunk; None or 0: the whole volume in one chunk.
@@ -339,11 +341,15 @@ def score_volume(
     keep_patches : bool
         Keep the patch images and the mapping result in ``result.mapped``
         (:class:`MappedPatches`; evaluation); needs one chunk.
+    figures : bool
+        With ``outdir``: also write the quick-look figure ``<stem>_overview.png``
+        (:mod:`napari_anogan.pipeline.overview`), before the summary.
 
     Yields
     ------
     ProgressEvent
-        STAGE, then the mapping's events as progress of the whole volume, DONE.
+        STAGE (preprocessing), the mapping's events as progress of the whole volume,
+        STAGE (writing, with ``outdir``), DONE.
 
     Returns
     -------
@@ -370,7 +376,7 @@ def score_volume(
     model = load_model(model)
     pre_config = model_preprocess_config(model)
     _check_model_fits(model, pre_config)
-    paths = output_paths(volume.name, outdir) if outdir is not None else {}
+    paths = output_paths(volume.name, outdir, figures=figures) if outdir is not None else {}
     yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
     s_count = volume.shape[0]
     step = int(chunk_slices) if chunk_slices else s_count
@@ -466,7 +472,8 @@ def score_volume(
     )
     result.geometry, result.mapped = plan.geometry, kept
     if not in_memory:
-        write_tables(result, paths)
+        yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"writing the outputs of {volume.name}")
+        write_tables(result, paths, image=volume.data)
         result.outputs = paths
     yield ProgressEvent(EventKind.DONE, 1, 1, message=f"{volume.name} scored")
     return result

@@ -342,3 +342,32 @@ class Geometry:
         out = np.full((s, h, w), fill, np.float32)
         out[covered] = total[covered] / weight[covered]
         return out
+
+
+def retina_rows(
+    ilm: np.ndarray, bm: np.ndarray, height: int, *, above: float = 0.0, below: float = 0.0
+) -> tuple[int, int]:
+    """Rows [top, bottom) of a B-scan (or several) that hold the retina and some margin.
+
+    Parameters
+    ----------
+    ilm, bm : ndarray
+        Boundary rows (any shape; NaN where not found).
+    height : int
+        Rows of the B-scan.
+    above, below : float
+        Rows kept above the highest ILM and below the lowest BM.
+
+    Returns
+    -------
+    (top, bottom) : tuple of int
+        The whole B-scan when no boundary was found.
+    """
+    top_rows = np.asarray(ilm, dtype=float)
+    bottom_rows = np.asarray(bm, dtype=float)
+    if not (np.isfinite(top_rows).any() and np.isfinite(bottom_rows).any()):
+        return 0, int(height)
+    top = int(np.floor(np.nanmin(top_rows) - above))
+    bottom = int(np.ceil(np.nanmax(bottom_rows) + below)) + 1
+    top, bottom = max(top, 0), min(bottom, int(height))
+    return (top, bottom) if bottom > top else (0, int(height))

@@ -12,6 +12,7 @@ from napari_anogan._atomic import atomic_path
 from napari_anogan.io.volume import Volume
 from napari_anogan.io.writers import safe_stem
 from napari_anogan.preprocess.flatten import PreprocessedVolume
+from napari_anogan.preprocess.geometry import retina_rows
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ def draw_boundaries(
 ) -> None:
     """Save a PNG with ILM (yellow) and BM (cyan) drawn on a few evenly spaced B-scans.
 
+    Drawn pixel for pixel (B-scans narrower than
+    :data:`~napari_anogan.settings.FIGURE_MIN_WIDTH` enlarged by a whole factor), each
+    cropped to its retina and a margin, so the boundaries can be checked at 100 % zoom.
+
     Parameters
     ----------
     path : Path
@@ -37,23 +42,55 @@ def draw_boundaries(
     n_show : int
         Most B-scans drawn.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # Agg canvas; no pyplot state, no GUI backend
+
+    from napari_anogan.settings import FIGURE_MIN_WIDTH
 
     s = bscans.shape[0]
     picks = np.unique(np.linspace(0, s - 1, min(n_show, s)).round().astype(int))
     h, w = bscans.shape[1:]
-    fig = Figure(figsize=(6, 6 * h / w * len(picks) * 0.55 + 0.4), dpi=100)
-    axes = fig.subplots(len(picks), 1, squeeze=False)[:, 0]
+    scale = max(1, round(FIGURE_MIN_WIDTH / max(w, 1)))
+    margin, caption, gap, dpi = 12, 22, 8, 100
+    crops = [(i, *retina_rows(ilm[i], bm[i], h, above=24, below=36)) for i in picks]
+    fig_w = w * scale + 2 * margin
+    fig_h = margin + sum(caption + (b - t) * scale + gap for _, t, b in crops)
+    fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
     cols = np.arange(w)
-    for ax, i in zip(axes, picks, strict=True):
-        ax.imshow(np.asarray(bscans[i]), cmap="gray", aspect="auto", interpolation="nearest")
-        ax.plot(cols, ilm[i], color="yellow", lw=0.8, label="ILM")
-        ax.plot(cols, bm[i], color="cyan", lw=0.8, label="BM")
-        ax.set_title(f"B-scan {i}", fontsize=8)
+    y = margin / 2
+    for i, top, bottom in crops:
+        fig.text(
+            margin / fig_w,
+            1 - (y + 3) / fig_h,
+            f"B-scan {i} (rows {top}-{bottom - 1}): ILM yellow, BM cyan",
+            va="top",
+            fontsize=10,
+        )
+        y += caption
+        panel_h = (bottom - top) * scale
+        ax = fig.add_axes(
+            (margin / fig_w, 1 - (y + panel_h) / fig_h, w * scale / fig_w, panel_h / fig_h)
+        )
+        grey = np.asarray(bscans[i], dtype=np.float64)[top:bottom]
+        finite = grey[np.isfinite(grey)]
+        low, high = np.percentile(finite, [0.5, 99.8]) if finite.size else (0.0, 1.0)
+        ax.imshow(
+            grey,
+            cmap="gray",
+            vmin=low,
+            vmax=high if high > low else low + 1,
+            extent=(-0.5, w - 0.5, bottom - 0.5, top - 0.5),
+            aspect="auto",
+            interpolation="nearest",
+        )
+        ax.plot(cols, ilm[i], color="yellow", lw=1.0, label="ILM")
+        ax.plot(cols, bm[i], color="cyan", lw=1.0, label="BM")
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(bottom - 0.5, top - 0.5)
         ax.set_axis_off()
-    axes[0].legend(loc="lower right", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+        y += panel_h + gap
+    fig.savefig(path, format="png", dpi=dpi, facecolor="white")
 
 
 def write_preprocess_outputs(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from napari_anogan.checkpoint import (
@@ -77,6 +78,9 @@ def healthy_reference(
     """Map the held-out healthy patches with ``mcfg``; return the checkpoint's reference.
 
     With a feature ``bank``, the held-out patches' feature distances join the scores.
+    The quantiles of their pixel residual |x - G(z)| are stored too, as
+    ``pixel_residual``: the residual heatmap is transparent below one of them
+    (:mod:`napari_anogan.scoring.display`).
     """
     n_ref = min(hold_idx.size, train_config.reference_max_patches)
     if n_ref == 0:
@@ -96,10 +100,42 @@ def healthy_reference(
         scores["feature_distance"] = feature_distance(
             bank, patch_embeddings(d, held, bank.projection)
         )
+    scores["pixel_residual"] = pixel_residuals(g, held, result.z)
     quantiles = score_quantiles(scores, QUANTILE_LEVELS)
     return reference_to_checkpoint(
         QUANTILE_LEVELS, quantiles, result.config.to_dict(), n_patches=n_ref
     )
+
+
+def pixel_residuals(
+    g: nn.Module, patches: np.ndarray, z: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Every pixel's residual |x - G(z)| of mapped patches, flattened (float32).
+
+    Parameters
+    ----------
+    g : nn.Module
+        The generator (eval mode), on its device.
+    patches : (N, C, P, P) ndarray
+        The patches, in [-1, 1].
+    z : (N, ...) ndarray
+        Their latent codes, as the mapping returned them.
+    batch_size : int
+        Patches run through G at once.
+
+    Returns
+    -------
+    (N * C * P * P,) ndarray of float32
+    """
+    device = next(g.parameters()).device
+    parts = []
+    with torch.no_grad():
+        for a in range(0, len(patches), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(patches[a : a + batch_size], np.float32))
+            codes = torch.from_numpy(np.ascontiguousarray(z[a : a + batch_size], np.float32))
+            gz = g(codes.to(device)).float().cpu()
+            parts.append((x - gz).abs().numpy().ravel())
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def refresh_reference(
