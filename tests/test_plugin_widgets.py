@@ -769,3 +769,80 @@ def test_bundled_sample_heatmap_colours_what_healthy_tissue_rarely_shows(
     assert coloured_lesion >= 4 * (1.0 - clear)  # measured 5x as often in the lesions
     before = _transparent_share(viewer.layers["sample_volume residual (raw)"], retina)
     assert before < 0.01  # the raw residual, coloured from 0, covers it all
+
+
+def test_real_scan_with_the_synthetic_model_is_marked_unreliable(make_napari_viewer, qtbot, errors):
+    """The Kermany sample scored with the bundled synthetic model: the Score widget shows
+    the model card under the model and a visible warning beside the results, and the
+    Candidate markers list says it is unreliable; the OCTDL model on its own sample fits."""
+    from napari_anogan._widgets.viewer import dock_widgets
+
+    viewer = make_napari_viewer()
+    widgets = dock_widgets(viewer)
+    score, candidates = widgets["Score volume"], widgets["Candidate markers"]
+    assert "trained on: synthetic scans" in score.card.text()
+    assert "for demonstration" in score.card.text()
+    viewer.open_sample("napari-anogan", "real_bscan")  # Kermany NORMAL-1384-1
+    assert Path(score.model_path.text()).name == "anogan_small.pt"  # no model named
+    with qtbot.waitSignal(score.finished, timeout=300_000) as blocker:
+        score.run_button.click()
+    assert blocker.args == ["done"]
+    assert not errors
+    assert not score.fit_warning.isHidden()
+    assert "does not fit kermany2018_NORMAL-1384-1" in score.fit_warning.text()
+    assert "candidates are not meaningful" in score.fit_warning.text()
+    assert "model fit: does not fit" in score.status.text()
+    qtbot.waitUntil(lambda: candidates.result() is not None, timeout=10_000)
+    assert not candidates.unreliable.isHidden()
+    assert candidates.unreliable.text().startswith("UNRELIABLE: the model does not fit")
+
+    viewer.open_sample("napari-anogan", "octdl_bscan")  # names the real model: card follows
+    score.image.setCurrentText(viewer.layers[-1].name)
+    assert "trained on: real scans" in score.card.text()
+    assert "Optovue" in score.card.text()
+    with qtbot.waitSignal(score.finished, timeout=300_000) as blocker:
+        score.run_button.click()
+    assert blocker.args == ["done"]
+    assert score.fit_warning.isHidden()
+    assert "model fit: fits" in score.status.text()
+
+
+def test_train_widget_estimates_and_adapts_a_model(make_napari_viewer, qtbot, errors, tmp_path):
+    """Train from a folder with 'start from model': the estimate names epochs, updates and
+    a duration before training; the adapted model (2 epochs) keeps the initial one's
+    architecture, records it and the description in its card, and is complete."""
+    from napari_anogan._sample_data import REAL_BSCAN
+    from napari_anogan.checkpoint import load_checkpoint
+    from napari_anogan.model_card import model_card
+    from napari_anogan.resources import BUNDLED_REAL_MODEL, sample_path
+
+    folder = tmp_path / "healthy"
+    folder.mkdir()
+    (folder / REAL_BSCAN).write_bytes(sample_path(REAL_BSCAN).read_bytes())
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    assert widget.epochs.value() == 0  # shown as "auto": chosen for the data
+    assert widget.epochs.specialValueText() == "auto"
+    widget.set_paths([str(folder)])
+    widget.init_model.setText(str(sample_path(BUNDLED_REAL_MODEL)))
+    with qtbot.waitSignal(widget.estimated, timeout=120_000):
+        widget.estimate_button.click()
+    # 1 B-scan of 64 patches: one update an epoch, as many epochs as the cap allows
+    epochs = min(settings.ADAPT_UPDATES, settings.TRAIN_MAX_EPOCHS)
+    assert widget.plan["epochs"] == epochs
+    assert widget.estimate.text().startswith("about ")
+    assert f"{epochs} epochs ({epochs} updates) over 1 B-scans of 1 scans" in widget.estimate.text()
+    widget.epochs.setValue(2)
+    widget.description.setText("one Spectralis eye")
+    widget.output.setText(str(tmp_path / "adapted.pt"))
+    with qtbot.waitSignal(widget.finished, timeout=300_000) as blocker:
+        widget.train_button.click()
+    assert blocker.args == ["done"]
+    assert not errors
+    model = load_checkpoint(tmp_path / "adapted.pt")
+    card = model_card(model)
+    assert card["adapted_from"]["file"] == BUNDLED_REAL_MODEL
+    assert card["description"] == "one Spectralis eye"
+    assert model.training["epochs_done"] == 2
+    assert model.encoder is not None
+    assert model.feature_bank is not None

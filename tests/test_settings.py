@@ -136,7 +136,7 @@ def test_widget_defaults_are_the_settings(make_napari_viewer):
     assert score.settings().steps == settings.MAPPING_STEPS
     train = TrainWidget(viewer)
     assert train.preset.currentText() == settings.TRAIN_PRESET
-    assert train.epochs.value() == settings.TRAIN_EPOCHS
+    assert train.epochs.value() == 0  # "auto": chosen for the data, as the CLI does
     assert train.patches_per_scan.value() == settings.PATCHES_PER_SCAN
     assert train.reference_steps.value() == settings.REFERENCE_STEPS
     assert CandidatesWidget(viewer).threshold.value() == settings.PERCENTILE_THRESHOLD

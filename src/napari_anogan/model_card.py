@@ -19,7 +19,7 @@ from typing import Any
 
 from napari_anogan.checkpoint import read_checkpoint, save_checkpoint
 
-__all__ = ["card_lines", "model_card", "new_card", "write_card"]
+__all__ = ["card_lines", "card_text", "model_card", "new_card", "write_card"]
 
 #: Kinds of training data a card names.
 DATA_KINDS = ("real", "synthetic")
@@ -164,3 +164,17 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     if card.get("date"):
         lines.append(f"trained: {card['date']}")
     return lines
+
+
+def card_text(path: str | os.PathLike) -> str:
+    """Return the card of the model file at ``path`` as lines of text (the Score widget).
+
+    An unreadable file gives its error in one line instead (a widget shows it as is).
+    """
+    from napari_anogan.checkpoint import load_checkpoint
+    from napari_anogan.errors import AnoganError
+
+    try:
+        return "\n".join(card_lines(model_card(load_checkpoint(path))))
+    except AnoganError as exc:
+        return str(exc)

@@ -44,7 +44,23 @@ def train_parameters(presets: list[str]) -> dict[str, ValueWidget]:
     """Return the Train widget's preset, epochs, patches per B-scan and reference steps."""
     return {
         "preset": ComboBox(label="preset", choices=presets, value=defaults.TRAIN_PRESET),
-        "epochs": SpinBox(label="epochs", min=1, max=1000, value=defaults.TRAIN_EPOCHS),
+        "epochs": SpinBox(
+            label="epochs",
+            min=0,
+            max=1000,
+            value=0,
+            tooltip="GAN epochs; auto (0): chosen for the data, about "
+            f"{defaults.TRAIN_UPDATES} updates ({defaults.ADAPT_UPDATES} when starting from a "
+            "model)",
+        ),
+        "time_limit": SpinBox(
+            label="time limit (min)",
+            min=0,
+            max=10000,
+            value=0,
+            tooltip="stop training in time to finish a usable model (encoder, feature bank, "
+            "healthy reference) within this many minutes; 0: no limit",
+        ),
         "patches_per_scan": SpinBox(
             label="patches per B-scan", min=1, max=10000, value=defaults.PATCHES_PER_SCAN
         ),

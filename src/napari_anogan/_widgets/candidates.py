@@ -228,6 +228,11 @@ class CandidatesWidget(QWidget):
         )
         self.summary = QLabel("no scored image yet: use Score volume")
         self.summary.setWordWrap(True)
+        #: Marks the list unreliable when the model does not fit the scan (model_fit).
+        self.unreliable = QLabel("")
+        self.unreliable.setWordWrap(True)
+        self.unreliable.setStyleSheet("color: #d62728; font-weight: bold;")
+        self.unreliable.setVisible(False)
 
         form = QFormLayout()
         form.addRow("results of", self.source)
@@ -241,6 +246,7 @@ class CandidatesWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.summary)
+        layout.addWidget(self.unreliable)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.details)
         layout.addLayout(buttons)
@@ -496,6 +502,17 @@ class CandidatesWidget(QWidget):
         row = self.selected_row()
         if row is None or row >= len(self.candidates):
             self.details.setText("select a region for its position, size and mean score")
+        fit = (getattr(result, "model_fit", None) or {}) if result is not None else {}
+        misfit = fit.get("verdict") == "does_not_fit"
+        self.unreliable.setVisible(misfit)
+        self.unreliable.setText(
+            "UNRELIABLE: the model does not fit this scan (its typical patch is "
+            f"{fit.get('median_excess') or 0:.2f} x the healthy 99th percentile): these "
+            "candidates are not meaningful; adapt or train a model on healthy scans of "
+            "this device"
+            if misfit
+            else ""
+        )
         if result is None:
             self.summary.setText("no scored image yet: use Score volume")
             self.legend.show_bars(None)

@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 #: Milliseconds between two steps of layer work (see :class:`._common.StepQueue`).
 LAYER_STEP_PAUSE_MS = 20
 
+#: Colour of the model-fit warning (the overview figure's).
+FIT_WARNING_COLOR = "#d62728"
 REGIONS = ("whole volume", "current B-scan", "rectangles of a Shapes layer")
 
 
@@ -89,6 +91,11 @@ class ScoreWidget(QWidget):
         bundled = bundled_model_path()
         self.model_path = QLineEdit(str(bundled) if bundled else "")
         self.model_path.setPlaceholderText("healthy model checkpoint (.pt)")
+        #: The model card of the chosen model (what it was trained on), under its path.
+        self.card = QLabel("")
+        self.card.setWordWrap(True)
+        self.card.setStyleSheet("color: gray;")
+        self._card_of: str | None = None
         self.region = QComboBox()
         self.region.addItems(REGIONS)
         self.shapes = LayerCombo(viewer, (napari.layers.Shapes,), accept=_user_shapes)
@@ -109,10 +116,16 @@ class ScoreWidget(QWidget):
         self.progress = QProgressBar()
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
+        #: Shown beside the results when the model does not fit the scan (model_fit).
+        self.fit_warning = QLabel("")
+        self.fit_warning.setWordWrap(True)
+        self.fit_warning.setStyleSheet(f"color: {FIT_WARNING_COLOR}; font-weight: bold;")
+        self.fit_warning.setVisible(False)
 
         form = QFormLayout()
         form.addRow("image", self.image)
         form.addRow("model", browse_row(self.model_path, "…", self._browse_model))
+        form.addRow("", self.card)
         form.addRow("region", self.region)
         form.addRow("shapes", self.shapes)
         for widget in self.params.values():
@@ -126,6 +139,7 @@ class ScoreWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.fit_warning)
         layout.addStretch(1)
 
         self.job = Job("Scoring", self._on_event, self._on_result, self._on_finish)
@@ -144,7 +158,9 @@ class ScoreWidget(QWidget):
         self.cancel_button.clicked.connect(self.job.cancel)
         self.region.currentIndexChanged.connect(self._update_enabled)
         self.image.currentTextChanged.connect(self._suggest_model)
+        self.model_path.editingFinished.connect(self._show_card)
         self._suggest_model()
+        self._show_card()
         viewer.dims.events.current_step.connect(self._follow_slice)
         self._update_enabled()
         # After the widget is shown: imports of the first job, off its critical path.
@@ -157,6 +173,17 @@ class ScoreWidget(QWidget):
         suggested = (getattr(layer, "metadata", None) or {}).get("model")
         if suggested and Path(suggested).is_file():
             self.model_path.setText(str(suggested))
+            self._show_card()
+
+    def _show_card(self) -> None:
+        """Show the chosen model's card (what it was trained on) under its path."""
+        from napari_anogan.model_card import card_text
+
+        path = self.model_path.text().strip()
+        if path == self._card_of:
+            return
+        self._card_of = path
+        self.card.setText(card_text(path) if path and Path(path).is_file() else "")
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -164,6 +191,7 @@ class ScoreWidget(QWidget):
         )
         if path:
             self.model_path.setText(path)
+            self._show_card()
 
     @property
     def busy(self) -> bool:
@@ -258,6 +286,7 @@ class ScoreWidget(QWidget):
         self.progress.setRange(0, 0)
         self.progress.setFormat("starting: %p%")
         self.status.setText(f"scoring {layer.name}…")
+        self.fit_warning.setVisible(False)
         geometry = {
             "image_name": layer.name,
             "scale": tuple(layer.scale),
@@ -345,6 +374,7 @@ class ScoreWidget(QWidget):
         def done() -> None:
             self._follow_slice()
             self._message = result_message(result)
+            self.show_fit(result, name)
             notify_info(self._message)
 
         def failed(exc: BaseException) -> None:
@@ -354,6 +384,15 @@ class ScoreWidget(QWidget):
         self.layer_steps.submit(
             "result", lambda: result_layer_steps(viewer, layers, name), done, failed
         )
+
+    def show_fit(self, result: Any, scan: str) -> None:
+        """Show, beside the results, that the model does not fit the scan (or hide it)."""
+        from napari_anogan.scoring.fit import fit_message
+
+        model = Path(self.model_path.text().strip()).name
+        message = fit_message(getattr(result, "model_fit", None) or {}, model, scan)
+        self.fit_warning.setText(message or "")
+        self.fit_warning.setVisible(bool(message))
 
     def _layer_tuples(self, result: Any, layer: Any) -> list:
         return result_layers(

@@ -66,6 +66,8 @@ class TrainWidget(QWidget):
 
     #: Emitted when a job ends, with ``"done"``, ``"error"`` or ``"cancelled"``.
     finished = Signal(str)
+    #: Emitted when an estimate ends, with its outcome.
+    estimated = Signal(str)
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -80,13 +82,30 @@ class TrainWidget(QWidget):
         self.params = train_parameters(_presets())
         self.preset = self.params["preset"].native
         self.epochs = self.params["epochs"].native
+        self.epochs.setSpecialValueText("auto")  # 0: chosen for the data
+        self.time_limit = self.params["time_limit"].native
+        self.time_limit.setSpecialValueText("none")
         self.patches_per_scan = self.params["patches_per_scan"].native
         self.reference_steps = self.params["reference_steps"].native
         self.device = QComboBox()
         for label, value in device_choices():
             self.device.addItem(label, value)
+        self.folders = QComboBox()
+        self.folders.addItems(["auto", "volume", "collection"])
+        self.folders.setToolTip(
+            "a folder of B-scan images is one volume (exported slices of one scan) or a "
+            "collection of independent B-scans; auto: a volume when its images share one "
+            "size and their names differ in one number only"
+        )
+        self.init_model = QLineEdit()
+        self.init_model.setPlaceholderText("optional: a model to adapt (a few scans suffice)")
+        self.description = QLineEdit()
+        self.description.setPlaceholderText("for the model card: device, protocol, cohort")
         self.output = QLineEdit()
         self.output.setPlaceholderText("model file to write, e.g. healthy_model.pt")
+        self.estimate_button = QPushButton("Estimate time")
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
         self.train_button = QPushButton("Train")
         self.cancel_button = QPushButton("Cancel")
         self.resume_button = QPushButton("Resume")
@@ -99,9 +118,12 @@ class TrainWidget(QWidget):
         for button in (add_files, add_folder, remove):
             file_buttons.addWidget(button)
         form = QFormLayout()
+        form.addRow("folders are", self.folders)
+        form.addRow("start from model", browse_row(self.init_model, "…", self._browse_init))
         for widget in self.params.values():
             form.addRow(widget.label, widget.native)
         form.addRow("device", self.device)
+        form.addRow("description", self.description)
         form.addRow("output", browse_row(self.output, "…", self._browse_output))
         run_buttons = QHBoxLayout()
         for button in (self.train_button, self.cancel_button, self.resume_button):
@@ -111,6 +133,8 @@ class TrainWidget(QWidget):
         layout.addWidget(self.inputs)
         layout.addLayout(file_buttons)
         layout.addLayout(form)
+        layout.addWidget(self.estimate_button)
+        layout.addWidget(self.estimate)
         layout.addLayout(run_buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -118,7 +142,10 @@ class TrainWidget(QWidget):
         layout.addStretch(1)
 
         self.job = Job("Training", self._on_event, self._on_result, self._on_finish)
+        self.plan_job = Job("Estimating", lambda event: None, self._on_plan, self._on_plan_end)
         self.result: Any = None
+        #: The last estimate (:func:`~napari_anogan.pipeline.training_plan`), if any.
+        self.plan: dict | None = None
         self.tracker = ProgressTracker()
         add_files.clicked.connect(self._add_files)
         add_folder.clicked.connect(self._add_folder)
@@ -126,10 +153,12 @@ class TrainWidget(QWidget):
         self.train_button.clicked.connect(lambda: self.start(resume=False))
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
         self.cancel_button.clicked.connect(self.job.cancel)
+        self.estimate_button.clicked.connect(self.start_estimate)
         self._editors = (
             self.inputs, add_files, add_folder, remove, self.preset, self.epochs,
-            self.patches_per_scan, self.reference_steps, self.device, self.output,
-            self.train_button, self.resume_button,
+            self.time_limit, self.patches_per_scan, self.reference_steps, self.device,
+            self.output, self.folders, self.init_model, self.description,
+            self.train_button, self.resume_button, self.estimate_button,
         )  # fmt: skip
         self._update_enabled()
 
@@ -156,6 +185,13 @@ class TrainWidget(QWidget):
         for item in self.inputs.selectedItems():
             self.inputs.takeItem(self.inputs.row(item))
 
+    def _browse_init(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model to adapt", self.init_model.text(), "Checkpoints (*.pt)"
+        )
+        if path:
+            self.init_model.setText(path)
+
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
             self, "Model file", self.output.text(), "Checkpoints (*.pt)"
@@ -163,8 +199,23 @@ class TrainWidget(QWidget):
         if path:
             self.output.setText(path)
 
+    def _options(self) -> dict[str, Any]:
+        """Return the form's training options, as :func:`train_from_paths` takes them."""
+        init = self.init_model.text().strip() or None
+        if init is not None and not Path(init).is_file():
+            raise InputError("model to start from not found", init)
+        epochs = int(self.epochs.value())
+        return {
+            "preset": self.preset.currentText(),
+            "epochs": epochs or None,
+            "patches_per_scan": int(self.patches_per_scan.value()),
+            "device": str(self.device.currentData()),
+            "init": init,
+            "folders": self.folders.currentText(),
+        }
+
     def _update_enabled(self) -> None:
-        busy = self.job.running
+        busy = self.job.running or self.plan_job.running
         for widget in self._editors:
             widget.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
@@ -185,6 +236,7 @@ class TrainWidget(QWidget):
                 raise InputError("no checkpoint to resume from", output)
             if not Path(output).parent.is_dir():
                 raise InputError("output folder does not exist", Path(output).parent)
+            options = self._options()
         except Exception as exc:
             self.status.setText(notify_error(exc, "Training"))
             return
@@ -198,14 +250,37 @@ class TrainWidget(QWidget):
             train_from_paths,
             paths,
             output,
-            preset=self.preset.currentText(),
-            epochs=int(self.epochs.value()),
-            patches_per_scan=int(self.patches_per_scan.value()),
-            device=str(self.device.currentData()),
+            **options,
             resume=resume,
             train_overrides={"reference_steps": int(self.reference_steps.value())},
+            time_limit=float(self.time_limit.value()) or None,
+            description=self.description.text().strip(),
         )
         self._update_enabled()
+
+    def start_estimate(self) -> None:
+        """Estimate the training time of the listed scans with these options (a worker)."""
+        try:
+            paths = self.paths()
+            if not paths:
+                raise InputError("add healthy scans (files or folders) to train on")
+            options = self._options()
+        except Exception as exc:
+            self.estimate.setText(notify_error(exc, "Estimate"))
+            return
+        self.estimate.setText("estimating: counting B-scans, timing a few updates…")
+        self.plan_job.start(_plan, paths, **options)
+        self._update_enabled()
+
+    def _on_plan(self, plan: dict) -> None:
+        self.plan = plan
+        self.estimate.setText(plan_text(plan, float(self.time_limit.value()) or None))
+
+    def _on_plan_end(self, outcome: str) -> None:
+        if outcome == "error":
+            self.estimate.setText(self.plan_job.error or "estimate failed")
+        self._update_enabled()
+        self.estimated.emit(outcome)
 
     def _on_event(self, event: Any) -> None:
         kind = getattr(event.kind, "value", event.kind)
@@ -256,6 +331,34 @@ class TrainWidget(QWidget):
             self.status.setText(f"done: healthy model written to {path}")
         self._update_enabled()
         self.finished.emit(outcome)
+
+
+def _plan(paths: list[str], **options: Any):
+    """:func:`~napari_anogan.pipeline.training_plan` as a job (a generator) for a worker."""
+    from napari_anogan.events import EventKind, ProgressEvent
+    from napari_anogan.pipeline import training_plan
+
+    yield ProgressEvent(EventKind.STAGE, 0, 1, message="estimating the training time")
+    return training_plan(paths, **options)
+
+
+def plan_text(plan: dict, time_limit: float | None = None) -> str:
+    """Say what training will do and how long it should take (the widget's estimate line).
+
+    Examples
+    --------
+    >>> plan_text({"scans": 5, "bscans": 5, "epochs": 80, "updates": 400, "seconds": 75.0})
+    'about 1 min 15 s on this machine: 80 epochs (400 updates) over 5 B-scans of 5 scans'
+    """
+    from napari_anogan.progress import format_duration
+
+    text = (
+        f"about {format_duration(plan['seconds'])} on this machine: {plan['epochs']} epochs "
+        f"({plan['updates']} updates) over {plan['bscans']} B-scans of {plan['scans']} scans"
+    )
+    if time_limit and plan["seconds"] > 60 * time_limit:
+        text += f"; the {time_limit:g} min limit will stop it early (a usable model still)"
+    return text
 
 
 def samples_placement(
