@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no bundled model yet: pass --model")
     args.out = args.out.resolve()  # the shots are taken in a scratch folder
     args.out.mkdir(parents=True, exist_ok=True)
-    every = ["sample", "score", "candidates", "export", "train", "real", "overview"]
+    every = ["sample", "score", "candidates", "export", "train", "real", "overview", "misfit"]
+    every += ["adapted"] if KERMANY.is_dir() else []
     wanted = set(args.only or every)
     if "overview" in wanted:
         shoot_overview(args.out)
@@ -143,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         with reader_folder():
             shoot_real(args.out)
         wanted.discard("real")
+    if "misfit" in wanted:
+        with reader_folder():
+            shoot_misfit(args.out)
+        wanted.discard("misfit")
+    if "adapted" in wanted:
+        with reader_folder():
+            shoot_adapted(args.out)
+        wanted.discard("adapted")
     if not wanted:
         return 0
     with reader_folder():
@@ -244,6 +253,74 @@ def shoot_real(out: Path) -> None:
     show_dock(viewer, "Candidate markers")
     viewer.reset_view()
     shoot(viewer, "real", out)
+    viewer.close()
+
+
+#: Kermany (Spectralis) B-scans of the shared data, for the adapted-model screenshot.
+KERMANY = ROOT.parent / "shared" / "data" / "real-oct"
+#: The healthy B-scans the adapted model is trained on (fold A of benchmarks/adapt_device.py)
+#: and the diseased B-scan it scores (CNV with a pigment-epithelium detachment).
+ADAPT_HEALTHY = ("1384-1", "33637-1", "4872585-1", "5156112-1", "5171640-1")
+ADAPT_SCAN = "kermany2018/CNV-732516-2.jpeg"
+
+
+def _score_and_wait(score) -> None:
+    outcome: list[str] = []
+    score.finished.connect(outcome.append)
+    score.run_button.click()
+    wait_until(lambda: bool(outcome))
+    if outcome != ["done"]:
+        raise SystemExit(f"scoring ended with {outcome[0]}")
+
+
+def shoot_misfit(out: Path) -> None:
+    """A real Kermany B-scan scored with the bundled synthetic model: the model card under
+    the model, the model-fit warning beside the results, the candidates marked unreliable."""
+    import napari
+
+    from napari_anogan._widgets.viewer import dock_widgets
+
+    viewer = napari.Viewer(title="napari-anogan")
+    viewer.window.resize(1600, 1000)
+    widgets = dock_widgets(viewer)
+    viewer.open_sample("napari-anogan", "real_bscan")
+    score = widgets["Score volume"]
+    score.model_path.setText(relative(score.model_path.text()))
+    _score_and_wait(score)
+    viewer.reset_view()
+    shoot(viewer, "misfit", out)
+    viewer.close()
+
+
+def shoot_adapted(out: Path) -> None:
+    """A diseased Spectralis B-scan scored by the OCTDL model adapted to 5 healthy ones."""
+    import napari
+
+    from napari_anogan._widgets.viewer import dock_widgets
+    from napari_anogan.events import drain
+    from napari_anogan.pipeline import train_from_paths
+
+    healthy = Path("healthy_spectralis")
+    healthy.mkdir()
+    for name in ADAPT_HEALTHY:
+        (healthy / f"NORMAL-{name}.jpeg").symlink_to(
+            next(KERMANY.glob(f"kermany2018*/NORMAL-{name}.jpeg"))
+        )
+    drain(train_from_paths([healthy], "spectralis.pt", init="sample_data/anogan_octdl.pt"))
+    scan = Path(ADAPT_SCAN).name
+    Path(scan).symlink_to(KERMANY / ADAPT_SCAN)
+    viewer = napari.Viewer(title="napari-anogan")
+    viewer.window.resize(1600, 1000)
+    widgets = dock_widgets(viewer)
+    viewer.open(scan, plugin="napari-anogan")
+    score = widgets["Score volume"]
+    score.image.setCurrentText(viewer.layers[-1].name)
+    score.model_path.setText("spectralis.pt")
+    score._show_card()
+    _score_and_wait(score)
+    show_dock(viewer, "Candidate markers")
+    viewer.reset_view()
+    shoot(viewer, "adapted", out)
     viewer.close()
 
 
