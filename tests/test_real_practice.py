@@ -274,3 +274,17 @@ def test_evaluate_records_which_inputs_the_model_does_not_fit(tmp_path):
     assert fit["does_not_fit"] == [KERMANY_SCAN.name]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["model_fit"]["does_not_fit"] == [KERMANY_SCAN.name]
+
+
+SHARED = ROOT.parent / "shared" / "data" / "real-oct"
+
+
+@pytest.mark.skipif(not (SHARED / "kermany2018-val").is_dir(), reason="needs ../shared data")
+def test_kermany_archive_folder_is_a_collection_of_its_32_bscans():
+    # 8 NORMAL (512 wide) and 24 diseased B-scans (8 of them 768 wide) of 28 patients
+    scans, notes = expand_inputs([SHARED / "kermany2018-val"])
+    assert len(scans) == 32
+    assert all(p.suffix == ".jpeg" for p in scans)
+    assert "32 B-scan images read as a collection" in notes[0]
+    normal = [p for p in scans if p.name.startswith("NORMAL")]
+    assert not looks_like_volume(normal)  # one size, but patient and scan numbers vary
