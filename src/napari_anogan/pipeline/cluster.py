@@ -206,7 +206,10 @@ def run_task(
     if not force:
         done = already_scored(path, outdir, fingerprint)
         if done is not None:
-            logger.info("%s: complete output set already there", done.name)
+            # The batch only sends volumes that were not complete when it started: this
+            # set was written during it (by an earlier attempt), so the volume is scored.
+            logger.info("%s: complete output set already written by this batch", done.name)
+            done.status = "scored"
             return done
     try:
         return task(path, model_path, settings, outdir, fingerprint)
