@@ -383,6 +383,28 @@ def check_finite_weights(data: dict[str, Any], path: str | os.PathLike | None) -
             raise ModelError(f"healthy reference contains NaN/Inf ({name})", path)
 
 
+def _check_reference(reference: dict[str, Any], path: Path) -> None:
+    """Refuse a healthy reference percentiles cannot be read from (found by fuzzing).
+
+    Every score's quantiles are one non-decreasing value per level.
+    """
+    if not reference:
+        return
+    levels = np.asarray(reference.get("levels"))
+    for name, values in reference.items():
+        if name in ("levels", "settings", "n_patches"):
+            continue
+        q = np.asarray(values)
+        if q.shape != levels.shape or levels.ndim != 1:
+            raise ModelError(
+                f"invalid healthy reference: {name} has {q.shape} quantiles for "
+                f"{levels.shape} levels",
+                path,
+            )
+        if np.any(np.diff(q) < 0) or np.any(np.diff(levels) < 0):
+            raise ModelError(f"invalid healthy reference: {name} quantiles decrease", path)
+
+
 def _json(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     try:
         value = json.loads(data[key])
@@ -495,8 +517,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         encoder.eval()
     try:
         reference = reference_from_checkpoint(data["reference"])
-    except (KeyError, AttributeError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise ModelError(f"invalid reference distribution in checkpoint ({exc})", path) from exc
+    _check_reference(reference, path)
     return LoadedModel(
         generator=generator,
         discriminator=discriminator,

@@ -540,8 +540,14 @@ def _read_file(path: Path) -> _RawRead:
         reader, kind = _read_npy, "NumPy .npy"
     try:
         return reader(path)
-    except (InputError, MemoryError):
+    except InputError:
         raise
+    except MemoryError as exc:  # the image fits (checked): the file's own sizes are absurd
+        raise InputError(
+            f"cannot read as {kind}: reading it needs more memory than available (a "
+            "damaged header declaring huge strips or chunks?)",
+            path,
+        ) from exc
     except Exception as exc:  # tifffile, imagecodecs, Pillow, numpy: all mean "bad file"
         raise InputError(
             f"cannot read as {kind} (corrupt or truncated?): {type(exc).__name__}: {exc}",
