@@ -1,12 +1,14 @@
 """Kill Dask workers during ``score A B C --workers 2`` runs; check nothing is lost.
 
 Each run starts the real command line on three synthetic volumes and SIGKILLs one worker
-process at a chosen point: before any volume is done, after the first, after the second
-(while the last is scored), each time the idle worker (it holds finished results), the
-busy one or either. Runs alternate between a fresh output folder and the folder of the
-previous run (finished volumes are then skipped, or scored again if incomplete). While a
-run goes on, the output folder is watched: a volume whose output set was complete once
-(summary present and matching its files) must stay complete.
+process at a chosen point: while the cluster starts, before any volume is done, after the
+first, after the second (while the last is scored), each time the idle worker (it holds
+finished results), the busy one or either. Runs alternate between a fresh output folder and the folder of the
+previous run with two of its sets made incomplete as a killed run leaves them (summary
+gone, a table from another run, residual gone with a temporary file left): the complete
+one must be skipped, the other two scored again. While a run goes on, the output folder
+is watched: a volume whose output set was complete once (summary present and matching
+its files) must stay complete.
 
 A run passes when it exits 0 with every volume's set complete, or exits non-zero and
 names exactly the volumes without a complete set; and no complete set was ever lost.
@@ -34,7 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "sample_data" / "anogan_small.pt"
 NAMES = ("a", "b", "c")
-#: (finished volumes to wait for before the kill, which worker to kill)
+#: (finished volumes to wait for before the kill, -1: none, as soon as the workers start;
+#: which worker to kill)
 PLAN = [
     (0, "busy"),
     (1, "idle"),
@@ -46,6 +49,7 @@ PLAN = [
     (1, "idle"),
     (2, "any"),
     (1, "any"),
+    (-1, "any"),  # while the cluster starts
 ]
 
 
@@ -110,12 +114,32 @@ def pick_worker(pid: int, which: str, rng: np.random.Generator):
     return ranked[int(rng.integers(0, len(ranked)))]
 
 
+def damage(out: Path, names: list[str], rng: np.random.Generator) -> list[str]:
+    """Make these volumes' sets incomplete, as a killed run would leave them."""
+    done = []
+    for name in names:
+        how = int(rng.integers(0, 3))
+        if how == 0:
+            (out / f"{name}_summary.json").unlink(missing_ok=True)
+        elif how == 1:  # a table from another run beside the summary
+            with open(out / f"{name}_scores.csv", "a") as fh:
+                fh.write("0,0,0,0,0,0,0,0,0,0,0,0\n")
+        else:
+            (out / f".tmp-{name}_residual-k1ll3d.tif").write_bytes(b"half")
+            (out / f"{name}_residual.tif").unlink(missing_ok=True)
+        done.append(f"{name}: {['summary removed', 'table changed', 'residual removed'][how]}")
+    return done
+
+
 def one_run(inputs: list[Path], out: Path, after: int, which: str, rng) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     code = "import sys; from napari_anogan.cli import main; sys.exit(main())"
     cmd = [sys.executable, "-c", code, "score", *map(str, inputs), "-m", str(MODEL)]
     cmd += ["-o", str(out), "--workers", "2", "--device", "cpu", "-q"]
     before = complete_sets(out) if out.exists() else set()
+    wait = after == 0
+    if after >= 0:
+        after += len(before)  # the skipped volumes are reported first
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     lines: list[str] = []
     done = threading.Event()
@@ -144,7 +168,7 @@ def one_run(inputs: list[Path], out: Path, after: int, which: str, rng) -> dict:
         finished = sum(1 for line in lines if line.startswith("["))
         started = bool(workers_of(proc.pid))
         if killed is None and started and finished >= after:
-            if after == 0:
+            if wait:
                 time.sleep(float(rng.uniform(2, 6)))  # while the first volumes are scored
             victim = pick_worker(proc.pid, which, rng)
             if victim is not None:
@@ -185,7 +209,7 @@ def one_run(inputs: list[Path], out: Path, after: int, which: str, rng) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--slices", type=int, default=4, help="B-scans per volume")
+    parser.add_argument("--slices", type=int, default=12, help="B-scans per volume")
     parser.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -198,10 +222,17 @@ def main() -> int:
     out = work / "out-0"
     for i in range(args.runs):
         after, which = PLAN[i % len(PLAN)]
-        if i % 2 == 0:  # a fresh folder; odd runs go on in the previous one
+        damaged: list[str] = []
+        if i % 2 == 0:  # a fresh folder
             out = work / f"out-{i}"
+        else:  # the previous run's folder with two sets made incomplete: scored again
+            names = [str(n) for n in rng.choice(NAMES, 2, replace=False)]
+            damaged = damage(out, names, rng)
+            after = min(after, 1)
         result = one_run(inputs, out, after, which, rng)
-        result.update(run=i, folder=out.name, plan={"after": after, "worker": which})
+        result.update(
+            run=i, folder=out.name, damaged=damaged, plan={"after": after, "worker": which}
+        )
         runs.append(result)
         print(
             f"run {i}: rc {result['rc']}, killed {result['killed']}, complete "

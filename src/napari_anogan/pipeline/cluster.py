@@ -341,23 +341,30 @@ def score_paths(
             if on_result:
                 on_result(done, len(results), total)
     if todo:
-        _run_on_cluster(
-            [str(Path(paths[i]).resolve()) for i in todo],
-            todo,
-            model_path,
-            settings,
-            str(out.resolve()),
-            fingerprint,
-            results,
-            total,
-            workers=workers,
-            scheduler=scheduler,
-            retries=retries,
-            force=force,
-            on_result=on_result,
-            task=task or score_one,
-            show_dask_logs=show_dask_logs,
-        )
+        try:
+            _run_on_cluster(
+                [str(Path(paths[i]).resolve()) for i in todo],
+                todo,
+                model_path,
+                settings,
+                str(out.resolve()),
+                fingerprint,
+                results,
+                total,
+                workers=workers,
+                scheduler=scheduler,
+                retries=retries,
+                force=force,
+                on_result=on_result,
+                task=task or score_one,
+                show_dask_logs=show_dask_logs,
+            )
+        except ClusterError as exc:  # no volume was scored: say which have no outputs
+            missing = [names[i] for i in todo if i not in results]
+            raise ClusterError(
+                f"{exc}; {len(missing)} of {total} volumes have no complete outputs in "
+                f"{out}: {', '.join(missing)}"
+            ) from exc
     statuses = [results[i] for i in range(total)]
     check_outputs(statuses, out)
     return statuses
