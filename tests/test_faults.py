@@ -541,6 +541,31 @@ def test_a_set_mixed_by_a_killed_run_is_trusted_neither_by_rerun_nor_by_the_napa
     assert "diseased_residual.tif" in str(info.value)
 
 
+def test_an_exported_set_opens_in_napari_until_one_of_its_files_changes(tmp_path):
+    """The Export widget's way: residual and table first, then a summary naming them."""
+    from napari_anogan._reader import read_layers
+    from napari_anogan.datasets.synthetic import make_volume
+    from napari_anogan.errors import InputError
+    from napari_anogan.events import drain
+    from napari_anogan.io import Volume
+    from napari_anogan.pipeline import score_volume, summary_dict, write_score_outputs
+
+    syn = make_volume(1, 200, 256, seed=5)
+    volume = Volume(syn.data, spacing=syn.spacing, name="eye")
+    result = drain(score_volume(volume, BUNDLED, _fast_settings()))
+    written = write_score_outputs(result, tmp_path, include=["residual", "scores"])
+    summary = {**summary_dict(result), "files": {"heatmap": "eye_residual.tif"}}
+    write_score_outputs(result, tmp_path, include=["summary"], summary=summary)
+    saved = json.loads((tmp_path / "eye_summary.json").read_text())
+    assert saved["files"]["heatmap"]["name"] == "eye_residual.tif"
+    [(data, _meta, kind)] = read_layers(str(written["residual"]))
+    assert kind == "image"
+    assert data.shape == (200, 256)
+    write_score_outputs(result, tmp_path, include=["residual"], spacing=(1.0, 2.0, 3.0))
+    with pytest.raises(InputError, match=r"eye_residual\.tif is not the file eye_summary\.json"):
+        read_layers(str(written["residual"]))
+
+
 def test_temporary_files_of_a_killed_run_are_removed_by_the_next_run_not_a_live_ones(
     synthetic_dir, tmp_path
 ):

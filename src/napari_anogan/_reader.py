@@ -111,7 +111,11 @@ def check_output_set(path: str | Path) -> None:
     if not summary.exists():
         logger.warning("%s: no %s beside it: not a complete score output set", path, summary.name)
         return
-    problems = verify_output_set(summary)
+    # only the files the summary lists (an Export writes other kinds than score)
+    problems = verify_output_set(summary, required=())
+    listed = _listed_names(summary)
+    if not problems and listed is not None and Path(path).name not in listed:
+        problems = [f"{summary.name} does not list {Path(path).name}"]
     if problems:
         raise InputError(
             "belongs to an incomplete or mixed score output set ("
@@ -119,6 +123,16 @@ def check_output_set(path: str | Path) -> None:
             + "); score the volume again",
             path,
         )
+
+
+def _listed_names(summary: Path) -> set[str] | None:
+    import json
+
+    try:
+        files = json.loads(summary.read_text(encoding="utf-8")).get("files")
+        return {str(entry["name"]) for entry in files.values()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
