@@ -3,12 +3,12 @@
 Each run starts the real command line on three synthetic volumes and SIGKILLs one worker
 process at a chosen point: while the cluster starts, before any volume is done, after the
 first, after the second (while the last is scored), each time the idle worker (it holds
-finished results), the busy one or either. Runs alternate between a fresh output folder and the folder of the
-previous run with two of its sets made incomplete as a killed run leaves them (summary
-gone, a table from another run, residual gone with a temporary file left): the complete
-one must be skipped, the other two scored again. While a run goes on, the output folder
-is watched: a volume whose output set was complete once (summary present and matching
-its files) must stay complete.
+finished results), the busy one or either. Runs alternate between a fresh output folder
+and the folder of the previous run with two of its sets made incomplete as a killed run
+leaves them (summary gone, a table from another run, residual gone with a temporary file
+left): the complete one must be skipped, the other two scored again. While a run goes
+on, the output folder is watched: a volume whose output set was complete once (summary
+present and matching its files) must stay complete.
 
 A run passes when it exits 0 with every volume's set complete, or exits non-zero and
 names exactly the volumes without a complete set; and no complete set was ever lost.
@@ -65,7 +65,7 @@ def make_volumes(folder: Path, slices: int) -> list[Path]:
 
 
 def complete_sets(out: Path) -> set[str]:
-    from napari_anogan.pipeline.outputs import verify_output_set
+    from napari_anogan.pipeline.output_set import verify_output_set
 
     return {n for n in NAMES if not verify_output_set(out / f"{n}_summary.json")}
 

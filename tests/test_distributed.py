@@ -173,7 +173,7 @@ def test_a_finished_volume_is_never_scored_again_nor_deleted_when_its_worker_die
     for name in "abc":
         assert (out / f"{name}_summary.json").is_file(), name
     assert [s.status for s in statuses] == ["scored"] * 3, [s.line() for s in statuses]
-    from napari_anogan.pipeline.outputs import verify_output_set
+    from napari_anogan.pipeline.output_set import verify_output_set
 
     for name in "abc":
         assert verify_output_set(out / f"{name}_summary.json") == [], name

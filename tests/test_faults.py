@@ -494,7 +494,7 @@ def test_score_summary_lists_the_size_and_sha256_of_every_file_of_its_set(synthe
     import hashlib
 
     from napari_anogan.cli import main
-    from napari_anogan.pipeline.outputs import verify_output_set
+    from napari_anogan.pipeline.output_set import verify_output_set
 
     out = tmp_path / "out"
     args = ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(BUNDLED)]

@@ -103,7 +103,7 @@ def check_output_set(path: str | Path) -> None:
         Naming the file and what does not match.
     """
     from napari_anogan.errors import InputError
-    from napari_anogan.pipeline.outputs import summary_of, verify_output_set
+    from napari_anogan.pipeline.output_set import summary_of, verify_output_set
 
     summary = summary_of(path)
     if summary is None:

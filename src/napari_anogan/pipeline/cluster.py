@@ -23,6 +23,9 @@ task is released as soon as its status is in, and a task finds a complete set of
 volume already written), and nothing of an earlier set is deleted before a new one is
 complete. The batch ends by checking every volume's set on disk: a volume counts as done
 only if it is complete. No Qt here.
+
+Over 500 lines on purpose: what a batch guarantees (skip, release, the end check, quiet
+logs, a clear refusal when the cluster cannot start) is one protocol, kept in one place.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def already_scored(path: str | os.PathLike, outdir: str | os.PathLike, fingerpri
     (:func:`~napari_anogan.pipeline.outputs.verify_output_set`). A set mixed by a killed
     run, or written by an older version without a manifest, is scored again.
     """
-    from napari_anogan.pipeline.outputs import verify_output_set
+    from napari_anogan.pipeline.output_set import verify_output_set
 
     name = output_name(path)
     paths = _paths(Path(outdir), name)
@@ -236,7 +239,7 @@ def check_outputs(statuses: Sequence[VolumeStatus], outdir: str | os.PathLike) -
     volume's summary and the files of its manifest are there and match; otherwise the
     status says what is missing.
     """
-    from napari_anogan.pipeline.outputs import verify_output_set
+    from napari_anogan.pipeline.output_set import verify_output_set
 
     for status in statuses:
         if status.status == "failed":
