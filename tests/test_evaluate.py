@@ -427,3 +427,100 @@ def test_find_mask_takes_common_suffixes_and_never_the_scan_itself(tmp_path):
     # "AB.png" is not a mask of "A"
     (scans / "AB_mask.png").touch()
     assert find_mask(scans / "A.png") == scans / "A_drusen-mask.png"
+
+
+def _png(path, image):
+    from PIL import Image
+
+    Image.fromarray(np.asarray(image)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mask", "expected"),
+    [
+        (np.zeros((40, 30), np.uint8), None),  # all background: a valid mask
+        ((np.arange(1200).reshape(40, 30) % 2).astype(np.uint8), None),  # 0/1
+        ((np.arange(1200).reshape(40, 30) % 2 * 255).astype(np.uint8), None),  # 0/255
+        ((np.arange(1200).reshape(40, 30) % 6).astype(np.float32), None),  # labels as floats
+        ((np.arange(1200).reshape(40, 30) % 200).astype(np.uint8), "200 distinct values"),
+        (np.full((40, 30), 0.5, np.float32), "non-integer values"),
+        (np.full((40, 30), -1, np.int16), "negative values"),
+        (np.zeros((40, 31), np.uint8), r"mask shape \(1, 40, 31\) differs from its scan"),
+    ],
+)
+def test_a_mask_must_be_few_integer_labels_of_the_scans_shape(tmp_path, mask, expected):
+    import tifffile
+
+    scan = tmp_path / "scan.png"
+    _png(scan, np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8))
+    path = tmp_path / "scan_mask.tif"
+    tifffile.imwrite(path, mask)
+    if expected is None:
+        labels = lb.load_mask(path, scan, (1, 40, 30))
+        np.testing.assert_array_equal(labels[0], mask)
+        assert labels.dtype.kind == "u"
+    else:
+        with pytest.raises(InputError, match=expected) as info:
+            lb.load_mask(path, scan, (1, 40, 30))
+        assert "scan_mask.tif" in str(info.value)
+    with pytest.raises(InputError, match="is the scan itself"):
+        lb.load_mask(scan, scan, (1, 40, 30))
+
+
+def test_evaluate_refuses_the_scan_as_its_mask_and_says_which_mask_labelled_which_scan(
+    tmp_path, capsys, monkeypatch
+):
+    """Scans and masks in one folder; a copy of a scan in --masks is refused, not taken
+    as its own mask (every patch positive, lesion labels = grey values)."""
+    import functools
+    import shutil
+
+    from napari_anogan.cli import main
+    from napari_anogan.datasets.synthetic import make_volume
+    from napari_anogan.evaluation.experiment import run_evaluation
+    from napari_anogan.pipeline import ScoreSettings
+    from napari_anogan.resources import BUNDLED_MODEL, sample_path
+
+    data = tmp_path / "data"
+    data.mkdir()
+    healthy = make_volume(1, 200, 256, seed=3)
+    sick = make_volume(1, 200, 256, lesions=["srf"], seed=4)
+    _png(data / "healthy.png", healthy.data[0])
+    _png(data / "sick.png", sick.data[0])
+    _png(data / "sick_mask.png", (sick.mask[0] > 0).astype(np.uint8))
+    settings = ScoreSettings(mode="encoder", device="cpu", stride=32)
+    model = sample_path(BUNDLED_MODEL)
+    # a few bootstrap resamples: the intervals are not what this test is about
+    monkeypatch.setattr(
+        ev, "evaluate_scores", functools.partial(ev.evaluate_scores, n_resamples=20)
+    )
+    (tmp_path / "out").mkdir()
+    metrics = drain(
+        run_evaluation(
+            model,
+            normal=[data / "healthy.png"],
+            anomalous=[data / "sick.png"],
+            outdir=tmp_path / "out",
+            settings=settings,
+            masks=data,
+            acae_epochs=0,
+            figures=False,
+        )
+    )
+    assert metrics["masks"] == {"healthy.png": None, "sick.png": str(data / "sick_mask.png")}
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["masks"] == metrics["masks"]
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    shutil.copy(data / "sick.png", masks / "sick.png")  # the scan itself, in --masks
+    (data / "sick_mask.png").unlink()
+    args = ["-q", "evaluate", "-m", str(model), "--normal", str(data / "healthy.png")]
+    args += ["--anomalous", str(data / "sick.png"), "--masks", str(masks)]
+    args += ["-o", str(tmp_path / "out2"), "--acae-epochs", "0", "--mapping", "encoder"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{masks / 'sick.png'}: holds" in err
+    assert "distinct values; expected a lesion mask" in err
+    assert err.count("\n") == 0

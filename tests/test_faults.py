@@ -9,6 +9,7 @@ every random draw of an epoch is derived from ``(seed, epoch)``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -475,3 +476,436 @@ def test_resume_with_other_data_or_preprocessing_is_refused(tmp_path):
     ):
         drain(train_gan(patches, cfg, more, path, resume=True, extra=other))
     assert drain(train_gan(patches, cfg, more, path, resume=True, extra=dict(extra))).epochs == 2
+
+
+# ---------------------------------------------------- output sets: all-new or untrusted
+
+BUNDLED = Path(__file__).resolve().parents[1] / "sample_data" / "anogan_small.pt"
+FAST_SCORE = ["--mapping", "encoder", "--device", "cpu", "--batch-size", "64"]
+
+
+def _fast_settings(**changes):
+    from napari_anogan.pipeline import ScoreSettings
+
+    return ScoreSettings(mode="encoder", device="cpu", batch_size=64, **changes)
+
+
+def test_score_summary_lists_the_size_and_sha256_of_every_file_of_its_set(synthetic_dir, tmp_path):
+    import hashlib
+
+    from napari_anogan.cli import main
+    from napari_anogan.pipeline.output_set import verify_output_set
+
+    out = tmp_path / "out"
+    args = ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(BUNDLED)]
+    assert main([*args, "-o", str(out), *FAST_SCORE]) == 0
+    summary = json.loads((out / "normal_summary.json").read_text())
+    assert sorted(summary["files"]) == ["residual", "scores"]
+    for entry in summary["files"].values():
+        data = (out / entry["name"]).read_bytes()
+        assert entry["bytes"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert verify_output_set(out / "normal_summary.json") == []
+    assert sorted(p.name for p in out.iterdir()) == [
+        "normal_residual.tif",
+        "normal_scores.csv",
+        "normal_summary.json",
+    ]
+
+
+def test_a_set_mixed_by_a_killed_run_is_trusted_neither_by_rerun_nor_by_the_napari_reader(
+    synthetic_dir, tmp_path
+):
+    """A run with other settings killed after renaming its residual: new residual beside
+    the old tables and summary. The skip-done check must score it again, napari refuse it."""
+    from napari_anogan._reader import read_layers
+    from napari_anogan.errors import InputError
+    from napari_anogan.pipeline.cluster import already_scored, score_fingerprint, score_one
+
+    scan = str(synthetic_dir / "diseased.ome.tif")
+    first, other = _fast_settings(lam=0.7), _fast_settings(lam=0.3)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    fp = score_fingerprint(BUNDLED, first)
+    score_one(scan, str(BUNDLED), first, str(old), fp)
+    assert already_scored(scan, old, fp) is not None  # complete: skipped by a re-run
+    score_one(scan, str(BUNDLED), other, str(new), score_fingerprint(BUNDLED, other))
+    residual = old / "diseased_residual.tif"
+    assert residual.read_bytes() != (new / "diseased_residual.tif").read_bytes()
+    os.replace(new / "diseased_residual.tif", residual)  # what the killed run left
+
+    assert already_scored(scan, old, fp) is None
+    with pytest.raises(InputError, match="incomplete or mixed score output set") as info:
+        read_layers(str(residual))
+    assert "diseased_residual.tif" in str(info.value)
+
+
+def test_an_exported_set_opens_in_napari_until_one_of_its_files_changes(tmp_path):
+    """The Export widget's way: residual and table first, then a summary naming them."""
+    from napari_anogan._reader import read_layers
+    from napari_anogan.datasets.synthetic import make_volume
+    from napari_anogan.errors import InputError
+    from napari_anogan.events import drain
+    from napari_anogan.io import Volume
+    from napari_anogan.pipeline import score_volume, summary_dict, write_score_outputs
+
+    syn = make_volume(1, 200, 256, seed=5)
+    volume = Volume(syn.data, spacing=syn.spacing, name="eye")
+    result = drain(score_volume(volume, BUNDLED, _fast_settings()))
+    written = write_score_outputs(result, tmp_path, include=["residual", "scores"])
+    summary = {**summary_dict(result), "files": {"heatmap": "eye_residual.tif"}}
+    write_score_outputs(result, tmp_path, include=["summary"], summary=summary)
+    saved = json.loads((tmp_path / "eye_summary.json").read_text())
+    assert saved["files"]["heatmap"]["name"] == "eye_residual.tif"
+    [(data, _meta, kind)] = read_layers(str(written["residual"]))
+    assert kind == "image"
+    assert data.shape == (200, 256)
+    write_score_outputs(result, tmp_path, include=["residual"], spacing=(1.0, 2.0, 3.0))
+    with pytest.raises(InputError, match=r"eye_residual\.tif is not the file eye_summary\.json"):
+        read_layers(str(written["residual"]))
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next_run_not_a_live_ones(
+    synthetic_dir, tmp_path
+):
+    from napari_anogan._atomic import TempFile
+    from napari_anogan.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".tmp-normal_residual-k1ll3d.tif", out / ".tmp-other_scores-dead.csv"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    live = TempFile(out / "busy_residual.tif")  # another run, still writing
+    try:
+        args = ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(BUNDLED)]
+        assert main([*args, "-o", str(out), *FAST_SCORE]) == 0
+        assert not any(p.exists() for p in stale)
+        assert live.path.exists()
+    finally:
+        live.discard()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "normal_residual.tif",
+        "normal_scores.csv",
+        "normal_summary.json",
+    ]
+
+
+def test_end_of_batch_check_fails_volumes_whose_set_is_not_complete(synthetic_dir, tmp_path):
+    from napari_anogan.pipeline.cluster import (
+        VolumeStatus,
+        check_outputs,
+        score_fingerprint,
+        score_one,
+    )
+
+    settings = _fast_settings()
+    scan = str(synthetic_dir / "normal.ome.tif")
+    done = score_one(
+        scan, str(BUNDLED), settings, str(tmp_path), score_fingerprint(BUNDLED, settings)
+    )
+    claimed = VolumeStatus("x.tif", "x", "scored", volume_score=1.0)  # says so, wrote nothing
+    gone = score_one(
+        str(synthetic_dir / "diseased.ome.tif"),
+        str(BUNDLED),
+        settings,
+        str(tmp_path),
+        score_fingerprint(BUNDLED, settings),
+    )
+    (tmp_path / "diseased_scores.csv").write_text("slice\n")  # changed after the summary
+    statuses = [done, claimed, gone]
+    check_outputs(statuses, tmp_path)
+    assert [s.status for s in statuses] == ["scored", "failed", "failed"]
+    assert "x_summary.json is missing" in claimed.error
+    assert "diseased_scores.csv is not the file diseased_summary.json describes" in gone.error
+
+
+# ------------------------------------------------------------- model weights NaN / Inf
+
+
+@pytest.mark.parametrize(("net", "value"), [("generator", "nan"), ("discriminator", "inf")])
+def test_checkpoint_with_nan_or_inf_weights_is_refused_on_every_path(
+    synthetic_dir, tmp_path, capsys, net, value
+):
+    from napari_anogan.checkpoint import load_checkpoint, save_checkpoint
+    from napari_anogan.cli import main
+    from napari_anogan.errors import ModelError
+
+    data = read_checkpoint(BUNDLED)
+    name = next(k for k, t in data[net].items() if t.is_floating_point() and t.numel() > 1)
+    data[net][name] = data[net][name].clone()
+    data[net][name].view(-1)[3] = float(value)
+    bad = save_checkpoint(tmp_path / "diverged.pt", data)
+    with pytest.raises(ModelError, match=rf"{net} weights contain NaN/Inf \({name}\)"):
+        load_checkpoint(bad)
+    out = tmp_path / "out"
+    args = ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(bad), "-o", str(out)]
+    assert main([*args, *FAST_SCORE]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "weights contain NaN/Inf" in err
+    assert "diverged.pt" in err
+    assert err.count("\n") == 0
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_json_outputs_are_standard_json_never_nan(tmp_path):
+    from napari_anogan.io import write_json
+
+    path = write_json(
+        tmp_path / "x.json",
+        {
+            "score": float("nan"),
+            "scores": [float("inf"), 1.5, -float("inf")],
+            "np": np.float32("nan"),
+            "array": np.array([np.nan, 2.0]),
+            "nested": {"ok": 3},
+        },
+    )
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "score": None,
+        "scores": [None, 1.5, None],
+        "np": None,
+        "array": [None, 2.0],
+        "nested": {"ok": 3},
+    }
+
+
+# ----------------------------------------------------------------- no retina, no score
+
+
+def _write_png(path: Path, image: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["black", "mask", "mask volume"])
+def test_score_refuses_a_scan_without_retina_naming_it(tmp_path, capsys, kind):
+    from napari_anogan.cli import main
+    from napari_anogan.resources import SAMPLE_MASK, sample_path
+
+    rng = np.random.default_rng(0)
+    if kind == "black":  # a black B-scan as a camera or exporter gives it: dark noise
+        scan = _write_png(tmp_path / "blank.png", (rng.random((496, 512)) * 4).astype(np.uint8))
+    elif kind == "mask":
+        mask = np.zeros((496, 512), np.uint8)
+        mask[200:230, 150:300] = 1
+        scan = _write_png(tmp_path / "lesion.png", mask)
+    else:
+        scan = sample_path(SAMPLE_MASK)
+    out = tmp_path / "out"
+    assert main(["-q", "score", str(scan), "-m", str(BUNDLED), "-o", str(out), *FAST_SCORE]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no retina found" in err, err
+    assert str(scan) in err
+    assert err.count("\n") == 0
+    assert list(out.iterdir()) == []
+
+
+def test_bscans_without_retina_in_a_volume_are_skipped_not_scored(tmp_path):
+    from napari_anogan.datasets.synthetic import make_volume
+    from napari_anogan.events import drain
+    from napari_anogan.io import Volume
+    from napari_anogan.pipeline import score_volume
+
+    syn = make_volume(3, 200, 256, seed=11)
+    data = syn.data.copy()
+    data[1] = np.random.default_rng(1).integers(0, 4, data[1].shape)  # a blank B-scan
+    volume = Volume(data, spacing=syn.spacing, name="gap")
+    result = drain(score_volume(volume, BUNDLED, _fast_settings(), outdir=tmp_path))
+    assert result.no_retina == [1]
+    assert 1 not in set(result.patches["slice"].tolist())
+    assert {0, 2} <= set(result.patches["slice"].tolist())
+    summary = json.loads((tmp_path / "gap_summary.json").read_text())
+    assert summary["bscans_without_retina"] == [1]
+    assert summary["bscan_scores"][1] is None
+    assert summary["bscan_scores"][0] is not None
+    assert summary["bscan_scores"][2] is not None
+
+
+def test_bundled_and_synthetic_scans_all_show_retina_in_every_bscan():
+    """The rule keeps every B-scan of real and synthetic scans (all of OCTDL and Kermany:
+    benchmarks/bench_retina_check.py)."""
+    from napari_anogan.io import read_volume
+    from napari_anogan.preprocess import PreprocessConfig
+    from napari_anogan.preprocess.flatten import plan_preprocessing
+    from napari_anogan.resources import REAL_SAMPLE, SAMPLE_VOLUME, sample_path
+
+    for name in (SAMPLE_VOLUME, REAL_SAMPLE, "kermany2018_NORMAL-1384-1.jpeg"):
+        plan = plan_preprocessing(read_volume(sample_path(name)), PreprocessConfig())
+        assert plan.retina_found is None, name  # None: every B-scan has retina
+
+
+# ------------------------------------------------ inputs that must be clear errors
+
+
+def _tiff_declaring(width: int, height: int) -> bytes:
+    """A 142-byte TIFF declaring one width x height float64 page (deflate, 8 bytes of it)."""
+    import struct
+
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 64), (259, 3, 8), (262, 3, 1),
+               (273, 4, 0), (277, 3, 1), (278, 4, height), (279, 4, 8), (339, 3, 3)]  # fmt: skip
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
+    for tag, kind, value in entries:
+        value = data_at if tag == 273 else value
+        pack = "<HHIHH" if kind == 3 else "<HHII"
+        out += (
+            struct.pack(pack, tag, kind, 1, value, 0)
+            if kind == 3
+            else struct.pack(pack, tag, kind, 1, value)
+        )
+    return bytes(out + struct.pack("<I", 0) + b"x\x9c\x03\x00\x00\x00\x00\x01")
+
+
+def test_tiny_file_declaring_a_huge_image_is_refused_before_reading(tmp_path, capsys):
+    from napari_anogan._reader import read_layers
+    from napari_anogan.cli import main
+    from napari_anogan.errors import InputError
+    from napari_anogan.io import read_volume
+
+    huge = tmp_path / "huge.tif"
+    huge.write_bytes(_tiff_declaring(1_000_000, 1_000_000))  # 7.3 TiB: more than any memory
+    assert huge.stat().st_size < 200
+    expected = r"declares a 1000000x1000000 float64 image \(7450.6 GiB\), more than the"
+    for lazy in (False, True, None):
+        with pytest.raises(InputError, match=expected):
+            read_volume(huge, lazy=lazy)
+    with pytest.raises(InputError, match=expected):
+        read_layers(str(huge))
+    for command in (["preprocess", str(huge)], ["score", str(huge), "-m", str(BUNDLED)]):
+        assert main(["-q", *command, "-o", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "declares a 1000000x1000000 float64 image" in err
+        assert err.count("\n") == 0
+
+    header = tmp_path / "header.npy"  # a .npy header declaring far more than the file holds
+    np.save(header, np.zeros((2, 3, 4)))
+    header.write_bytes(header.read_bytes().replace(b"(2, 3, 4)", b"(2000, 3000, 40000)"))
+    for lazy in (False, True):
+        with pytest.raises(InputError, match="declares a 2000x3000x40000 float64 array"):
+            read_volume(header, lazy=lazy)
+
+
+def test_npz_renamed_npy_is_a_clear_error_when_read_lazily_as_score_reads(tmp_path, capsys):
+    from napari_anogan.cli import main
+    from napari_anogan.errors import InputError
+    from napari_anogan.io import read_volume
+
+    fake = tmp_path / "scan.npy"
+    with open(fake, "wb") as fh:
+        np.savez(fh, data=np.zeros((2, 100, 100), np.uint8))
+    for lazy in (False, True):
+        with pytest.raises(InputError, match=r"not a single \.npy array"):
+            read_volume(fake, lazy=lazy)
+    assert main(["-q", "score", str(fake), "-m", str(BUNDLED), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not a single .npy array" in err
+    assert "Traceback" not in err
+
+
+def test_checkpoint_file_without_pt_suffix_is_written_and_a_folder_is_refused(tmp_path):
+    from napari_anogan.checkpoint import load_checkpoint, save_checkpoint
+    from napari_anogan.errors import OutputError
+    from napari_anogan.pipeline.train import check_model_output
+
+    data = read_checkpoint(BUNDLED)
+    path = save_checkpoint(tmp_path / "model", data)
+    assert path == tmp_path / "model"
+    assert load_checkpoint(path).model_config.preset == "small"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for check in (lambda: save_checkpoint(folder, data), lambda: check_model_output(folder)):
+        with pytest.raises(OutputError, match="is a folder; expected the model file"):
+            check()
+    assert check_model_output(tmp_path / "new" / "model") == tmp_path / "new" / "model"
+    assert (tmp_path / "new").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "models", "new"]
+
+
+def test_train_into_a_folder_is_refused_before_any_training(synthetic_dir, tmp_path, capsys):
+    from napari_anogan.cli import main
+
+    args = ["-q", "train", str(synthetic_dir / "healthy_0.ome.tif"), "-o", str(tmp_path)]
+    assert main([*args, "--preset", "tiny", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path}: is a folder; expected the model file to write" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_disk_full_while_saving_a_checkpoint_is_a_clear_error_and_keeps_the_old_one(tmp_path):
+    """The kernel refuses the write (a file size limit, as a full disk would): the old
+    checkpoint survives and the error is the same clear OutputError as score's."""
+    import resource
+
+    from napari_anogan.checkpoint import save_checkpoint
+    from napari_anogan.errors import OutputError
+
+    data = read_checkpoint(BUNDLED)
+    path = tmp_path / "model.pt"
+    path.write_bytes(BUNDLED.read_bytes())
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
+    try:
+        with pytest.raises(OutputError, match=r"model.pt: could not write file \(File too large"):
+            save_checkpoint(path, data)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_no_space_left_while_saving_a_checkpoint_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from napari_anogan import checkpoint
+    from napari_anogan.errors import OutputError
+
+    class Full(io.RawIOBase):
+        def __init__(self, path, mode):
+            self.file = open(path, mode)  # noqa: SIM115 - closed below
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.file.close()
+            super().close()
+
+    monkeypatch.setattr(checkpoint, "open", Full, raising=False)
+    with pytest.raises(OutputError, match=r"m.pt: could not write file \(No space left on device"):
+        checkpoint.save_checkpoint(tmp_path / "m.pt", read_checkpoint(BUNDLED))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ quiet, clear logs
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-q", "-v", "score", "x.tif", "-m", "m.pt", "-o", "o"],
+        ["score", "x.tif", "-m", "m.pt", "-o", "o", "-q", "-v"],
+        ["-q", "score", "-v", "x.tif", "-m", "m.pt", "-o", "o"],
+    ],
+)
+def test_quiet_and_verbose_go_before_or_after_the_subcommand(argv):
+    from napari_anogan.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.verbose) == (True, True)
+    plain = build_parser().parse_args(["score", "x.tif", "-m", "m.pt", "-o", "o"])
+    assert (plain.quiet, plain.verbose) == (False, False)

@@ -8,6 +8,7 @@ Every test counts the cases it ran and prints the count (``pytest -s`` shows it)
 from __future__ import annotations
 
 import io as _io
+import json
 import warnings
 from collections import Counter
 from datetime import timedelta
@@ -201,3 +202,29 @@ def _report():
     print(f"\nfuzz cases run: {total}")
     for key, n in sorted(COUNTS.items()):
         print(f"  {key}: {n}")
+
+
+def _fuzz_script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_inputs.py"
+    spec = importlib.util.spec_from_file_location("fuzz_inputs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mutated_real_files_and_random_arrays_end_clean_or_correct():
+    """300 cases of scripts/fuzz_inputs.py (mutated TIFF/OME-XML, PNG, JPEG, .npy and
+    checkpoints, random arrays) through the readers, the napari reader, preprocessing and
+    load_checkpoint: each ends in an AnoganError or a correct result. The script runs
+    10,000 and more, with scoring, outside the suite."""
+    report = _fuzz_script().run(300, seed=24, score_every=0, isolate=False, timeout=30)
+    COUNTS["scripts/fuzz_inputs.py cases"] += report["cases"]
+    assert report["crashes"] == 0, json.dumps(report["crash_cases"], indent=1)
+    reached = {t: c.get("ok", 0) + c.get("clean", 0) for t, c in report["by_target"].items()}
+    assert sum(reached.values()) == 300
+    assert set(reached) == {"tiff", "png", "jpeg", "npy", "checkpoint", "array file", "array"}

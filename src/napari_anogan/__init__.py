@@ -11,8 +11,8 @@ the front ends: ``cli`` and the napari contributions (``_widgets``, ``_reader``,
 ``_writer``, ``_sample_data``). Only the napari contributions import napari or Qt.
 """
 
-from napari_anogan.errors import AnoganError, InputError, ModelError, OutputError
+from napari_anogan.errors import AnoganError, ClusterError, InputError, ModelError, OutputError
 
 __version__ = "0.1.0"
 
-__all__ = ["AnoganError", "InputError", "ModelError", "OutputError", "__version__"]
+__all__ = ["AnoganError", "ClusterError", "InputError", "ModelError", "OutputError", "__version__"]

@@ -89,6 +89,52 @@ def _plain(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool, type(None), tuple, list, dict))
 
 
+def check_output_set(path: str | Path) -> None:
+    """Refuse a ``score`` output (``X_residual.tif``) whose set is incomplete or mixed.
+
+    The set's ``X_summary.json`` lists the size and SHA-256 of every file of the set; a
+    residual beside a summary it does not match (a run killed between writing the two,
+    files from two runs) is not shown as if it were that run's result. A residual
+    without any summary is opened, with a warning.
+
+    Raises
+    ------
+    InputError
+        Naming the file and what does not match.
+    """
+    from napari_anogan.errors import InputError
+    from napari_anogan.pipeline.output_set import summary_of, verify_output_set
+
+    summary = summary_of(path)
+    if summary is None:
+        return
+    if not summary.exists():
+        logger.warning("%s: no %s beside it: not a complete score output set", path, summary.name)
+        return
+    # only the files the summary lists (an Export writes other kinds than score)
+    problems = verify_output_set(summary, required=())
+    listed = _listed_names(summary)
+    if not problems and listed is not None and Path(path).name not in listed:
+        problems = [f"{summary.name} does not list {Path(path).name}"]
+    if problems:
+        raise InputError(
+            "belongs to an incomplete or mixed score output set ("
+            + "; ".join(problems)
+            + "); score the volume again",
+            path,
+        )
+
+
+def _listed_names(summary: Path) -> set[str] | None:
+    import json
+
+    try:
+        files = json.loads(summary.read_text(encoding="utf-8")).get("files")
+        return {str(entry["name"]) for entry in files.values()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     """Read each path into a layer data tuple.
 
@@ -105,15 +151,21 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     Raises
     ------
     AnoganError
-        If a file cannot be read (napari shows the message).
+        If a file cannot be read (napari shows the message), does not fit in memory, or
+        is a ``score`` output whose set is incomplete or mixed (:func:`check_output_set`).
     """
+    from napari_anogan.errors import InputError
     from napari_anogan.io import read_volume
 
     layers = []
     for p in _paths(path):
+        check_output_set(p)
         mask = is_mask_path(p)
         # a big volume opens lazily (a dask array: napari reads the B-scans it shows)
-        volume = read_volume(p, lazy=False if mask else None)
+        try:
+            volume = read_volume(p, lazy=False if mask else None)
+        except MemoryError as exc:
+            raise InputError(f"does not fit in memory ({exc})", p) from exc
         layers.append(volume_layer(volume, as_labels=mask))
         logger.info("read %s: shape %s, spacing %s", p, volume.data.shape, volume.spacing)
     return layers

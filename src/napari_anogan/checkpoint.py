@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from napari_anogan._atomic import atomic_path
-from napari_anogan.errors import ModelError
+from napari_anogan.errors import ModelError, OutputError
 from napari_anogan.models import Discriminator, Generator, ModelConfig
 from napari_anogan.models.feature_bank import FeatureBank
 
@@ -52,6 +52,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LoadedModel",
     "check_compatible",
+    "check_finite_weights",
     "feature_bank_from_checkpoint",
     "feature_bank_to_checkpoint",
     "load_checkpoint",
@@ -59,6 +60,7 @@ __all__ = [
     "reference_from_checkpoint",
     "reference_to_checkpoint",
     "save_checkpoint",
+    "write_torch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -258,9 +260,39 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
         if data.get(key) is not None:
             data[key] = _cpu_state(data[key])
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    if path.is_dir():
+        raise OutputError(
+            f"is a folder; expected the model file to write (e.g. {path / 'model.pt'})",
+            path,
+        )
+    write_torch(path, data)
     logger.debug("saved checkpoint %s", path)
+    return path
+
+
+def write_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` atomically: serialised in memory, then written as plain bytes.
+
+    Torch names the archive inside the file after the file's name and refuses some (a
+    temporary name without a suffix: ``-o model``), and a failed write inside torch's
+    writer surfaces as a ``RuntimeError`` of its own; serialised to memory first, the
+    file is written by Python, so a full disk is the ``OSError`` of that file, turned
+    into a clear :class:`~napari_anogan.errors.OutputError` ("No space left on
+    device"). The file's previous version stays intact. Costs one copy of the
+    checkpoint in memory while it is written.
+
+    Raises
+    ------
+    OutputError
+        If the folder is missing or not writable, or writing fails.
+    """
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
     return path
 
 
@@ -321,11 +353,115 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def _json(data: dict[str, Any], key: str, path: Path) -> Any:
+def check_finite_weights(data: dict[str, Any], path: str | os.PathLike | None) -> None:
+    """Refuse a checkpoint whose weights or healthy reference hold NaN or Inf.
+
+    Such a model (a training that diverged, a damaged file) maps every patch to NaN: it
+    would score every volume NaN and label nothing anomalous, so it is refused when it is
+    loaded, on every path.
+
+    Raises
+    ------
+    ModelError
+        Naming the file, the network and the first tensor with NaN/Inf.
+    """
+    named = {"generator": "generator", "discriminator": "discriminator", "encoder": "encoder"}
+    for key, label in named.items():
+        state = data.get(key)
+        if not isinstance(state, dict):
+            continue
+        for name, tensor in state.items():
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor).all())
+            ):
+                raise ModelError(
+                    f"{label} weights contain NaN/Inf ({name}): the training diverged or the "
+                    "file is damaged; train the model again",
+                    path,
+                )
+    reference = data.get("reference") or {}
+    quantiles = reference.get("quantiles") if isinstance(reference, dict) else None
+    for name, tensor in (quantiles or {}).items():
+        if isinstance(tensor, torch.Tensor) and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"healthy reference contains NaN/Inf ({name})", path)
+
+
+def _check_reference(reference: dict[str, Any], path: Path) -> None:
+    """Refuse a healthy reference percentiles cannot be read from (found by fuzzing).
+
+    Every score's quantiles are one non-decreasing value per level.
+    """
+    if not reference:
+        return
+    levels = np.asarray(reference.get("levels"))
+    for name, values in reference.items():
+        if name in ("levels", "settings", "n_patches"):
+            continue
+        q = np.asarray(values)
+        if q.shape != levels.shape or levels.ndim != 1:
+            raise ModelError(
+                f"invalid healthy reference: {name} has {q.shape} quantiles for "
+                f"{levels.shape} levels",
+                path,
+            )
+        if np.any(np.diff(q) < 0) or np.any(np.diff(levels) < 0):
+            raise ModelError(f"invalid healthy reference: {name} quantiles decrease", path)
+
+
+def _json(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     try:
-        return json.loads(data[key])
+        value = json.loads(data[key])
     except json.JSONDecodeError as exc:
         raise ModelError(f"checkpoint entry {key!r} is not valid JSON ({exc})", path) from exc
+    if not isinstance(value, dict):
+        raise ModelError(
+            f"checkpoint entry {key!r} is not a JSON object (got {type(value).__name__})", path
+        )
+    return value
+
+
+def _check_preprocess_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Refuse stored preprocessing settings that scoring could not use.
+
+    Every setting must have its default's type (an integer where the default is one, a
+    finite number where it is a float) and lie in range (sizes >= 1, percentiles
+    0 <= low < high <= 100), so that scoring never meets a setting it cannot use.
+    """
+    from dataclasses import fields
+
+    from napari_anogan.preprocess.config import PreprocessConfig
+
+    defaults = PreprocessConfig()
+    problems = []
+    for f in fields(PreprocessConfig):
+        if f.name not in config:
+            continue
+        value, default = config[f.name], getattr(defaults, f.name)
+        if f.name == "band_height":
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+            ok = ok and (value is None or value >= 1)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ok = ok and (value >= 1 or f.name not in ("patch_size", "target_width", "max_jump"))
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and bool(np.isfinite(value)) and value >= 0
+        else:
+            ok = True
+        if not ok:
+            problems.append(f"{f.name} {value!r}")
+    low, high = config.get("low_percentile", 1.0), config.get("high_percentile", 99.9)
+    if not problems and not 0 <= low < high <= 100:
+        problems.append(f"percentiles {low!r}, {high!r}")
+    if problems:
+        raise ModelError(
+            "invalid preprocessing settings in checkpoint: " + ", ".join(problems), path
+        )
+    return config
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
@@ -342,7 +478,8 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     Raises
     ------
     ModelError
-        See :func:`read_checkpoint`; also weights that do not fit the stored config.
+        See :func:`read_checkpoint`; also weights that do not fit the stored config, and
+        weights or a healthy reference with NaN/Inf (:func:`check_finite_weights`).
 
     Examples
     --------
@@ -352,12 +489,19 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     """
     path = Path(path)
     data = read_checkpoint(path)
+    check_finite_weights(data, path)
     try:
         model_config = ModelConfig.from_dict(_json(data, "model_config", path))
-    except (ModelError, TypeError) as exc:
+    except (ModelError, TypeError, ValueError) as exc:
         raise ModelError(f"invalid model config in checkpoint ({exc})", path) from exc
-    generator = Generator(model_config)
-    discriminator = Discriminator(model_config)
+    try:
+        generator = Generator(model_config)
+        discriminator = Discriminator(model_config)
+    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+        raise ModelError(
+            f"model config in checkpoint does not make networks ({type(exc).__name__}: {exc})",
+            path,
+        ) from exc
     for name, module in (("generator", generator), ("discriminator", discriminator)):
         try:
             module.load_state_dict(data[name])
@@ -378,14 +522,15 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         encoder.eval()
     try:
         reference = reference_from_checkpoint(data["reference"])
-    except (KeyError, AttributeError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise ModelError(f"invalid reference distribution in checkpoint ({exc})", path) from exc
+    _check_reference(reference, path)
     return LoadedModel(
         generator=generator,
         discriminator=discriminator,
         encoder=encoder,
         model_config=model_config,
-        preprocess_config=_json(data, "preprocess_config", path),
+        preprocess_config=_check_preprocess_config(_json(data, "preprocess_config", path), path),
         train_config=_json(data, "train_config", path),
         training=_json(data, "training", path),
         reference=reference,
@@ -504,6 +649,7 @@ def resume_state(
         Naming the file and what differs.
     """
     data = read_checkpoint(path)
+    check_finite_weights(data, path)
     saved_model = json.loads(data["model_config"])
     if saved_model != model_config.to_dict():
         diffs = [

@@ -281,8 +281,19 @@ def _cmd_score_dask(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         on_result=report,
         figures=args.figures,
+        show_dask_logs=args.verbose,
     )
-    return 2 if any(s.status == "failed" for s in statuses) else 0
+    failed = [s for s in statuses if s.status == "failed"]
+    for status in failed:
+        print(f"napari-anogan score: {status.line()}", file=sys.stderr)
+    if failed:
+        print(
+            f"napari-anogan score: {len(failed)} of {len(statuses)} volumes have no complete "
+            f"outputs in {args.output}: {', '.join(s.name for s in failed)}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
 
 
 def _summary_line(result, model_note: str = "") -> str:
@@ -317,6 +328,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = _drain(job, "evaluate", quiet=args.quiet)
     from napari_anogan.evaluation.table import table1
 
+    for name, mask in (metrics.get("masks") or {}).items():
+        print(f"{name}: labelled by {'mask ' + mask if mask else 'its group (no mask found)'}")
     print(table1(metrics))
     return 0
 
@@ -624,12 +637,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unsupervised anomaly detection in retinal OCT with AnoGAN.",
         formatter_class=_HELP,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    verbose_help = "debug logging (with --workers, also Dask's own logs)"
+    quiet_help = "no progress bar"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # -v/-q also after the subcommand; SUPPRESS keeps the value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help
+    )
+
     def sub(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help, formatter_class=_HELP)
+        return commands.add_parser(
+            name, help=help, description=help, formatter_class=_HELP, parents=[common]
+        )
 
     _add_preprocess_command(sub)
     _add_train_command(sub)
@@ -654,6 +680,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except AnoganError as exc:
         print(f"napari-anogan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(
+            f"napari-anogan {args.command}: error: out of memory{detail}; try a smaller "
+            "input, or --chunk-slices/--batch-size where the command has them",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"napari-anogan {args.command}: interrupted", file=sys.stderr)

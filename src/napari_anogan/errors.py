@@ -46,3 +46,7 @@ class OutputError(AnoganError):
         self.path = None if path is None else str(path)
         self.reason = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class ClusterError(AnoganError):
+    """Dask cannot run the batch: the local cluster does not start, the scheduler is unreachable."""

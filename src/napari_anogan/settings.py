@@ -23,6 +23,12 @@ FOLDERS = "auto"
 
 # ------------------------------------------------------------------------ preprocessing
 
+#: Plausible pixel sizes (um) of an OCT volume along (slice, depth, width). Devices give
+#: 1.9-12 um per row, 3-50 um per column and up to a few hundred um between B-scans; a
+#: value outside (a unit error, a damaged header: 7.7e-6 um rows made every depth window
+#: millions of rows) is ignored as unknown, with a warning.
+SPACING_RANGE_UM = ((0.5, 5000.0), (0.5, 100.0), (0.5, 500.0))
+
 #: Columns after resampling when the input's column spacing is unknown (paper: ~256 for 6 mm).
 TARGET_WIDTH = 256
 #: Column spacing (um) resampled to when the input's is known (paper: ~22 um).
@@ -59,6 +65,14 @@ MIN_RPE_DEPTH = 20
 BOUNDARY_SMOOTH_COLS = 1.0
 #: Smoothing of the final boundaries across B-scans; 0: B-scans may be far apart.
 BOUNDARY_SMOOTH_SLICES = 0.0
+#: A column holds retina when its band (ILM to BM) is at least this much brighter than the
+#: 40 rows above it, in normalised grey units (range 2): real B-scans have a median of 0.44
+#: or more (319 OCTDL, Kermany and Spectralis B-scans), blank and noise images about 0.
+RETINA_MIN_CONTRAST = 0.2
+#: A B-scan holds retina when this fraction of its columns does (real B-scans: 0.68 or more
+#: of 319; lesion masks at most 0.12, blank and noise images at most 0.08); B-scans without
+#: retina are not scored, a scan without any is refused.
+RETINA_MIN_COLUMNS = 0.5
 
 # ----------------------------------------------------------------------------- training
 
@@ -160,6 +174,10 @@ SCORE_CHUNK_SLICES = 16
 
 #: Training epochs of the aCAE baseline (Table 1) when ``evaluate`` trains it.
 ACAE_EPOCHS = 5
+#: Most distinct values of a lesion mask (0 = background, then lesion labels): a binary
+#: mask has 2, the synthetic eyes' 6; a grey OCT scan has hundreds, so a scan given as a
+#: mask (or a lossy JPEG mask) is refused.
+MASK_MAX_LABELS = 16
 
 # ------------------------------------------------------------------------------ display
 

@@ -101,6 +101,7 @@ class _Scored:
     tables: list[dict[str, np.ndarray]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     fits: dict[str, dict] = field(default_factory=dict)
+    mask_files: list[str | None] = field(default_factory=list)
 
     def cat(self, name: str) -> np.ndarray:
         return np.concatenate(self.scores[name]) if self.scores.get(name) else np.array([])
@@ -127,23 +128,18 @@ def _score_input(
     out: _Scored,
 ) -> Generator[ProgressEvent, None, None]:
     from napari_anogan.evaluation.acae import acae_scores
-    from napari_anogan.evaluation.labels import patch_labels_from_mask
+    from napari_anogan.evaluation.labels import load_mask, patch_labels_from_mask
     from napari_anogan.mapping import map_to_latent
     from napari_anogan.pipeline import score_volume
     from napari_anogan.scoring import assemble_heatmap
 
     volume = read_volume(path)
     mask_path = find_mask(path, masks_dir)
+    out.mask_files.append(None if mask_path is None else str(mask_path))
     mask = None
     if mask_path is not None:
-        lesion_labels = np.asarray(read_volume(mask_path).data)
-        if not np.issubdtype(lesion_labels.dtype, np.integer):
-            lesion_labels = (lesion_labels > 0).astype(np.uint8)
+        lesion_labels = load_mask(mask_path, path, volume.shape)
         mask = lesion_labels > 0
-        if mask.shape != volume.shape:
-            raise InputError(
-                f"mask shape {mask.shape} differs from its scan {volume.shape}", mask_path
-            )
     scored = yield from score_volume(volume, model, settings, keep_patches=True)
     geometry, patches, mapped = scored.geometry, scored.mapped, scored.mapped.mapping
     size = patches.images.shape[-1]
@@ -451,6 +447,8 @@ def run_evaluation(
     )
     metrics["settings"] = settings.to_dict()
     metrics["model_fit"] = _fit_summary(scored.fits, getattr(model, "path", None))
+    # which mask labelled which input (None: labelled by its group)
+    metrics["masks"] = dict(zip(scored.names, scored.mask_files, strict=True))
     save_metrics(metrics, outdir / "metrics.json")
     _write_patch_table(scored.tables, outdir / "patch_scores.csv")
     _write_bscan_table(scored, outdir / "bscan_scores.csv")

@@ -3,12 +3,81 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
+from napari_anogan import settings as defaults
 from napari_anogan.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+
+def load_mask(
+    mask_path: str | Path,
+    scan_path: str | Path,
+    scan_shape: tuple[int, ...],
+    *,
+    max_labels: int = defaults.MASK_MAX_LABELS,
+) -> np.ndarray:
+    """Read the lesion mask of a scan and check that it is one.
+
+    A mask is a file other than the scan, of the scan's shape, holding non-negative
+    integer values (floats allowed when integral): 0 for background, other values lesion
+    labels (0/1, 0/255 or a few classes), at most ``max_labels`` distinct values.
+
+    Parameters
+    ----------
+    mask_path, scan_path : str or Path
+        The mask and the scan it was matched to.
+    scan_shape : tuple of int
+        (S, H, W) of the scan.
+    max_labels : int
+        Most distinct values (background included).
+
+    Returns
+    -------
+    (S, H, W) ndarray of unsigned int
+        The lesion labels (smallest unsigned type that holds them); nonzero = lesion.
+
+    Raises
+    ------
+    InputError
+        Naming the mask: the scan itself, another shape, non-integer, negative or too
+        many distinct values (a grey image rather than a mask).
+    """
+    from napari_anogan.io import read_volume
+
+    mask_path, scan_path = Path(mask_path), Path(scan_path)
+    if mask_path.resolve() == scan_path.resolve():
+        raise InputError("is the scan itself; expected a separate lesion mask file", mask_path)
+    data = np.asarray(read_volume(mask_path).data)
+    if data.shape != tuple(scan_shape):
+        raise InputError(
+            f"mask shape {data.shape} differs from its scan {tuple(scan_shape)} ({scan_path.name})",
+            mask_path,
+        )
+    values = np.unique(data)
+    if data.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        raise InputError(
+            f"holds non-integer values (e.g. {values[values != np.round(values)][0]:g}); "
+            f"expected a lesion mask of integer labels (0 = background) for {scan_path.name}",
+            mask_path,
+        )
+    if values.size and values[0] < 0:
+        raise InputError(
+            f"holds negative values ({values[0]:g}); expected a lesion mask of labels >= 0 "
+            f"(0 = background) for {scan_path.name}",
+            mask_path,
+        )
+    if values.size > max_labels:
+        raise InputError(
+            f"holds {values.size} distinct values; expected a lesion mask of 0/1 or at most "
+            f"{max_labels} labels for {scan_path.name} (a grey image, the scan, or a lossy "
+            "JPEG mask?)",
+            mask_path,
+        )
+    return data.astype(np.min_scalar_type(int(values.max()) if values.size else 0))
 
 
 def patch_labels_from_mask(

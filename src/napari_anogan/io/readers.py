@@ -27,6 +27,7 @@ Over 500 lines on purpose: the format readers share the validation, spacing and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -34,7 +35,7 @@ import threading
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ import numpy as np
 
 from napari_anogan.errors import InputError
 from napari_anogan.io.vendor import VENDOR_SUFFIXES, read_vendor
-from napari_anogan.io.volume import Volume
+from napari_anogan.io.volume import Volume, plausible_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,73 @@ class _RawRead:
     channel_axis: int | None = None
     # Already checked by _finish (B-scans of a folder are checked one by one).
     validated: bool = False
+
+
+# ---------------------------------------------------------------------- memory checks
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate (None when unknown).
+
+    The system's available memory (``MemAvailable`` of ``/proc/meminfo``, else free
+    pages), and below it the room left under this process's address-space limit
+    (``ulimit -v``), if one is set.
+    """
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            avail = None
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/statm", encoding="ascii") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            room = max(0, limit - used)
+            avail = room if avail is None else min(avail, room)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return avail
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_fits_in_memory(
+    shape: Sequence[int], dtype: Any, path: PathLike, what: str = "image"
+) -> None:
+    """Refuse, before reading, data whose declared size exceeds the memory available.
+
+    A tiny file can declare a huge image (a TIFF or ``.npy`` header says 100000 x 100000
+    float64: 75 GiB); reading it would end in a ``MemoryError`` deep inside the reader.
+
+    Raises
+    ------
+    InputError
+        Naming the file, the declared shape, type and size, and the memory available.
+    """
+    nbytes = int(np.prod([int(v) for v in shape], dtype=object)) * np.dtype(dtype).itemsize
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        dims = "x".join(str(int(v)) for v in shape)
+        raise InputError(
+            f"declares a {dims} {np.dtype(dtype)} {what} ({_gib(nbytes)}), more than the "
+            f"{_gib(avail)} of memory available; expected an OCT scan that fits in memory "
+            "(a damaged header?)",
+            path,
+        )
 
 
 # --------------------------------------------------------------------------- public API
@@ -214,7 +282,8 @@ def read_volume(path: PathLike | Sequence[PathLike], *, lazy: bool | None = Fals
         logger.warning(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
     logger.info("read %s: shape %s, dtype %s", source, data.shape, data.dtype)
-    return Volume(data=data, spacing=raw.spacing, source=source, name=name, metadata=raw.metadata)
+    spacing = plausible_spacing(raw.spacing, source)
+    return Volume(data=data, spacing=spacing, source=source, name=name, metadata=raw.metadata)
 
 
 # --------------------------------------------------------------------------- lazy reads
@@ -236,14 +305,9 @@ class _LazySlices:
         if self.kind == "tiff":
             import tifffile
 
-            errors = _ErrorLog()  # tifffile logs (and patches over) some corruptions
-            tiff_logger = logging.getLogger("tifffile")
-            tiff_logger.addHandler(errors)
-            try:
-                with tifffile.TiffFile(self.path) as tif:
-                    out = tif.asarray(key=list(range(start, stop, step)), series=0)
-            finally:
-                tiff_logger.removeHandler(errors)
+            # tifffile logs (and patches over) some corruptions
+            with _tifffile_errors() as errors, tifffile.TiffFile(self.path) as tif:
+                out = tif.asarray(key=list(range(start, stop, step)), series=0)
             if errors.messages:
                 raise ValueError("; ".join(errors.messages[:3]))
         else:
@@ -296,7 +360,7 @@ def _lazy_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype, _RawRead] 
         import tifffile
 
         try:
-            with tifffile.TiffFile(path) as tif:
+            with _tifffile_errors(), tifffile.TiffFile(path) as tif:
                 if not tif.series:
                     return None
                 series = tif.series[0]
@@ -305,6 +369,7 @@ def _lazy_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype, _RawRead] 
                     return None  # colour, 2-D or pages that are not the B-scans: read now
                 if tuple(series.keyframe.shape) != shape[1:]:
                     return None
+                check_fits_in_memory(shape[1:], dtype, path, "B-scan")
                 spacing, fmt = _NO_SPACING, "tiff"
                 if tif.is_ome and tif.ome_metadata:
                     fmt, spacing = "ome-tiff", _ome_spacing(tif.ome_metadata)
@@ -313,22 +378,62 @@ def _lazy_header(path: Path) -> tuple[str, tuple[int, ...], np.dtype, _RawRead] 
                     spacing = _imagej_spacing(tif.imagej_metadata or {}, tif.pages[0])
                 else:
                     spacing = _tag_spacing(tif.pages[0])
+        except InputError:
+            raise
         except Exception:
             return None  # let the eager reader give its precise error
         return "tiff", shape, dtype, _RawRead(np.empty(0), spacing, {"format": fmt, "axes": axes})
     if suffix == ".npy":
-        try:
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception:
+        header = _npy_header(path)
+        if header is None:
+            return None  # not a plain .npy: the eager reader says what it is
+        shape, dtype = header
+        if dtype.hasobject or dtype.kind not in "biuf":
             return None
-        try:
-            shape, dtype = tuple(mapped.shape), mapped.dtype
-        finally:
-            del mapped
         if len(shape) != 3 or _guess_channel_axis(shape) is not None:
             return None
+        check_fits_in_memory(shape[1:], dtype, path, "B-scan")
         return "npy", shape, dtype, _RawRead(np.empty(0), _NO_SPACING, {"format": "npy"})
     return None
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype a ``.npy`` file declares, checked against its size.
+
+    None if it is not a ``.npy`` file (a renamed ``.npz``, garbage): the eager reader
+    then says what it is.
+
+    Raises
+    ------
+    InputError
+        If the file is shorter than its header says (truncated, or a damaged header).
+    """
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(path, "rb") as fh:
+            version = npy_format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = npy_format.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = npy_format.read_array_header_2_0(fh)
+            else:
+                return None
+            offset = fh.tell()
+    except Exception:
+        return None
+    if dtype.hasobject:
+        return tuple(shape), dtype
+    declared = int(np.prod([int(v) for v in shape], dtype=object)) * dtype.itemsize
+    size = path.stat().st_size - offset
+    if size < declared:
+        dims = "x".join(str(int(v)) for v in shape) or "scalar"
+        raise InputError(
+            f"declares a {dims} {dtype} array ({declared} bytes of data) but holds "
+            f"{size}; expected a complete .npy file (truncated, or a damaged header?)",
+            path,
+        )
+    return tuple(int(v) for v in shape), dtype
 
 
 def _read_lazy(path: Path, lazy: bool | None) -> Volume | None:
@@ -361,7 +466,7 @@ def _read_lazy(path: Path, lazy: bool | None) -> Volume | None:
     logger.info("read %s lazily: shape %s, dtype %s, chunks of %d", path, shape, dtype, chunk)
     return Volume(
         data=data,
-        spacing=raw.spacing,
+        spacing=plausible_spacing(raw.spacing, str(path)),
         source=str(path),
         name=volume_name(path),
         metadata=raw.metadata,
@@ -435,8 +540,14 @@ def _read_file(path: Path) -> _RawRead:
         reader, kind = _read_npy, "NumPy .npy"
     try:
         return reader(path)
-    except (InputError, MemoryError):
+    except InputError:
         raise
+    except MemoryError as exc:  # the image fits (checked): the file's own sizes are absurd
+        raise InputError(
+            f"cannot read as {kind}: reading it needs more memory than available (a "
+            "damaged header declaring huge strips or chunks?)",
+            path,
+        ) from exc
     except Exception as exc:  # tifffile, imagecodecs, Pillow, numpy: all mean "bad file"
         raise InputError(
             f"cannot read as {kind} (corrupt or truncated?): {type(exc).__name__}: {exc}",
@@ -448,56 +559,81 @@ def _read_file(path: Path) -> _RawRead:
 
 
 class _ErrorLog(logging.Handler):
-    """Collect ERROR records that tifffile logs (in this thread) instead of raising.
+    """Collect the records tifffile logs (in this thread) instead of raising.
 
     tifffile recovers from a broken page chain or a series that does not match its
     declared shape by logging an error and returning *part* of the data; for us that is
-    a corrupt file.
+    a corrupt file (``messages``). Its warnings (``warnings``) explain a file in which it
+    found no image at all; otherwise they are logged at debug level.
     """
 
     def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
+        super().__init__(level=logging.WARNING)
         self.thread = threading.get_ident()
         self.messages: list[str] = []
+        self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
+        if record.thread != self.thread:
+            return
+        if record.levelno >= logging.ERROR:
             self.messages.append(record.getMessage())
+        else:
+            self.warnings.append(record.getMessage())
+            logger.debug("tifffile: %s", record.getMessage())
+
+
+@contextlib.contextmanager
+def _tifffile_errors() -> Iterator[_ErrorLog]:
+    """Collect the errors tifffile logs in this thread instead of printing them.
+
+    They are reported once, in the :class:`InputError` of the file, not also as log
+    lines of their own (in a Dask worker, bare lines on stderr).
+    """
+    errors = _ErrorLog()
+    tiff_logger = logging.getLogger("tifffile")
+    tiff_logger.addHandler(errors)
+    propagate = tiff_logger.propagate
+    tiff_logger.propagate = False
+    try:
+        yield errors
+    finally:
+        tiff_logger.removeHandler(errors)
+        tiff_logger.propagate = propagate
 
 
 def _read_tiff(path: Path) -> _RawRead:
     """Read the first series of a TIFF with tifffile, with its physical pixel size."""
     import tifffile
 
-    errors = _ErrorLog()
-    tiff_logger = logging.getLogger("tifffile")
-    tiff_logger.addHandler(errors)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise InputError("TIFF holds no image data", path)
-            if len(tif.series) > 1:
-                logger.info("%s holds %d image series; reading the first", path, len(tif.series))
-            series = tif.series[0]
-            data = series.asarray()
-            axes = series.axes
-            spacing = _NO_SPACING
-            fmt = "tiff"
-            if tif.is_ome and tif.ome_metadata:
-                fmt = "ome-tiff"
-                spacing = _ome_spacing(tif.ome_metadata)
-            elif tif.is_imagej:
-                fmt = "imagej-tiff"
-                spacing = _imagej_spacing(tif.imagej_metadata or {}, tif.pages[0])
-            else:
-                spacing = _tag_spacing(tif.pages[0])
-    finally:
-        tiff_logger.removeHandler(errors)
-    if errors.messages:
-        raise InputError(
-            "cannot read as TIFF (corrupt or truncated?): " + "; ".join(errors.messages[:3]),
-            path,
+    def corrupt(messages: list[str]) -> InputError:
+        return InputError(
+            "cannot read as TIFF (corrupt or truncated?): " + "; ".join(messages[:3]), path
         )
+
+    with _tifffile_errors() as errors, tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            if errors.messages or errors.warnings:
+                raise corrupt(errors.messages + errors.warnings)
+            raise InputError("TIFF holds no image data", path)
+        if len(tif.series) > 1:
+            logger.info("%s holds %d image series; reading the first", path, len(tif.series))
+        series = tif.series[0]
+        check_fits_in_memory(series.shape, series.dtype, path)
+        data = series.asarray()
+        axes = series.axes
+        spacing = _NO_SPACING
+        fmt = "tiff"
+        if tif.is_ome and tif.ome_metadata:
+            fmt = "ome-tiff"
+            spacing = _ome_spacing(tif.ome_metadata)
+        elif tif.is_imagej:
+            fmt = "imagej-tiff"
+            spacing = _imagej_spacing(tif.imagej_metadata or {}, tif.pages[0])
+        else:
+            spacing = _tag_spacing(tif.pages[0])
+    if errors.messages:
+        raise corrupt(errors.messages)
     channel_axis = axes.index("S") if "S" in axes and len(axes) == data.ndim else None
     if channel_axis is None and not fmt.startswith(("ome", "imagej")):
         channel_axis = _guess_channel_axis(data.shape)
@@ -527,6 +663,9 @@ def _read_pil(path: Path) -> _RawRead:
 
 def _read_npy(path: Path) -> _RawRead:
     """Load a plain numeric ``.npy`` (never unpickles)."""
+    header = _npy_header(path)
+    if header is not None and not header[1].hasobject:
+        check_fits_in_memory(*header, path)
     try:
         data = np.load(path, allow_pickle=False)
     except ValueError as exc:

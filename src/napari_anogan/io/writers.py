@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_anogan._atomic import atomic_path
+from napari_anogan._atomic import written_path
 from napari_anogan.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def write_tiff(
     path: PathLike,
     data: np.ndarray,
     spacing: Sequence[float | None] | None = None,
+    *,
+    atomic: bool = True,
 ) -> Path:
     """Write an image or volume as a zlib-compressed OME-TIFF.
 
@@ -48,6 +50,9 @@ def write_tiff(
     spacing : sequence of 3 (float or None), optional
         Micrometres along (slice, depth, width), written as OME ``PhysicalSizeZ/Y/X``
         in µm; None entries (or ``spacing=None``) are left out.
+    atomic : bool
+        Write to a temporary name renamed when complete (default); False writes ``path``
+        itself (already a temporary file of an output set).
 
     Returns
     -------
@@ -70,7 +75,7 @@ def write_tiff(
         data = data.astype(np.uint8)
     metadata = _ome_metadata("YX" if data.ndim == 2 else "ZYX", spacing)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with written_path(path, atomic=atomic) as tmp:
         tifffile.imwrite(
             tmp,
             data,
@@ -125,6 +130,9 @@ class TiffSliceWriter:
         Micrometres along (slice, depth, width).
     max_chunks : int
         Chunks waiting in the queue at most (bounds memory).
+    atomic : bool
+        Write to a temporary name renamed when complete (default); False writes ``path``
+        itself (already a temporary file of an output set; removed if incomplete).
 
     Examples
     --------
@@ -146,6 +154,7 @@ class TiffSliceWriter:
         spacing: Sequence[float | None] | None = None,
         *,
         max_chunks: int = 2,
+        atomic: bool = True,
     ) -> None:
         import queue
 
@@ -156,6 +165,7 @@ class TiffSliceWriter:
         self.dtype = np.dtype(dtype)
         self.metadata = _ome_metadata("ZYX", spacing)
         self.written = 0
+        self.atomic = atomic
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_chunks)))
         self._error: BaseException | None = None
         self._ended = False
@@ -183,7 +193,7 @@ class TiffSliceWriter:
         import tifffile
 
         try:
-            with atomic_path(self.path) as tmp:
+            with written_path(self.path, atomic=self.atomic) as tmp:
                 tifffile.imwrite(
                     tmp,
                     data=self._pages(),
@@ -199,6 +209,8 @@ class TiffSliceWriter:
                     raise _Aborted()
         except BaseException as exc:  # reported to the producer thread
             self._error = exc
+            if not self.atomic:  # no complete-looking file either way
+                self.path.unlink(missing_ok=True)
 
     def _put(self, item: Any) -> None:
         import queue
@@ -273,6 +285,8 @@ def write_csv(
     path: PathLike,
     rows: Iterable[Mapping[str, object]],
     columns: Sequence[str] | None = None,
+    *,
+    atomic: bool = True,
 ) -> Path:
     """Write a table as UTF-8 CSV with a header row.
 
@@ -288,6 +302,9 @@ def write_csv(
     columns : sequence of str, optional
         Column order. Keys not listed are left out. Default: keys in order of first
         appearance over all rows.
+    atomic : bool
+        Write to a temporary name renamed when complete (default); False writes ``path``
+        itself (already a temporary file of an output set).
 
     Returns
     -------
@@ -308,7 +325,10 @@ def write_csv(
     columns = list(columns)
     path = Path(path)
     n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with (
+        written_path(path, atomic=atomic) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as fh,
+    ):
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore", restval="")
         writer.writeheader()
         for row in rows:
@@ -333,7 +353,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
-def write_json(path: PathLike, obj: Any) -> Path:
+def _finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (numpy ones too) replaced by None."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite_or_none(obj.tolist())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _finite_or_none(dataclasses.asdict(obj))
+    return obj
+
+
+def write_json(path: PathLike, obj: Any, *, atomic: bool = True) -> Path:
     """Write ``obj`` as JSON (UTF-8, indent 2, trailing newline).
 
     Parameters
@@ -342,8 +377,11 @@ def write_json(path: PathLike, obj: Any) -> Path:
         Destination; its folder must exist.
     obj : object
         JSON-compatible data; numpy arrays and scalars, paths, sets and dataclass
-        instances are converted. Non-finite floats are written as ``NaN`` /
-        ``Infinity`` (what Python's :mod:`json` reads back).
+        instances are converted. Non-finite floats (NaN, infinity: a missing value)
+        are written as ``null``: the file is always standard JSON.
+    atomic : bool
+        Write to a temporary name renamed when complete (default); False writes ``path``
+        itself.
 
     Returns
     -------
@@ -357,9 +395,15 @@ def write_json(path: PathLike, obj: Any) -> Path:
     OutputError
         If the folder is missing or not writable, or writing fails.
     """
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default)
+    text = json.dumps(
+        _finite_or_none(obj),
+        indent=2,
+        ensure_ascii=False,
+        default=_json_default,
+        allow_nan=False,
+    )
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with written_path(path, atomic=atomic) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     logger.debug("wrote %s", path)
     return path

@@ -5,7 +5,8 @@ volume scores, candidates), built from mapped patches by :func:`volume_result`; 
 ``score`` outputs ``<stem>_residual.tif``, ``<stem>_scores.csv``, the quick-look figure
 ``<stem>_overview.png`` (:mod:`napari_anogan.pipeline.overview`) and
 ``<stem>_summary.json``, written last (:func:`output_paths`, :func:`write_score_outputs`),
-which the CLI, Dask, the demo and the Export widget all write.
+which the CLI, Dask, the demo and the Export widget all write, as one set
+(:mod:`napari_anogan.pipeline.output_set`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_anogan.io import Volume, safe_stem, write_csv, write_json, write_tiff
+from napari_anogan._atomic import remove_stale_temporaries
+from napari_anogan.io import Volume, safe_stem, write_csv, write_tiff
+from napari_anogan.pipeline.output_set import (
+    REQUIRED_IN_SET,
+    OutputSet,
+    describe_file,
+    summary_of,
+    verify_output_set,
+)
 from napari_anogan.scoring.candidates import CANDIDATE_COLUMNS, find_candidates
 from napari_anogan.scoring.display import heatmap_threshold
 
@@ -26,6 +35,26 @@ if TYPE_CHECKING:
     from napari_anogan.pipeline.score import ScoreSettings
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PATCH_COLUMNS",
+    "REQUIRED_IN_SET",
+    "SCORE_COLUMNS",
+    "SCORE_OUTPUTS",
+    "MappedPatches",
+    "OutputSet",
+    "VolumeResult",
+    "describe_file",
+    "en_face_projection",
+    "output_paths",
+    "raw_boxes",
+    "summary_dict",
+    "summary_of",
+    "verify_output_set",
+    "volume_result",
+    "write_patch_table",
+    "write_score_outputs",
+]
 
 
 PATCH_COLUMNS = (
@@ -90,6 +119,8 @@ class VolumeResult:
         Whether the model's healthy reference describes this scan at all
         (:func:`~napari_anogan.scoring.fit.model_fit`: ``verdict`` ``fits`` /
         ``does_not_fit``, the statistics and the rule).
+    no_retina : list of int
+        B-scans where preprocessing found no retina: not scored (B-scan score NaN).
     """
 
     name: str
@@ -109,6 +140,7 @@ class VolumeResult:
     geometry: Any = None
     mapped: MappedPatches | None = None
     model_fit: dict = field(default_factory=dict)
+    no_retina: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -180,9 +212,10 @@ def write_score_outputs(
 
     ``<stem>_residual.tif``, ``<stem>_scores.csv``, ``<stem>_overview.png`` and
     ``<stem>_summary.json``: the writers and file names of ``napari-anogan score``, for a
-    result kept in memory (the Export widget, scripts). Every file is written atomically;
-    the stem is the volume name made safe as a file name (:func:`safe_stem`), so outputs
-    stay inside ``outdir``.
+    result kept in memory (the Export widget, scripts). The stem is the volume name made
+    safe as a file name (:func:`safe_stem`), so outputs stay inside ``outdir``. With the
+    summary, the files form one :class:`OutputSet` (the summary written last, with their
+    manifest); without it each file is written atomically on its own.
 
     Parameters
     ----------
@@ -194,7 +227,9 @@ def write_score_outputs(
     spacing : (float, float, float), optional
         Physical pixel size (slice, row, column) stored in the residual TIFF.
     summary : dict, optional
-        The summary to write instead of :func:`summary_dict` (a caller adding to it).
+        The summary to write instead of :func:`summary_dict` (a caller adding to it); a
+        ``files`` mapping in it (kind -> name of a file already in ``outdir``) adds those
+        files to the manifest.
     image : (S, H, W) array-like, optional
         The scored scan's grey values: the overview needs them (without, no overview).
     heatmap : HeatmapThreshold, optional
@@ -206,35 +241,26 @@ def write_score_outputs(
         The written files by kind.
     """
     paths = output_paths(result.name, outdir, figures=True)
+    remove_stale_temporaries(outdir)
     written = {}
-    if "residual" in include:
-        residual = np.asarray(result.residual, dtype=np.float32)
-        written["residual"] = write_tiff(paths["residual"], residual, spacing=spacing)
-    if "scores" in include:
-        written["scores"] = write_patch_table(result, paths["scores"])
-    if "overview" in include and image is not None:
-        written["overview"] = write_overview(result, image, paths["overview"], heatmap=heatmap)
-    if "summary" in include:
-        written["summary"] = write_json(paths["summary"], summary or summary_dict(result))
+    with OutputSet(result.name, outdir) as files:
+
+        def target(kind: str) -> Path:
+            return files.stage(kind, paths[kind]) if "summary" in include else paths[kind]
+
+        if "residual" in include:
+            residual = np.asarray(result.residual, dtype=np.float32)
+            write_tiff(target("residual"), residual, spacing=spacing)
+            written["residual"] = paths["residual"]
+        if "scores" in include:
+            write_patch_table(result, target("scores"))
+            written["scores"] = paths["scores"]
+        if "overview" in include and image is not None:
+            write_overview(result, image, target("overview"), heatmap=heatmap)
+            written["overview"] = paths["overview"]
+        if "summary" in include:
+            written["summary"] = files.commit(summary or summary_dict(result))
     return written
-
-
-def write_tables(result: VolumeResult, paths: dict[str, Path], image: Any = None) -> None:
-    """Write the patch table, the overview (when ``paths`` has one) and the summary.
-
-    Parameters
-    ----------
-    result : VolumeResult
-        The result (its residual may be the lazy view of the written TIFF).
-    paths : dict of str to Path
-        From :func:`output_paths`; ``overview`` is written only when present.
-    image : array-like, optional
-        The scored scan's grey values, for the overview.
-    """
-    write_patch_table(result, paths["scores"])
-    if "overview" in paths and image is not None:
-        write_overview(result, image, paths["overview"])
-    write_json(paths["summary"], summary_dict(result))
 
 
 def write_overview(result: VolumeResult, image: Any, path: Path, **kw: Any) -> Path:
@@ -244,14 +270,17 @@ def write_overview(result: VolumeResult, image: Any, path: Path, **kw: Any) -> P
     return draw(result, image, path, **kw)
 
 
-def write_patch_table(result: VolumeResult, path: Path) -> Path:
-    """Write the patch table: one row per patch, :data:`PATCH_COLUMNS`."""
+def write_patch_table(result: VolumeResult, path: Path, *, atomic: bool = True) -> Path:
+    """Write the patch table: one row per patch, :data:`PATCH_COLUMNS`.
+
+    ``atomic=False`` writes ``path`` itself (a staged file of an :class:`OutputSet`).
+    """
     columns = [c for c in PATCH_COLUMNS if c in result.patches]
     rows = (  # row by row: the table is never built as Python objects
         {k: result.patches[k][i].item() for k in columns}
         for i in range(len(result.patches["slice"]))
     )
-    return write_csv(path, rows, columns=columns)
+    return write_csv(path, rows, columns=columns, atomic=atomic)
 
 
 def summary_dict(result: VolumeResult) -> dict:
@@ -266,6 +295,7 @@ def summary_dict(result: VolumeResult) -> dict:
         ),
         "volume_rule": "highest B-scan score",
         "bscan_scores": [None if not np.isfinite(v) else float(v) for v in result.bscan_scores],
+        "bscans_without_retina": [int(i) for i in result.no_retina],
         "n_patches": len(result.patches["slice"]),
         "candidates": [{k: c[k] for k in CANDIDATE_COLUMNS} for c in result.candidates],
         "model_fit": result.model_fit,

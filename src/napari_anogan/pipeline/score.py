@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_anogan import settings as defaults
+from napari_anogan._atomic import remove_stale_temporaries
 from napari_anogan.errors import InputError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import Volume, read_volume
@@ -33,11 +34,14 @@ from napari_anogan.pipeline.outputs import (
     PATCH_COLUMNS,
     SCORE_COLUMNS,
     MappedPatches,
+    OutputSet,
     VolumeResult,
     en_face_projection,
     output_paths,
+    summary_dict,
     volume_result,
-    write_tables,
+    write_overview,
+    write_patch_table,
 )
 
 logger = logging.getLogger(__name__)
@@ -297,6 +301,7 @@ def score_volume(
     boxes: Sequence[tuple[int, int, int, int, int]] | None = None,
     partial_results: bool = False,
     keep_patches: bool = False,
+    summary_extra: dict | None = None,
     figures: bool = defaults.WRITE_FIGURES,
 ) -> Generator[ProgressEvent, None, VolumeResult]:
     """Score a volume with a healthy model: the one scoring path of every caller.
@@ -324,10 +329,12 @@ def score_volume(
         Mapping and grid settings; defaults to :class:`ScoreSettings`'s.
     outdir : str or Path, optional
         Existing folder: write ``<stem>_residual.tif`` chunk by chunk, then
-        ``<stem>_scores.csv``, ``<stem>_overview.png`` (``figures``) and
-        ``<stem>_summary.json`` (:func:`output_paths`), each to a temporary name renamed
-        when complete. The result's ``residual`` is then a lazy
-        (dask) view of the TIFF and its ``reconstruction`` is None (not an output).
+        ``<stem>_scores.csv``, ``<stem>_overview.png`` (``figures``), then
+        ``<stem>_summary.json`` with the manifest of the others
+        (:class:`~napari_anogan.pipeline.outputs.OutputSet`: temporary names, renamed
+        together, the summary last). Temporary files a killed run left in the
+        folder are removed first. The result's ``residual`` is then a lazy (dask) view of
+        the TIFF and its ``reconstruction`` is None (not an output).
     chunk_slices : int or None
         B-scans per chunk; None or 0: the whole volume in one chunk.
     slices : sequence of int, optional
@@ -341,9 +348,11 @@ def score_volume(
     keep_patches : bool
         Keep the patch images and the mapping result in ``result.mapped``
         (:class:`MappedPatches`; evaluation); needs one chunk.
+    summary_extra : dict, optional
+        Keys added to the written summary (the re-run fingerprint of Dask batches).
     figures : bool
         With ``outdir``: also write the quick-look figure ``<stem>_overview.png``
-        (:mod:`napari_anogan.pipeline.overview`), before the summary.
+        (:mod:`napari_anogan.pipeline.overview`) into the set, before the summary.
 
     Yields
     ------
@@ -376,7 +385,6 @@ def score_volume(
     model = load_model(model)
     pre_config = model_preprocess_config(model)
     _check_model_fits(model, pre_config)
-    paths = output_paths(volume.name, outdir, figures=figures) if outdir is not None else {}
     yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"preprocessing {volume.name}")
     s_count = volume.shape[0]
     step = int(chunk_slices) if chunk_slices else s_count
@@ -405,76 +413,93 @@ def score_volume(
     kept = None
     chunk_of = np.searchsorted(coords[:, 0], [a for a, _ in chunks] + [s_count])
     done = 0
-    writer = (
-        contextlib.nullcontext()
-        if in_memory
-        else TiffSliceWriter(paths["residual"], volume.shape, np.float32)
-    )
-    with writer:
-        for k, (a, b) in enumerate(chunks):
-            lo, hi = int(chunk_of[k]), int(chunk_of[k + 1])
-            sub = plan.geometry.sub(a, b)
-            residual_flat = np.full(sub.band_shape, np.nan, np.float32)
-            recon_flat = residual_flat
-            if hi > lo:
-                local = coords[lo:hi] - np.array([a, 0, 0])
-                images = cut_patches(plan.band(a, b), local, size)
-                job = map_to_latent(
-                    model.generator,
-                    model.discriminator,
-                    images,
-                    mcfg,
-                    z_init=None if z_start is None else z_start[lo:hi],
-                    encoder=encoder,
-                )
-                mapped = yield from _volume_progress(job, done, hi - lo, n, partial, lo)
-                residual_flat = assemble_heatmap(mapped.residual_image, local, sub.band_shape)
-                if in_memory:
-                    recon_flat = assemble_heatmap(mapped.reconstruction, local, sub.band_shape)
-                for name, values in mapped.scores().items():
-                    score_parts.setdefault(name, []).append(np.asarray(values))
-                if bank is not None:
-                    emb = patch_embeddings(model.discriminator, images, bank.projection)
-                    score_parts.setdefault("feature_distance", []).append(
-                        feature_distance(bank, emb)
+    if in_memory:
+        files, writer = contextlib.nullcontext(), contextlib.nullcontext()
+    else:
+        remove_stale_temporaries(outdir)
+        files = OutputSet(volume.name, outdir)
+        staged_residual = files.stage("residual")
+        writer = TiffSliceWriter(staged_residual, volume.shape, np.float32, atomic=False)
+    with files:
+        with writer:
+            for k, (a, b) in enumerate(chunks):
+                lo, hi = int(chunk_of[k]), int(chunk_of[k + 1])
+                sub = plan.geometry.sub(a, b)
+                residual_flat = np.full(sub.band_shape, np.nan, np.float32)
+                recon_flat = residual_flat
+                if hi > lo:
+                    local = coords[lo:hi] - np.array([a, 0, 0])
+                    images = cut_patches(plan.band(a, b), local, size)
+                    job = map_to_latent(
+                        model.generator,
+                        model.discriminator,
+                        images,
+                        mcfg,
+                        z_init=None if z_start is None else z_start[lo:hi],
+                        encoder=encoder,
                     )
-                if keep_patches:
-                    kept = MappedPatches(coords=coords, images=images, mapping=mapped)
-                del images, mapped
-                done += hi - lo
-            if in_memory:
-                residual = _back_project(sub, residual_flat, fill_nan=0.0, out=residual_all[a:b])
-                _back_project(
-                    sub, recon_flat, intensity_range=plan.intensity_range, out=recon_all[a:b]
-                )
-            else:
-                residual = _back_project(sub, residual_flat, fill_nan=0.0)
-                writer.write(residual)
-            for c0, c1 in _slice_chunks(b - a, BACK_PROJECT_SLICES):
-                en_face[a + c0 : a + c1] = en_face_projection(
-                    residual[c0:c1], plan.ilm[a + c0 : a + c1], plan.bm[a + c0 : a + c1]
-                )
-            del residual, residual_flat, recon_flat
-    scores = {name: np.concatenate(parts) for name, parts in score_parts.items()}
-    result = volume_result(
-        volume,
-        model,
-        settings,
-        coords,
-        scores,
-        plan.geometry,
-        size,
-        residual=residual_all if in_memory else read_volume(paths["residual"], lazy=True).data,
-        reconstruction=recon_all,
-        ilm=plan.ilm,
-        bm=plan.bm,
-        en_face=en_face,
-    )
-    result.geometry, result.mapped = plan.geometry, kept
-    if not in_memory:
-        yield ProgressEvent(EventKind.STAGE, 0, 0, message=f"writing the outputs of {volume.name}")
-        write_tables(result, paths, image=volume.data)
-        result.outputs = paths
+                    mapped = yield from _volume_progress(job, done, hi - lo, n, partial, lo)
+                    residual_flat = assemble_heatmap(mapped.residual_image, local, sub.band_shape)
+                    if in_memory:
+                        recon_flat = assemble_heatmap(mapped.reconstruction, local, sub.band_shape)
+                    for name, values in mapped.scores().items():
+                        score_parts.setdefault(name, []).append(np.asarray(values))
+                    if bank is not None:
+                        emb = patch_embeddings(model.discriminator, images, bank.projection)
+                        score_parts.setdefault("feature_distance", []).append(
+                            feature_distance(bank, emb)
+                        )
+                    if keep_patches:
+                        kept = MappedPatches(coords=coords, images=images, mapping=mapped)
+                    del images, mapped
+                    done += hi - lo
+                if in_memory:
+                    residual = _back_project(
+                        sub, residual_flat, fill_nan=0.0, out=residual_all[a:b]
+                    )
+                    _back_project(
+                        sub, recon_flat, intensity_range=plan.intensity_range, out=recon_all[a:b]
+                    )
+                else:
+                    residual = _back_project(sub, residual_flat, fill_nan=0.0)
+                    writer.write(residual)
+                for c0, c1 in _slice_chunks(b - a, BACK_PROJECT_SLICES):
+                    en_face[a + c0 : a + c1] = en_face_projection(
+                        residual[c0:c1], plan.ilm[a + c0 : a + c1], plan.bm[a + c0 : a + c1]
+                    )
+                del residual, residual_flat, recon_flat
+        scores = {name: np.concatenate(parts) for name, parts in score_parts.items()}
+        result = volume_result(
+            volume,
+            model,
+            settings,
+            coords,
+            scores,
+            plan.geometry,
+            size,
+            residual=residual_all,
+            reconstruction=recon_all,
+            ilm=plan.ilm,
+            bm=plan.bm,
+            en_face=en_face,
+        )
+        result.geometry, result.mapped = plan.geometry, kept
+        if plan.retina_found is not None:
+            result.no_retina = np.flatnonzero(~plan.retina_found).tolist()
+        if not in_memory:
+            yield ProgressEvent(
+                EventKind.STAGE, 0, 0, message=f"writing the outputs of {volume.name}"
+            )
+            # the heatmap threshold and the overview read the residual just written
+            result.residual = read_volume(staged_residual, lazy=True).data
+            write_patch_table(result, files.stage("scores"), atomic=False)
+            outputs = output_paths(volume.name, outdir, figures=figures)
+            if figures:
+                overview = files.stage("overview", outputs["overview"])
+                write_overview(result, volume.data, overview)
+            files.commit({**summary_dict(result), **(summary_extra or {})})
+            result.outputs = outputs
+            result.residual = read_volume(files.paths["residual"], lazy=True).data
     yield ProgressEvent(EventKind.DONE, 1, 1, message=f"{volume.name} scored")
     return result
 

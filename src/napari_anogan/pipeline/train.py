@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_anogan import settings as defaults
-from napari_anogan.errors import InputError, ModelError
+from napari_anogan.errors import InputError, ModelError, OutputError
 from napari_anogan.events import EventKind, ProgressEvent
 from napari_anogan.io import read_volume
 from napari_anogan.pipeline.score import ScoreSettings, load_model, model_preprocess_config
@@ -276,6 +276,34 @@ def training_plan(
     }
 
 
+def check_model_output(output: str | Path) -> Path:
+    """Check, before any training, that the model file ``output`` can be written.
+
+    A missing folder is created (as ``score`` creates its output folder); an existing
+    folder is refused (``-o DIR``: the model is one file, name it); a file name without
+    the ``.pt`` suffix is written as given.
+
+    Raises
+    ------
+    OutputError
+        If ``output`` is a folder, or its folder cannot be created or written.
+    """
+    from napari_anogan._atomic import TempFile
+
+    path = Path(output)
+    if path.is_dir():
+        raise OutputError(
+            f"is a folder; expected the model file to write, e.g. {path / 'model.pt'}", path
+        )
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder ({exc.strerror})", folder) from exc
+    TempFile(path).discard()  # writable: fail now, not after the first epoch
+    return path
+
+
 def train_from_paths(
     paths: Sequence[str | Path],
     output: str | Path,
@@ -305,7 +333,8 @@ def train_from_paths(
     paths : sequence of path
         Healthy volumes, B-scans or folders of B-scans.
     output : path
-        Checkpoint file to write (atomically, after every epoch).
+        Checkpoint file to write (atomically, after every epoch); checked first
+        (:func:`check_model_output`): not a folder, its folder writable.
     preset : str
         Model preset (``paper``, ``small`` or ``tiny``); ignored with ``init``.
     epochs : int, optional
@@ -361,6 +390,7 @@ def train_from_paths(
     from napari_anogan.training import TrainConfig, train_gan
 
     started = time.monotonic()
+    output = check_model_output(output)
 
     def deadline(share: float) -> float | None:
         return None if time_limit is None else started + 60.0 * time_limit * share

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_anogan import settings as defaults
 from napari_anogan.errors import InputError
-from napari_anogan.io.volume import Volume
+from napari_anogan.io.volume import Volume, plausible_spacing
 from napari_anogan.preprocess.boundaries import default_chunk_slices, detect_boundaries_chunked
 from napari_anogan.preprocess.config import PreprocessConfig
 from napari_anogan.preprocess.geometry import Geometry
@@ -145,6 +146,11 @@ class PreprocessPlan:
         B-scans read and processed at a time.
     name, source : str
         Of the volume (log and error messages).
+    retina_found : (S,) ndarray of bool or None
+        B-scans where the boundary search found a retina
+        (:func:`~napari_anogan.preprocess.boundaries.retina_evidence`); the others have
+        an empty retina mask (no patch is cut from them) and the median boundaries of the
+        rest. None: all.
     """
 
     data: Any
@@ -157,6 +163,7 @@ class PreprocessPlan:
     chunk_slices: int
     name: str = ""
     source: str = ""
+    retina_found: np.ndarray | None = None
 
     @property
     def n_slices(self) -> int:
@@ -189,7 +196,10 @@ class PreprocessPlan:
     def retina_mask(self, start: int, stop: int) -> np.ndarray:
         """(n, Hb, Wr) bool: True between the ILM and Bruch's membrane in the band."""
         rows = np.arange(self.geometry.band_height)[None, :, None]
-        return (rows >= self.ilm_flat[start:stop, None, :]) & (rows <= self.geometry.bm_row)
+        mask = (rows >= self.ilm_flat[start:stop, None, :]) & (rows <= self.geometry.bm_row)
+        if self.retina_found is not None:
+            mask &= self.retina_found[start:stop, None, None]
+        return mask
 
     def preprocessed(self, start: int = 0, stop: int | None = None) -> PreprocessedVolume:
         """Return the :class:`PreprocessedVolume` of B-scans ``start:stop`` (default: all).
@@ -257,9 +267,8 @@ def plan_preprocessing(
     data = _as_stack(volume)
     s, h, w = (int(v) for v in data.shape)
     source = volume.source or volume.name or None
-    spacing_x = (
-        volume.spacing[2] if volume.spacing is not None and len(volume.spacing) > 2 else None
-    )
+    spacing = plausible_spacing(volume.spacing, source)
+    spacing_x = spacing[2]
     wr = resampled_width(w, spacing_x, config.column_spacing_um, config.target_width)
     p = config.patch_size
     if h < p or wr < p:
@@ -286,12 +295,20 @@ def plan_preprocessing(
         norm = apply_intensity_range(np.asarray(data[a:b]), intensity_range)
         return resample_width(norm, wr)
 
-    spacing_z = (
-        volume.spacing[1] if volume.spacing is not None and len(volume.spacing) > 1 else None
-    )
+    spacing_z = spacing[1]
+    evidence = np.zeros(s)
     ilm_r, bm_r = detect_boundaries_chunked(
-        resampled, (s, h, wr), chunk_slices=chunk, **config.detection_params(spacing_z)
+        resampled,
+        (s, h, wr),
+        chunk_slices=chunk,
+        evidence=evidence,
+        **config.detection_params(spacing_z),
     )
+    retina_found = _check_retina(evidence, source or volume.name)
+    if not retina_found.all():
+        # the band is laid out by the retina found; the others take its median boundaries
+        ilm_r[~retina_found] = np.median(ilm_r[retina_found], axis=0)
+        bm_r[~retina_found] = np.median(bm_r[retina_found], axis=0)
     offsets, band_height, bm_row = plan_band(ilm_r, bm_r, config)
     geometry = Geometry((s, h, w), wr, band_height, offsets, bm_row)
 
@@ -319,7 +336,34 @@ def plan_preprocessing(
         chunk_slices=chunk,
         name=volume.name,
         source=volume.source,
+        retina_found=None if retina_found.all() else retina_found,
     )
+
+
+def _check_retina(evidence: np.ndarray, source: str | None) -> np.ndarray:
+    """B-scans with a retina; refuse a scan without any (blank, a mask, not an OCT scan)."""
+    found = evidence >= defaults.RETINA_MIN_COLUMNS
+    n = len(found)
+    if not found.any():
+        best = float(np.max(evidence)) if n else 0.0
+        raise InputError(
+            f"no retina found in {'its B-scan' if n == 1 else f'any of its {n} B-scans'} "
+            f"(at best {best:.0%} of the columns show retina, a grey band brighter than the "
+            f"vitreous above it; {defaults.RETINA_MIN_COLUMNS:.0%} needed): expected an OCT scan "
+            "of the retina, not a blank image or a lesion mask",
+            source,
+        )
+    if not found.all():
+        missing = np.flatnonzero(~found)
+        shown = ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        logger.warning(
+            "%s: no retina found in %d of %d B-scans (%s); they are not scored",
+            source,
+            len(missing),
+            n,
+            shown,
+        )
+    return found
 
 
 def preprocess_volume(

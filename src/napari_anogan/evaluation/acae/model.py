@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from napari_anogan._atomic import atomic_path
 from napari_anogan.errors import ModelError
 from napari_anogan.models.dcgan import Discriminator, Generator
 from napari_anogan.models.encoder import Encoder
@@ -160,8 +159,9 @@ def save_acae(model: ACAE, path: str | os.PathLike) -> None:
     path : str or PathLike
         Destination file (e.g. ``acae.pt``).
     """
-    with atomic_path(path) as tmp:
-        torch.save(acae_state(model), tmp)
+    from napari_anogan.checkpoint import write_torch
+
+    write_torch(path, acae_state(model))
 
 
 def load_acae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ACAE:
