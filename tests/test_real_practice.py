@@ -288,3 +288,17 @@ def test_kermany_archive_folder_is_a_collection_of_its_32_bscans():
     assert "32 B-scan images read as a collection" in notes[0]
     normal = [p for p in scans if p.name.startswith("NORMAL")]
     assert not looks_like_volume(normal)  # one size, but patient and scan numbers vary
+
+
+@pytest.mark.slow  # starts a local Dask cluster
+def test_dask_scoring_says_when_the_model_does_not_fit(tmp_path, capsys):
+    args = ["-q", "score", str(KERMANY_SCAN), "-m", str(SYNTHETIC_MODEL), "-o", str(tmp_path)]
+    assert main([*args, "--workers", "1", "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/1] kermany2018_NORMAL-1384-1: scored" in out
+    assert f"model {SYNTHETIC_MODEL} does not fit {KERMANY_SCAN}" in out
+    # a re-run skips the scored volume and still says it
+    assert main([*args, "--workers", "1", "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out
+    assert "does not fit" in out

@@ -268,9 +268,13 @@ def _print_fit(result, model, scan) -> None:
 
 def _cmd_score_dask(args: argparse.Namespace) -> int:
     from napari_anogan.pipeline.cluster import score_paths
+    from napari_anogan.scoring.fit import fit_message
 
     def report(status, done, total):
         print(f"[{done}/{total}] {status.line()}", flush=True)
+        message = fit_message(status.model_fit or {}, str(args.model), status.path)
+        if message:
+            print(message, flush=True)
 
     statuses = score_paths(
         _expand(args, args.inputs),

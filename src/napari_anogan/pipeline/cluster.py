@@ -70,6 +70,8 @@ class VolumeStatus:
         Why it failed ('' otherwise).
     outputs : dict of str to str
         Output files by kind.
+    model_fit : dict
+        The volume's model-fit verdict (:func:`~napari_anogan.scoring.fit.model_fit`).
     """
 
     path: str
@@ -78,6 +80,7 @@ class VolumeStatus:
     volume_score: float | None = None
     error: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
+    model_fit: dict = field(default_factory=dict)
 
     def line(self) -> str:
         """One human-readable line."""
@@ -144,6 +147,7 @@ def already_scored(path: str | os.PathLike, outdir: str | os.PathLike, fingerpri
         "skipped",
         volume_score=summary.get("volume_score"),
         outputs={k: str(v) for k, v in paths.items()},
+        model_fit=summary.get("model_fit") or {},
     )
 
 
@@ -194,6 +198,7 @@ def score_one(
         "scored",
         volume_score=float(result.volume_score),
         outputs={k: str(v) for k, v in result.outputs.items()},
+        model_fit=result.model_fit,
     )
 
 
