@@ -66,13 +66,26 @@ def test_reader_folder_and_mask(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((20, 30), i, np.uint8)).save(folder / f"b{i}.png")
     ((data, _, kind),) = _reader.get_reader(str(folder))(str(folder))
-    assert (kind, data.shape) == ("image", (3, 20, 30))
+    assert (kind, data.shape) == ("image", (3, 20, 30))  # numbered, one size: one volume
     mask = tmp_path / "scan_mask.ome.tif"
     write_tiff(mask, np.eye(10, dtype=np.uint8)[None])
     ((labels, _meta, kind),) = _reader.read_layers(str(mask))
     assert kind == "labels"
     assert labels.dtype.kind == "i"
     assert labels.sum() == 10
+
+
+def test_reader_opens_a_collection_folder_as_one_layer_per_bscan(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    sizes = {"NORMAL-4872585-1.png": (20, 30), "CNV-6294785-1.png": (20, 45)}
+    for name, shape in sizes.items():
+        Image.fromarray(np.full(shape, 9, np.uint8)).save(folder / name)
+    layers = _reader.get_reader(str(folder))(str(folder))
+    assert [m["name"] for _, m, _ in layers] == ["CNV-6294785-1", "NORMAL-4872585-1"]
+    assert [d.shape for d, _, _ in layers] == [(20, 45), (20, 30)]  # not stacked
 
 
 def test_reader_list_of_paths(volume_file, tmp_path):

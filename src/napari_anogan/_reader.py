@@ -146,7 +146,9 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     Returns
     -------
     list of (data, meta, layer_type)
-        ``image`` layers, or ``labels`` for ``*_mask`` files.
+        ``image`` layers, or ``labels`` for ``*_mask`` files. A folder of B-scans is one
+        layer when it holds the slices of one scan, else one layer per B-scan (a
+        collection of independent scans: :func:`napari_anogan.io.inputs.expand_inputs`).
 
     Raises
     ------
@@ -156,9 +158,13 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     """
     from napari_anogan.errors import InputError
     from napari_anogan.io import read_volume
+    from napari_anogan.io.inputs import expand_inputs
 
     layers = []
-    for p in _paths(path):
+    scans, notes = expand_inputs(_paths(path))  # a folder: one volume, or a collection
+    for note in notes:
+        logger.info(note)
+    for p in scans:
         check_output_set(p)
         mask = is_mask_path(p)
         # a big volume opens lazily (a dask array: napari reads the B-scans it shows)
