@@ -500,13 +500,14 @@ def test_score_summary_lists_the_size_and_sha256_of_every_file_of_its_set(synthe
     args = ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(BUNDLED)]
     assert main([*args, "-o", str(out), *FAST_SCORE]) == 0
     summary = json.loads((out / "normal_summary.json").read_text())
-    assert sorted(summary["files"]) == ["residual", "scores"]
+    assert sorted(summary["files"]) == ["overview", "residual", "scores"]
     for entry in summary["files"].values():
         data = (out / entry["name"]).read_bytes()
         assert entry["bytes"] == len(data)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
     assert verify_output_set(out / "normal_summary.json") == []
     assert sorted(p.name for p in out.iterdir()) == [
+        "normal_overview.png",
         "normal_residual.tif",
         "normal_scores.csv",
         "normal_summary.json",
@@ -586,6 +587,7 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next_run_not_a_live_
     finally:
         live.discard()
     assert sorted(p.name for p in out.iterdir()) == [
+        "normal_overview.png",
         "normal_residual.tif",
         "normal_scores.csv",
         "normal_summary.json",
