@@ -784,25 +784,35 @@ def pick_target(rng: np.random.Generator, targets: list[str] | None = None) -> s
     return names[int(rng.choice(len(names), p=weights / weights.sum()))]
 
 
-def _quiet() -> None:
-    logging.getLogger("napari_anogan").setLevel(logging.CRITICAL)
-    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-    warnings.simplefilter("ignore")
+@contextlib.contextmanager
+def _quiet():
+    """No log lines or warnings from the cases (restored afterwards)."""
+    loggers = [logging.getLogger(n) for n in ("napari_anogan", "tifffile")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def _worker(conn, seed: int, score_every: int, folder: str, keep, memory_limit: int) -> None:
     """Run the cases the parent sends, in a process of their own (hangs and hard crashes
     of native code end this process, not the fuzzing)."""
     limit_memory(memory_limit)
-    _quiet()
-    runner = Runner(seed, score_every, Path(folder), keep)
-    conn.send("ready")
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        number, timeout, targets = job
-        conn.send(runner.run_case(number, timeout, targets).__dict__)
+    with _quiet():
+        runner = Runner(seed, score_every, Path(folder), keep)
+        conn.send("ready")
+        while True:
+            job = conn.recv()
+            if job is None:
+                return
+            number, timeout, targets = job
+            conn.send(runner.run_case(number, timeout, targets).__dict__)
 
 
 class _Isolated:
@@ -885,8 +895,7 @@ def run(
     t0 = time.perf_counter()
     by_target: dict[str, Counter] = {}
     crashes = []
-    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, warnings.catch_warnings():
-        _quiet()
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, _quiet():
         runner: Any
         if isolate:
             runner = _Isolated(seed, score_every, Path(tmp), keep, memory_limit)

@@ -911,3 +911,31 @@ def test_quiet_and_verbose_go_before_or_after_the_subcommand(argv):
     assert (args.quiet, args.verbose) == (True, True)
     plain = build_parser().parse_args(["score", "x.tif", "-m", "m.pt", "-o", "o"])
     assert (plain.quiet, plain.verbose) == (False, False)
+
+
+def test_a_truncated_tiff_is_refused_whatever_level_the_tifffile_logger_has(tmp_path):
+    """tifffile reports a cut strip only in its log; an application that silenced that
+    logger (as the fuzzing script did) must not get the zero-filled rest as data."""
+    import logging
+
+    import tifffile
+
+    from napari_anogan.errors import InputError
+    from napari_anogan.io import read_volume
+
+    data = np.random.default_rng(0).integers(0, 65535, (4, 64, 64), endpoint=True)
+    tifffile.imwrite(
+        tmp_path / "full.tif", data.astype(np.uint16), compression="zlib", photometric="minisblack"
+    )
+    blob = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "half.tif").write_bytes(blob[: len(blob) // 2])
+    tiff_logger = logging.getLogger("tifffile")
+    level = tiff_logger.level
+    tiff_logger.setLevel(logging.CRITICAL)
+    try:
+        for lazy in (False, True):
+            with pytest.raises(InputError, match=r"half\.tif.*cannot read"):
+                np.asarray(read_volume(tmp_path / "half.tif", lazy=lazy).data)
+    finally:
+        tiff_logger.setLevel(level)
+    assert tiff_logger.level == level

@@ -593,13 +593,16 @@ def _tifffile_errors() -> Iterator[_ErrorLog]:
     errors = _ErrorLog()
     tiff_logger = logging.getLogger("tifffile")
     tiff_logger.addHandler(errors)
-    propagate = tiff_logger.propagate
+    propagate, level = tiff_logger.propagate, tiff_logger.level
     tiff_logger.propagate = False
+    # whatever level an application set, corruption must reach this handler
+    tiff_logger.setLevel(logging.WARNING)
     try:
         yield errors
     finally:
         tiff_logger.removeHandler(errors)
         tiff_logger.propagate = propagate
+        tiff_logger.setLevel(level)
 
 
 def _read_tiff(path: Path) -> _RawRead:
