@@ -84,7 +84,9 @@ def test_score_writes_the_documented_outputs(synthetic_dir, tiny_model_path, tmp
     assert summary["settings"]["steps"] == 2
     assert summary["settings"]["hybrid_steps"] == 3
     assert len(summary["bscan_scores"]) == 3
-    assert "diseased: volume score" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith("diseased: model fit: ")  # the verdict first, then the scores
+    assert "; volume score " in out
     # the quick-look figure, written before the summary; --no-figures skips it
     overview = tmp_path / "diseased_overview.png"
     assert 20_000 < overview.stat().st_size < 3_000_000
