@@ -542,6 +542,29 @@ def test_a_set_mixed_by_a_killed_run_is_trusted_neither_by_rerun_nor_by_the_napa
     assert "diseased_residual.tif" in str(info.value)
 
 
+def test_a_rename_failing_halfway_through_a_commit_leaves_no_trusted_set_and_no_temporaries(
+    synthetic_dir, tmp_path, monkeypatch, capsys
+):
+    from napari_anogan import _atomic
+    from napari_anogan.cli import main
+    from napari_anogan.pipeline.output_set import verify_output_set
+
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *a, **k):
+        if str(dst).endswith("_scores.csv"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(_atomic.os, "replace", failing_replace)
+    args = ["-q", "score", str(synthetic_dir / "normal.ome.tif"), "-m", str(BUNDLED)]
+    assert main([*args, "-o", str(tmp_path), *FAST_SCORE]) == 2
+    err = capsys.readouterr().err
+    assert "normal_scores.csv: could not write file (No space left on device)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["normal_residual.tif"]
+    assert verify_output_set(tmp_path / "normal_summary.json") == ["normal_summary.json is missing"]
+
+
 def test_an_exported_set_opens_in_napari_until_one_of_its_files_changes(tmp_path):
     """The Export widget's way: residual and table first, then a summary naming them."""
     from napari_anogan._reader import read_layers

@@ -124,23 +124,23 @@ class OutputSet:
             The summary file.
         """
         manifest: dict[str, dict[str, Any]] = {}
-        for kind, name in dict(summary.get("files") or {}).items():
-            if isinstance(name, str) and (self.outdir / name).is_file():
-                manifest[kind] = describe_file(self.outdir / name)
         try:
+            for kind, name in dict(summary.get("files") or {}).items():
+                path = self.outdir / str(name)
+                if isinstance(name, str) and Path(name).name == name and path.is_file():
+                    manifest[kind] = describe_file(path)
             for kind, tmp in self._staged.items():
                 entry = describe_file(tmp.path)
                 entry["name"] = tmp.target.name
                 manifest[kind] = entry
             for tmp in self._staged.values():
                 tmp.commit()
-        except OSError as exc:
-            self.discard()
+        except (OSError, OutputError) as exc:
+            self.discard()  # what is still staged; files already renamed stay
+            if isinstance(exc, OutputError):
+                raise
             raise OutputError(f"could not write file ({exc.strerror or exc})", self.outdir) from exc
-        finally:
-            staged = self._staged
-            self._staged = {}
-        del staged
+        self._staged = {}
         return write_json(self.paths["summary"], {**summary, "files": manifest})
 
 
