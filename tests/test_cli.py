@@ -238,7 +238,7 @@ def test_score_without_a_model_uses_the_bundled_one_and_says_so(tmp_path, capsys
         "napari-anogan score: no model given (-m): using the bundled model anogan_small.pt"
     )
     assert out.splitlines()[0].startswith(
-        "sample_volume: bundled model anogan_small.pt (no -m given); volume score"
+        "sample_volume: bundled model anogan_small.pt (no -m given); model fit: fits ("
     )
     summary = json.loads((tmp_path / "sample_volume_summary.json").read_text())
     assert summary["model"]["path"].endswith("anogan_small.pt")

@@ -62,8 +62,8 @@ def _all_callers(volume_path: Path, model_path: Path, settings: ScoreSettings, t
     from napari_anogan.pipeline.cluster import score_fingerprint, score_one
 
     stem = read_volume(volume_path).name
-    names = ("residual", "scores", "summary")
-    kinds = ("_residual.tif", "_scores.csv", "_summary.json")
+    names = ("residual", "scores", "overview", "summary")
+    kinds = ("_residual.tif", "_scores.csv", "_overview.png", "_summary.json")
 
     def files(folder: Path) -> dict[str, Path]:
         return {k: folder / f"{stem}{suffix}" for k, suffix in zip(names, kinds, strict=True)}
@@ -88,7 +88,9 @@ def _all_callers(volume_path: Path, model_path: Path, settings: ScoreSettings, t
     others["dask"] = files(dask_out)
     gui = drain(score_volume(read_volume(volume_path), model_path, settings, partial_results=True))
     (tmp / "gui").mkdir()
-    others["gui"] = write_score_outputs(gui, tmp / "gui")
+    others["gui"] = write_score_outputs(
+        gui, tmp / "gui", include=names, image=read_volume(volume_path).data
+    )
     scored = _Scored()
     drain(
         _score_input(volume_path, True, load_checkpoint(model_path), settings, None, None, scored)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from napari_anogan.checkpoint import read_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["card_lines", "card_text", "model_card", "new_card", "write_card"]
 
@@ -169,7 +172,8 @@ def card_lines(card: dict[str, Any]) -> list[str]:
 def card_text(path: str | os.PathLike) -> str:
     """Return the card of the model file at ``path`` as lines of text (the Score widget).
 
-    An unreadable file gives its error in one line instead (a widget shows it as is).
+    An unreadable file gives its error in one line instead (a widget shows it as is);
+    the card only informs, so nothing about it may stop a widget.
     """
     from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.errors import AnoganError
@@ -178,3 +182,6 @@ def card_text(path: str | os.PathLike) -> str:
         return "\n".join(card_lines(model_card(load_checkpoint(path))))
     except AnoganError as exc:
         return str(exc)
+    except Exception as exc:  # informational only: say it, never raise into the GUI
+        logger.debug("no model card for %s", path, exc_info=True)
+        return f"model card unavailable ({type(exc).__name__}: {exc})"

@@ -356,6 +356,10 @@ def add_encoder(
     }
     data["encoder"] = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     data["training"] = json.dumps(training, sort_keys=True)
+    if not build_reference:
+        # The GAN-only reference was mapped without E, the scoring default with an encoder
+        # maps with it: the caller builds the new one next (the feature bank's).
+        data["reference"] = {}
     save_checkpoint(path, data)
     yield ProgressEvent(EventKind.CHECKPOINT, 1, 2, message=str(path))
 
