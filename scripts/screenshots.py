@@ -140,18 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     if "overview" in wanted:
         shoot_overview(args.out)
         wanted.discard("overview")
-    if "real" in wanted:
-        with reader_folder():
-            shoot_real(args.out)
-        wanted.discard("real")
-    if "misfit" in wanted:
-        with reader_folder():
-            shoot_misfit(args.out)
-        wanted.discard("misfit")
-    if "adapted" in wanted:
-        with reader_folder():
-            shoot_adapted(args.out)
-        wanted.discard("adapted")
+    standalone = {"real": shoot_real, "misfit": shoot_misfit, "adapted": shoot_adapted}
+    for name, shoot_one in standalone.items():  # each in a viewer of its own
+        if name in wanted:
+            with reader_folder():
+                shoot_one(args.out)
+            wanted.discard(name)
     if not wanted:
         return 0
     with reader_folder():
