@@ -93,7 +93,7 @@ BAR_LEGEND = (
         "discrimination",
         DISCRIMINATION_COLOR,
         "D",
-        "lower bar: discrimination score D (features of the discriminator)",
+        "lower bar: discrimination score D (D's features)",
     ),
     ("unlit", UNLIT_COLOR, "", "grey: below the threshold"),
 )
