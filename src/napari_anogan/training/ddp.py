@@ -296,12 +296,24 @@ def shutdown() -> None:
 
 @contextlib.contextmanager
 def distributed_training(device: str = "auto", **kwargs: Any) -> Iterator[DDPContext]:
-    """:func:`init_distributed` for a ``with`` block; the group is left however it ends."""
+    """:func:`init_distributed` for a ``with`` block; the group is left however it ends.
+
+    A block that ends normally waits for every rank before leaving the group (rank 0
+    finishes the model alone: feature bank, reference, model card); a rank that left
+    while another still used the group was seen to abort in gloo's teardown. A block
+    that raises leaves at once (torchrun then stops the other ranks).
+    """
+    import torch.distributed as dist
+
     ctx = init_distributed(device, **kwargs)
     try:
         yield ctx
-    finally:
+    except BaseException:
         shutdown()
+        raise
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    shutdown()
 
 
 # ---------------------------------------------------------------------------- sharding
