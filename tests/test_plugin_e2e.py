@@ -67,12 +67,16 @@ def test_train_widget_one_epoch(make_napari_viewer, qtbot, data_dir, notes, tmp_
     widget.output.setText(str(output))
     seen = []  # what the progress bar and the status line show after each event
 
-    def record(event):
+    show = widget.job._on_event
+
+    def record(event):  # after the widget has shown the event
+        show(event)
         seen.append((widget.progress.format(), widget.progress.value(), widget.status.text()))
 
+    # in place before the worker starts: its first events (preprocessing) are seen too
+    widget.job._on_event = record
     with qtbot.waitSignal(widget.finished, timeout=TIMEOUT_MS) as blocker:
         widget.train_button.click()
-        widget.job.worker.yielded.connect(record)
         assert widget.cancel_button.isEnabled()
         assert not widget.train_button.isEnabled()
     assert blocker.args == ["done"]
