@@ -152,15 +152,30 @@ def main(argv: list[str] | None = None) -> int:
         return shoot_widgets(args, wanted, model)
 
 
-def shoot_widgets(args: argparse.Namespace, wanted: set[str], model: str | Path) -> int:
-    """The sample with the widgets: sample, score, candidates, export, train."""
+def docked_viewer():
+    """A 1600 x 1000 napari window with the plugin's widgets docked; (viewer, widgets)."""
     import napari
 
     from napari_anogan._widgets.viewer import dock_widgets
 
     viewer = napari.Viewer(title="napari-anogan")
     viewer.window.resize(1600, 1000)
-    widgets = dock_widgets(viewer)
+    return viewer, dock_widgets(viewer)
+
+
+def _score_and_wait(score) -> None:
+    """Click Score and wait for the result; stop unless it is done."""
+    outcome: list[str] = []
+    score.finished.connect(outcome.append)
+    score.run_button.click()
+    wait_until(lambda: bool(outcome))
+    if outcome != ["done"]:
+        raise SystemExit(f"scoring ended with {outcome[0]}")
+
+
+def shoot_widgets(args: argparse.Namespace, wanted: set[str], model: str | Path) -> int:
+    """The sample with the widgets: sample, score, candidates, export, train."""
+    viewer, widgets = docked_viewer()
     widgets["Score volume"].model_path.setText(relative(model))
     viewer.open_sample("napari-anogan", "synthetic_volume")
     image = viewer.layers[0]
@@ -228,22 +243,11 @@ def shoot_widgets(args: argparse.Namespace, wanted: set[str], model: str | Path)
 
 def shoot_real(out: Path) -> None:
     """The real OCTDL sample, scored with the model its layer names (the bundled real one)."""
-    import napari
-
-    from napari_anogan._widgets.viewer import dock_widgets
-
-    viewer = napari.Viewer(title="napari-anogan")
-    viewer.window.resize(1600, 1000)
-    widgets = dock_widgets(viewer)
+    viewer, widgets = docked_viewer()
     viewer.open_sample("napari-anogan", "octdl_bscan")
     score = widgets["Score volume"]
     score.model_path.setText(relative(score.model_path.text()))
-    outcome: list[str] = []
-    score.finished.connect(outcome.append)
-    score.run_button.click()
-    wait_until(lambda: bool(outcome))
-    if outcome != ["done"]:
-        raise SystemExit(f"scoring ended with {outcome[0]}")
+    _score_and_wait(score)
     show_dock(viewer, "Candidate markers")
     viewer.reset_view()
     shoot(viewer, "real", out)
@@ -258,25 +262,10 @@ ADAPT_HEALTHY = ("1384-1", "33637-1", "4872585-1", "5156112-1", "5171640-1")
 ADAPT_SCAN = "kermany2018/CNV-732516-2.jpeg"
 
 
-def _score_and_wait(score) -> None:
-    outcome: list[str] = []
-    score.finished.connect(outcome.append)
-    score.run_button.click()
-    wait_until(lambda: bool(outcome))
-    if outcome != ["done"]:
-        raise SystemExit(f"scoring ended with {outcome[0]}")
-
-
 def shoot_misfit(out: Path) -> None:
     """A real Kermany B-scan scored with the bundled synthetic model: the model card under
     the model, the model-fit warning beside the results, the candidates marked unreliable."""
-    import napari
-
-    from napari_anogan._widgets.viewer import dock_widgets
-
-    viewer = napari.Viewer(title="napari-anogan")
-    viewer.window.resize(1600, 1000)
-    widgets = dock_widgets(viewer)
+    viewer, widgets = docked_viewer()
     viewer.open_sample("napari-anogan", "real_bscan")
     score = widgets["Score volume"]
     score.model_path.setText(relative(score.model_path.text()))
@@ -288,9 +277,6 @@ def shoot_misfit(out: Path) -> None:
 
 def shoot_adapted(out: Path) -> None:
     """A diseased Spectralis B-scan scored by the OCTDL model adapted to 5 healthy ones."""
-    import napari
-
-    from napari_anogan._widgets.viewer import dock_widgets
     from napari_anogan.events import drain
     from napari_anogan.pipeline import train_from_paths
 
@@ -303,9 +289,7 @@ def shoot_adapted(out: Path) -> None:
     drain(train_from_paths([healthy], "spectralis.pt", init="sample_data/anogan_octdl.pt"))
     scan = Path(ADAPT_SCAN).name
     Path(scan).symlink_to(KERMANY / ADAPT_SCAN)
-    viewer = napari.Viewer(title="napari-anogan")
-    viewer.window.resize(1600, 1000)
-    widgets = dock_widgets(viewer)
+    viewer, widgets = docked_viewer()
     viewer.open(scan, plugin="napari-anogan")
     score = widgets["Score volume"]
     score.image.setCurrentText(viewer.layers[-1].name)

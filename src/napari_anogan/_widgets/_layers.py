@@ -233,20 +233,10 @@ def boundary_layer(
 
 def candidate_features(candidates: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """Feature columns of the candidate layer: one row per (candidate, B-scan) rectangle."""
-    columns = (
-        "rank",
-        "slice",
-        "slice_start",
-        "slice_end",
-        "row",
-        "col",
-        "height",
-        "width",
-        "n_patches",
-        "max_score",
-        "mean_score",
-        "healthy_percentile",
-    )
+    from napari_anogan.scoring.candidates import CANDIDATE_COLUMNS
+
+    # a candidate's columns (rank first) with the B-scan of each of its rectangles
+    columns = ("rank", "slice", *CANDIDATE_COLUMNS[1:])
     feats: dict[str, list] = {c: [] for c in (*columns, "decision")}
     for cand in candidates:
         for s in range(int(cand["slice_start"]), int(cand["slice_end"]) + 1):

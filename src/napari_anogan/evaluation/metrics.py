@@ -385,6 +385,13 @@ def bootstrap_aucs(
     return out
 
 
+def _level_metrics(name: str, level: str, labels, scores) -> tuple:
+    """AUC, Youden point, count and positives of one score at one level (patch, B-scan)."""
+    lab, val = _finite_pairs(name, level, labels, scores)
+    val = orient_scores(name, val)
+    return roc(lab, val)["auc"], youden_point(lab, val), int(lab.size), int(lab.sum())
+
+
 def evaluate_scores(
     patch_scores: Mapping[str, np.ndarray] | None,
     patch_labels: np.ndarray | None,
@@ -460,19 +467,19 @@ def evaluate_scores(
             "n_bscans_positive": 0,
         }
         if name in patch_scores:
-            lab, val = _finite_pairs(name, "patch", patch_labels, patch_scores[name])
-            val = orient_scores(name, val)
-            entry["patch_auc"] = roc(lab, val)["auc"]
-            entry["youden"] = youden_point(lab, val)
-            entry["n_patches"] = int(lab.size)
-            entry["n_patches_positive"] = int(lab.sum())
+            (
+                entry["patch_auc"],
+                entry["youden"],
+                entry["n_patches"],
+                entry["n_patches_positive"],
+            ) = _level_metrics(name, "patch", patch_labels, patch_scores[name])
         if name in bscan_scores:
-            lab, val = _finite_pairs(name, "B-scan", bscan_labels, bscan_scores[name])
-            val = orient_scores(name, val)
-            entry["bscan_auc"] = roc(lab, val)["auc"]
-            entry["bscan_youden"] = youden_point(lab, val)
-            entry["n_bscans"] = int(lab.size)
-            entry["n_bscans_positive"] = int(lab.sum())
+            (
+                entry["bscan_auc"],
+                entry["bscan_youden"],
+                entry["n_bscans"],
+                entry["n_bscans_positive"],
+            ) = _level_metrics(name, "B-scan", bscan_labels, bscan_scores[name])
             if entry["youden"] is None:
                 entry["youden"] = entry["bscan_youden"]
         metrics[name] = entry

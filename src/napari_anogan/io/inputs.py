@@ -21,7 +21,7 @@ from napari_anogan.io.readers import PIL_SUFFIXES, TIFF_SUFFIXES, _folder_images
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FOLDER_MODES", "expand_inputs", "looks_like_volume"]
+__all__ = ["FOLDER_MODES", "bscan_count", "expand_inputs", "looks_like_volume"]
 
 #: How a folder of B-scan images is read.
 FOLDER_MODES = ("auto", "volume", "collection")
@@ -46,6 +46,22 @@ def _image_shape(path: Path) -> tuple[int, ...] | None:
     except Exception:  # an unreadable file is reported by the reader, with its name
         return None
     return None
+
+
+def bscan_count(path: str | Path) -> int:
+    """Return how many B-scans a scan holds, reading as little as the format allows.
+
+    A single image is one B-scan and a folder holds one per image (no pixel data read);
+    other files are opened lazily (:func:`~napari_anogan.io.read_volume`).
+    """
+    from napari_anogan.io.readers import read_volume
+
+    path = Path(path)
+    if path.is_dir():
+        return len(_folder_images(path)) or read_volume(path).shape[0]  # the reader's error
+    if path.suffix.lower() in PIL_SUFFIXES:
+        return 1
+    return int(read_volume(path, lazy=True).shape[0])
 
 
 def looks_like_volume(files: list[Path]) -> bool:

@@ -428,9 +428,7 @@ def volume_result(
         candidates=candidates,
         settings={**settings.to_dict(), "score_column": ranking},
         model=_model_description(model),
-        model_fit=model_fit(
-            table[ranking], None if reference is None else reference, ref.get("levels")
-        ),
+        model_fit=model_fit(table[ranking], reference, ref.get("levels")),
     )
 
 

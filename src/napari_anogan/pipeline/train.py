@@ -8,7 +8,6 @@ patches plus grid patches of held-out B-scans (the healthy reference);
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
@@ -207,15 +206,14 @@ def auto_epochs(n_patches: int, batch_size: int, *, adapt: bool = False) -> int:
     return int(np.clip(round(updates / batches), low, defaults.TRAIN_MAX_EPOCHS))
 
 
-def _init_model(init: str | Path) -> tuple[dict, dict, dict]:
-    """Return a model to start from: raw checkpoint, model config dict, card entry."""
-    from napari_anogan.checkpoint import load_checkpoint, read_checkpoint
+def _init_model(init: str | Path):
+    """Return a model to start from (loaded and checked as for scoring) and its card entry."""
+    from napari_anogan.checkpoint import load_checkpoint
     from napari_anogan.model_card import model_card
 
-    parent = load_checkpoint(init)  # checked as for scoring: loads, weights fit the config
-    card = model_card(parent)
-    entry = {"file": Path(init).name, "data_kind": card.get("data_kind", "unknown")}
-    return read_checkpoint(init), parent.model_config.to_dict(), entry
+    parent = load_checkpoint(init)
+    entry = {"file": Path(init).name, "data_kind": model_card(parent).get("data_kind", "unknown")}
+    return parent, entry
 
 
 def training_plan(
@@ -233,7 +231,8 @@ def training_plan(
 ) -> dict:
     """Say what :func:`train_from_paths` would do with these inputs, and how long it takes.
 
-    Counts the B-scans (file headers where the reader can, else a full read), chooses the
+    Counts the B-scans (from file headers where it can, :func:`~napari_anogan.io.inputs.
+    bscan_count`), chooses the
     epochs as training would (:func:`auto_epochs`) and times a few updates of the model
     on the device (:func:`~napari_anogan.training.estimate.estimate_training_seconds`).
 
@@ -242,20 +241,17 @@ def training_plan(
     dict
         ``scans``, ``bscans``, ``patches``, ``epochs``, ``updates`` and ``seconds``.
     """
-    from napari_anogan.io.inputs import expand_inputs
-    from napari_anogan.models import ModelConfig, get_preset
+    from napari_anogan.io.inputs import bscan_count, expand_inputs
+    from napari_anogan.models import get_preset
     from napari_anogan.training.estimate import estimate_training_seconds
 
     scans, _ = expand_inputs(paths, folders)
     if not scans:
         raise InputError("no healthy training inputs given")
-    n_bscans = sum(read_volume(p, lazy=True).shape[0] for p in scans)
+    n_bscans = sum(bscan_count(p) for p in scans)
     holdout = round(defaults.HOLDOUT_FRACTION * n_bscans)
     n_patches = (n_bscans - holdout) * patches_per_scan
-    if init is not None:
-        model_config = ModelConfig.from_dict(_init_model(init)[1])
-    else:
-        model_config = get_preset(preset)
+    model_config = _init_model(init)[0].model_config if init is not None else get_preset(preset)
     if epochs is None:
         epochs = auto_epochs(n_patches, batch_size, adapt=init is not None)
     seconds = estimate_training_seconds(
@@ -385,7 +381,7 @@ def train_from_paths(
     import time
 
     from napari_anogan.model_card import new_card, write_card
-    from napari_anogan.models import ModelConfig, get_preset
+    from napari_anogan.models import get_preset
     from napari_anogan.preprocess import PreprocessConfig
     from napari_anogan.training import TrainConfig, train_gan
 
@@ -395,11 +391,16 @@ def train_from_paths(
     def deadline(share: float) -> float | None:
         return None if time_limit is None else started + 60.0 * time_limit * share
 
-    parent, parent_entry = None, None
+    start, parent_entry = None, None
     if init is not None:
-        parent, model_dict, parent_entry = _init_model(init)
-        model_config = ModelConfig.from_dict(model_dict)
-        preprocess_config = PreprocessConfig.from_dict(json.loads(parent["preprocess_config"]))
+        parent, parent_entry = _init_model(init)
+        model_config = parent.model_config
+        preprocess_config = PreprocessConfig.from_dict(parent.preprocess_config)
+        start = {
+            "generator": parent.generator.state_dict(),
+            "discriminator": parent.discriminator.state_dict(),
+            "encoder": None if parent.encoder is None else parent.encoder.state_dict(),
+        }
         logger.info("adapting %s: its architecture and preprocessing are kept", init)
     else:
         preprocess_config = preprocess_config or PreprocessConfig()
@@ -452,7 +453,7 @@ def train_from_paths(
         extra=extra,
         build_reference=not encoder and not bank_follows,
         reference_patches=reference_patches,
-        init=None if parent is None else parent,
+        init=start,
         deadline=deadline(defaults.TIME_LIMIT_GAN_SHARE),
     )
     if encoder:
@@ -467,7 +468,7 @@ def train_from_paths(
             encoder_config,
             data_fingerprint=info["data_fingerprint"],
             reference_patches=reference_patches,
-            init=None if parent is None else parent.get("encoder"),
+            init=None if start is None else start["encoder"],
             deadline=deadline(defaults.TIME_LIMIT_ENCODER_SHARE),
             build_reference=not bank_follows,
         )

@@ -1,8 +1,8 @@
 """How long a training run will take, measured before it starts.
 
-:func:`estimate_training_seconds` times a few real GAN and encoder updates of the model on
-the device (random patches: the cost of an update does not depend on its pixels) and
-multiplies by the updates the run will make. The Train widget shows it before the user
+:func:`estimate_training_seconds` times a few updates of the training loop itself on the
+device (random patches: the cost of an update does not depend on its pixels) and
+multiplies by the updates the run will make (an encoder update counted as one GAN update). The Train widget shows it before the user
 starts; the live estimate during training comes from the progress events.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from napari_anogan import settings as defaults
-from napari_anogan.device import amp_context, resolve_device
-from napari_anogan.models import Discriminator, Generator, ModelConfig, sample_prior
-from napari_anogan.training.common import training_amp
+from napari_anogan.device import resolve_device
+from napari_anogan.models import ModelConfig, sample_prior
+from napari_anogan.training.common import patch_batch
+from napari_anogan.training.config import TrainConfig
 
 #: Timed updates after one warm-up update (a few: the estimate must itself be quick).
 TIMED_STEPS = 3
@@ -26,35 +27,16 @@ FINISHING_SHARE = 0.05
 
 
 def _gan_step_seconds(config: ModelConfig, batch_size: int, device: torch.device) -> float:
-    use_amp = training_amp(device, None)  # the precision training will use (bf16 on AMX)
-    autocast = amp_context(device, use_amp)
-    layout = torch.channels_last if use_amp else torch.contiguous_format
-    g = Generator(config).to(device, memory_format=layout)
-    d = Discriminator(config).to(device, memory_format=layout)
-    opt_g = torch.optim.Adam(g.parameters(), lr=defaults.TRAIN_LR)
-    opt_d = torch.optim.Adam(d.parameters(), lr=defaults.TRAIN_LR)
+    """Seconds of one update of the training loop itself (:class:`~.gan._GanRun`)."""
+    from napari_anogan.training.gan import _GanRun
+
+    run = _GanRun(config, TrainConfig(batch_size=batch_size), device, batch_size)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, config.channels, config.patch_size, config.patch_size) * 2 - 1
-    x = x.to(device)
-    ones = torch.ones(batch_size, device=device)
-    zeros = torch.zeros(batch_size, device=device)
+    patches = torch.rand(batch_size, config.channels, config.patch_size, config.patch_size)
+    x = patch_batch((patches * 2 - 1).numpy(), np.arange(batch_size), device, run.use_amp)
 
     def step() -> None:
-        z = sample_prior(batch_size, config, gen, device)
-        with autocast():
-            fake = g(z)
-            real, faked = d(x).float(), d(fake.detach()).float()
-        loss_d = F.binary_cross_entropy_with_logits(real, ones)
-        loss_d = loss_d + F.binary_cross_entropy_with_logits(faked, zeros)
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        with autocast():
-            gen_logit = d(fake).float()
-        loss_g = F.binary_cross_entropy_with_logits(gen_logit, ones)
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
+        run.step(x, sample_prior(batch_size, config, gen, device))
 
     step()  # warm-up: allocations, kernel selection
     t0 = time.perf_counter()
