@@ -2,8 +2,9 @@
 
 :func:`estimate_training_seconds` times a few updates of the training loop itself on the
 device (random patches: the cost of an update does not depend on its pixels) and
-multiplies by the updates the run will make (an encoder update counted as one GAN update). The Train widget shows it before the user
-starts; the live estimate during training comes from the progress events.
+multiplies by the updates the run will make (an encoder update counted as one GAN
+update). The Train widget shows it before the user starts; the live estimate during
+training comes from the progress events.
 """
 
 from __future__ import annotations
